@@ -1,0 +1,79 @@
+# agentrt: one entry point for set-up, running, checks and tests.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+GENERATED := ':(glob)clients/python/agentrt/*/v1/**' ':(glob)clients/python/agentrt/*/__init__.py'
+
+.PHONY: help install dev test test-unit test-integration test-e2e check lint typecheck \
+	protos protodeps buf-lint buf-breaking protos-check bench clean
+
+help:
+	@echo "make dev      install, then run agentrt dev (all services, embedded storage)"
+	@echo "make test     install, then run every test tier (unit, integration, e2e)"
+	@echo "make check    ruff, mypy, buf lint, buf breaking, generated code up to date"
+	@echo "make protos   regenerate clients/python/agentrt/*/v1 from protos/"
+	@echo "make bench    run the benchmarks in bench/"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+dev: install
+	$(BIN)/agentrt dev
+
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(BIN)/pytest -q -m "not integration and not e2e"
+
+test-integration: install
+	$(BIN)/pytest -q -m integration
+
+test-e2e: install
+	$(BIN)/pytest -q -m e2e
+
+check: lint typecheck buf-lint buf-breaking protos-check
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+protodeps: install
+	$(BIN)/python tools/protos.py deps
+
+protos: install
+	$(BIN)/python tools/protos.py generate
+
+buf-lint: protodeps
+	$(BIN)/buf lint
+	$(BIN)/buf build
+
+buf-breaking: protodeps
+	$(BIN)/python tools/protos.py breaking $${BUF_AGAINST:-HEAD~1}
+
+protos-check: protos
+	@if [ -n "$$(git status --porcelain -- $(GENERATED))" ]; then \
+		git status --short -- $(GENERATED); \
+		echo "generated code is out of date: run 'make protos' and commit the result"; \
+		exit 1; \
+	fi
+
+bench: install
+	$(BIN)/python bench/main_path.py
+
+clean:
+	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache

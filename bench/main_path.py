@@ -1,0 +1,164 @@
+"""Benchmark of the main path: Execute → the job's final event, with the local model.
+
+Runs `agentrt dev` (one process, SQLite, in-process events) and the services as separate
+processes on PostgreSQL + Redis, drives each from this process through the generated
+gateway client with a fixed number of jobs in flight, and prints jobs/s and latency
+percentiles. Usage: python bench/main_path.py [--mode dev|processes|both] [--jobs N]
+[--concurrency C].
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncpg
+import grpc
+from agentrt.common.v1 import common_pb2
+from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from agentrt.jobs.v1 import jobs_pb2
+
+from services.kit.loop import run_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.e2e.processes import AGENTRT, cluster, free_port, wait_serving
+
+if TYPE_CHECKING:
+    from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
+
+PG_ADMIN = os.environ.get("AGENTRT_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AGENTRT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+QUIET = {"AGENTRT_LOG_LEVEL": "WARNING"}
+
+
+async def one_job(stub: RuntimeServiceAsyncStub, auth: tuple[tuple[str, str]], i: int) -> float:
+    """Seconds from the Execute call to the job's terminal event."""
+    started = time.perf_counter()
+    request = gateway_pb2.ExecuteRequest(spec=jobs_pb2.JobSpec(prompt=f"benchmark job {i}"))
+    last = None
+    async for event in stub.ExecuteStream(request, metadata=auth, timeout=60):
+        last = event
+    elapsed = time.perf_counter() - started
+    if last is None or last.type != common_pb2.EVENT_TYPE_JOB_SUCCEEDED:
+        raise RuntimeError(f"job {i} did not succeed: {last}")
+    return elapsed
+
+
+async def load(endpoint: str, key: str, jobs: int, concurrency: int) -> tuple[float, list[float]]:
+    auth = (("authorization", f"Bearer {key}"),)
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub: RuntimeServiceAsyncStub = gateway_pb2_grpc.RuntimeServiceStub(channel)
+        await asyncio.gather(*(one_job(stub, auth, -i) for i in range(1, 51)))  # warm-up
+        queue = iter(range(jobs))
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            for i in queue:
+                latencies.append(await one_job(stub, auth, i))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+def report(label: str, wall: float, latencies: list[float], concurrency: int) -> None:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    print(
+        f"{label:<34} jobs={len(ordered):>5} in_flight={concurrency:>3} "
+        f"jobs/s={len(ordered) / wall:7.1f} p50={pct(50):6.1f}ms p90={pct(90):6.1f}ms "
+        f"p99={pct(99):6.1f}ms max={ordered[-1] * 1000:6.1f}ms "
+        f"mean={statistics.fmean(ordered) * 1000:6.1f}ms"
+    )
+
+
+@contextmanager
+def dev_process(data_dir: Path) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    env = {**os.environ, **QUIET, "AGENTRT_DATA_DIR": str(data_dir)}
+    log = (data_dir.parent / "dev.log").open("ab")
+    process = subprocess.Popen(
+        [AGENTRT, "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}", "agentrt.gateway.v1.RuntimeService", 60, process)
+        state = data_dir / "dev.json"
+        deadline = time.monotonic() + 10
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = json.loads(state.read_text())
+        yield info["endpoint"], info["api_key"]
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    name = f"agentrt_bench_{secrets.token_hex(4)}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(PG_ADMIN)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def bench_dev(jobs: int, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, dev_process(Path(tmp) / "data") as (endpoint, key):
+        wall, latencies = run_main(load(endpoint, key, jobs, concurrency))
+        report("agentrt dev (SQLite, in-process)", wall, latencies, concurrency)
+
+
+def bench_processes(jobs: int, concurrency: int) -> None:
+    prefix = f"agentrt-bench-{secrets.token_hex(4)}"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        pg_database() as dsn,
+        cluster(dsn, REDIS_URL, prefix, Path(tmp), extra=QUIET) as running,
+    ):
+        created = running.cli("keys", "create", "--tenant", "bench", "--principal", "bench")
+        key = next(w for w in created.stdout.split() if w.startswith("agk_"))
+        wall, latencies = run_main(load(running.address("gateway"), key, jobs, concurrency))
+        report("processes (PostgreSQL + Redis)", wall, latencies, concurrency)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["dev", "processes", "both"], default="both")
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    if args.mode in ("dev", "both"):
+        bench_dev(args.jobs, args.concurrency)
+    if args.mode in ("processes", "both"):
+        bench_processes(args.jobs, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The `agentrt` command: run the runtime locally or as services, and drive it as a client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from agentrt.cli import admin, jobs
+from agentrt.cli.console import CommandError, Console
+from agentrt.cli.render import parse_state
+from agentrt.cli.target import Target, resolve_target
+from agentrt.client import Client, job_name
+from agentrt.errors import AgentrtError
+
+EXIT_ERROR = 2
+"""The command could not do its work: bad usage, no gateway, a call refused."""
+EXIT_BROKEN_PIPE = 141
+"""The output's reader closed it, as shells report a SIGPIPE."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line `argv` (default: the process's) and returns the exit code."""
+    args = build_parser().parse_args(argv)
+    console = Console.system()
+    try:
+        if args.client_command is not None:
+            return _run_client_command(args, console)
+        code: int = args.run(args, console)
+        return code
+    except CommandError as error:
+        console.problem(f"error: {error}")
+    except KeyboardInterrupt:
+        return jobs.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`agentrt jobs watch --json | head`): stop quietly, and keep
+        # the interpreter's final flush from failing on the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return EXIT_ERROR
+
+
+def _run_client_command(args: argparse.Namespace, console: Console) -> int:
+    target = resolve_target(args.endpoint, args.api_key, os.environ)
+    try:
+        return asyncio.run(_with_client(args, target, console))
+    except AgentrtError as error:
+        console.problem(f"error: {error}")
+        if error.code == grpc.StatusCode.UNAVAILABLE and not error.reason:
+            console.problem(_unreachable_hint(target))
+        return EXIT_ERROR
+
+
+async def _with_client(args: argparse.Namespace, target: Target, console: Console) -> int:
+    async with Client(target.endpoint, target.api_key, tls=args.tls) as client:
+        code: int = await args.client_command(args, client, console)
+        return code
+
+
+def _unreachable_hint(target: Target) -> str:
+    if target.dev_state is not None:
+        return f"hint: is `agentrt dev` running? ({target.endpoint} from {target.dev_state})"
+    return f"hint: is a gateway listening on {target.endpoint}?"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole command line; each command sets `run` (an operator command)
+    or `client_command` (a command that calls the gateway)."""
+    parser = argparse.ArgumentParser(
+        prog="agentrt", description="agentrt: a runtime for LLM agents, as gRPC services."
+    )
+    parser.set_defaults(client_command=None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_operator_commands(commands)
+    _add_client_commands(commands, _connection_options())
+    return parser
+
+
+def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser("dev", help="run every service in this process (SQLite, no setup)")
+    dev.add_argument("--port", type=_port, default=50051, help="port to listen on (50051)")
+    dev.add_argument(
+        "--data-dir", type=Path, help="where data is kept (AGENTRT_DATA_DIR, else .agentrt)"
+    )
+    dev.set_defaults(run=admin.dev)
+
+    serve = commands.add_parser("serve", help="run one service (configured by AGENTRT_*)")
+    serve.add_argument("service", help="gateway, jobs, engine, orchestrator, ...")
+    serve.set_defaults(run=admin.serve)
+
+    migrate = commands.add_parser("migrate", help="apply pending database migrations")
+    migrate.add_argument("services", nargs="*", metavar="SERVICE", help="default: all of them")
+    migrate.set_defaults(run=admin.migrate)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    create = keys.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--principal", required=True, help="who the key is for")
+    create.set_defaults(run=admin.create_key)
+    listing = keys.add_parser("list", help="list a tenant's keys")
+    listing.add_argument("--tenant", required=True)
+    listing.set_defaults(run=admin.list_keys)
+    revoke = keys.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="as shown by `keys list`")
+    revoke.set_defaults(run=admin.revoke_key)
+
+
+def _add_client_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    connection: argparse.ArgumentParser,
+) -> None:
+    run = commands.add_parser(
+        "run", parents=[connection], help="run an agent and show its answer as it comes"
+    )
+    run.add_argument("prompt", help="what to ask; - reads it from standard input")
+    run.add_argument("--model", default="", help="model id (default: the deployment's)")
+    run.add_argument("--system", default="", help="a system prompt")
+    run.add_argument("--max-turns", type=_count, default=0, help="model calls at most (8)")
+    run.add_argument("--timeout", type=_seconds, help="seconds the job may take (600)")
+    run.add_argument("--session", default="", help="a session to list the job under")
+    run.add_argument("--json", action="store_true", help="print the finished job as JSON")
+    run.set_defaults(client_command=jobs.run_job)
+
+    job_commands = commands.add_parser("jobs", help="list, inspect, cancel and watch jobs")
+    actions = job_commands.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[connection], help="the newest jobs")
+    listing.add_argument(
+        "--state", type=_state, action="append", default=[], help="only this state (repeatable)"
+    )
+    listing.add_argument("--session", default="", help="only jobs of this session")
+    listing.add_argument("--limit", type=_positive, default=20, help="jobs at most (20)")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(client_command=jobs.list_jobs)
+
+    get = actions.add_parser("get", parents=[connection], help="one job in detail")
+    get.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
+    get.add_argument("--json", action="store_true", help="print the job as JSON")
+    get.set_defaults(client_command=jobs.get_job)
+
+    cancel = actions.add_parser("cancel", parents=[connection], help="cancel a job")
+    cancel.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
+    cancel.add_argument("--reason", default="cancelled from the agentrt CLI", help="why")
+    cancel.set_defaults(client_command=jobs.cancel_job)
+
+    watch = actions.add_parser("watch", parents=[connection], help="follow a job until it ends")
+    watch.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
+    watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
+    watch.set_defaults(client_command=jobs.watch_job)
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection")
+    group.add_argument(
+        "--endpoint",
+        help="the gateway's host:port (AGENTRT_ENDPOINT, else from `agentrt dev`'s dev.json)",
+    )
+    group.add_argument(
+        "--api-key", help="the API key (AGENTRT_API_KEY, else from `agentrt dev`'s dev.json)"
+    )
+    group.add_argument("--tls", action="store_true", help="connect with TLS")
+    return options
+
+
+def _job(text: str) -> str:
+    try:
+        return job_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _state(text: str) -> int:
+    try:
+        return parse_state(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _count(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"not a port: {value}")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < 366 * 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and less than a year, got {text}")
+    return value

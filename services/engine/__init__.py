@@ -1,0 +1,1 @@
+"""The engine service: agentrt's LLM gateway (providers, routing, retries, idempotency)."""

@@ -1,0 +1,98 @@
+"""EngineService: validates requests, delegates to the CompletionEngine, maps its errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+from typing import Any
+
+import grpc
+from agentrt.common.v1 import common_pb2
+from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
+
+from services.engine import convert
+from services.engine.catalog import ModelCatalog
+from services.engine.completion import CompletionEngine
+from services.engine.errors import (
+    EngineError,
+    IdempotencyConflict,
+    ModelNotFound,
+    ProviderRejected,
+    RateLimited,
+)
+from services.kit import errors
+from services.kit.paging import decode_offset, encode_offset, page_size
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_PROVIDER_ERROR = common_pb2.ERROR_REASON_PROVIDER_ERROR
+
+
+@contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turns the engine's domain errors into the statuses the contract documents."""
+    try:
+        yield
+    except ModelNotFound as error:
+        raise errors.NotFound(
+            f"model {error.model!r} is not served by any configured provider",
+            common_pb2.ERROR_REASON_MODEL_NOT_FOUND,
+            {"model": error.model},
+        ) from None
+    except IdempotencyConflict as error:
+        raise errors.InvalidArgument(
+            str(error), common_pb2.ERROR_REASON_IDEMPOTENCY_CONFLICT
+        ) from None
+    except RateLimited as error:
+        raise errors.ResourceExhausted(str(error), _PROVIDER_ERROR) from None
+    except ProviderRejected as error:
+        raise errors.FailedPrecondition(str(error), _PROVIDER_ERROR) from None
+    except EngineError as error:
+        raise errors.Unavailable(str(error), _PROVIDER_ERROR) from None
+
+
+class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
+    """Model calls for the orchestrator, the model list for everyone."""
+
+    def __init__(self, engine: CompletionEngine, catalog: ModelCatalog) -> None:
+        self._engine = engine
+        self._catalog = catalog
+
+    async def Complete(
+        self, request: engine_pb2.CompleteRequest, context: Context
+    ) -> engine_pb2.CompleteResponse:
+        messages, tools, params = convert.request_from_proto(request)
+        key = request.idempotency_key
+        with engine_errors():
+            recorded = key and await self._engine.recorded(
+                request.model, messages, tools, params, key
+            )
+            if recorded:
+                return convert.completion_to_proto(recorded, replayed=True)
+            completion = await self._engine.complete(request.model, messages, tools, params, key)
+        return convert.completion_to_proto(completion, replayed=False)
+
+    async def StreamComplete(
+        self, request: engine_pb2.CompleteRequest, context: Context
+    ) -> AsyncIterator[engine_pb2.CompleteChunk]:
+        messages, tools, params = convert.request_from_proto(request)
+        with engine_errors():
+            provider, _ = self._catalog.resolve(request.model)
+            chunks = self._engine.stream(
+                request.model, messages, tools, params, request.idempotency_key
+            )
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    yield convert.chunk_to_proto(chunk, request.model, provider.name)
+
+    async def ListModels(
+        self, request: engine_pb2.ListModelsRequest, context: Context
+    ) -> engine_pb2.ListModelsResponse:
+        size = page_size(request.page_size, 100, 1000)
+        start = decode_offset(request.page_token)
+        models = await self._engine.list_models()
+        page = models[start : start + size]
+        more = start + size < len(models)
+        return engine_pb2.ListModelsResponse(
+            models=[convert.model_to_proto(info) for info in page],
+            next_page_token=encode_offset(start + size) if more else "",
+        )

@@ -1,0 +1,143 @@
+"""Domain values of the engine: messages, tools, completions and token usage."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+ROLES: frozenset[str] = frozenset(get_args(Role))
+FINISH_REASONS: frozenset[str] = frozenset(get_args(FinishReason))
+
+# The function-name rule of the OpenAI API, which every compatible server also enforces.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A model's request to call one tool."""
+
+    id: str
+    """Identifier the tool result must refer to (`ChatMessage.tool_call_id`)."""
+    name: str
+    arguments: str
+    """The arguments as JSON text, exactly as the model wrote them (possibly invalid JSON)."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation."""
+
+    role: Role
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Tool calls an assistant message asks for."""
+    tool_call_id: str = ""
+    """For a `tool` message: the id of the call this message answers."""
+    name: str = ""
+    """Optional participant name (user/system) or tool name (tool)."""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown message role {self.role!r}; expected one of {sorted(ROLES)}")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"a {self.role} message cannot carry tool calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool offered to the model."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+    """JSON Schema of the arguments object."""
+
+    def __post_init__(self) -> None:
+        if not TOOL_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"invalid tool name {self.name!r}: use 1-64 letters, digits, '_' or '-'"
+            )
+
+
+@dataclass(frozen=True)
+class CompletionParams:
+    """Sampling parameters of a completion; None leaves the provider's default."""
+
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    """Sequences at which the model stops; they are not part of the output."""
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be between 0 and 2, got {self.temperature}")
+        if self.max_output_tokens is not None and self.max_output_tokens < 1:
+            raise ValueError(f"max_output_tokens must be positive, got {self.max_output_tokens}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop sequences must not be empty")
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens consumed by one or more model calls."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+    """Part of `input_tokens` served from the provider's prompt cache."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The whole answer of one model call."""
+
+    message: ChatMessage
+    finish_reason: FinishReason
+    usage: TokenUsage
+    model: str
+    """The catalog id of the model that answered."""
+    provider: str
+
+
+@dataclass(frozen=True)
+class CompletionChunk:
+    """A piece of a streamed answer.
+
+    Text arrives in deltas; tool calls, once assembled from the provider's deltas, arrive
+    whole in the last chunk, which alone carries `finish_reason` and `usage`.
+    """
+
+    text_delta: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: FinishReason | Literal[""] = ""
+    usage: TokenUsage | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the engine can route to."""
+
+    id: str
+    provider: str
+    context_window: int
+    """Maximum tokens of input plus output; 0 when the provider does not say."""
+    supports_tools: bool
+    supports_streaming: bool

@@ -1,0 +1,1 @@
+"""Model providers the engine routes completions to."""

@@ -1,0 +1,115 @@
+"""The engine service's unit: providers from the environment, the catalog, the servicer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
+
+from services.engine.catalog import ModelCatalog
+from services.engine.completion import CompletionEngine
+from services.engine.handlers import EngineServicer
+from services.engine.idempotency import IdempotencyTracker
+from services.engine.providers.base import Provider
+from services.engine.providers.local import LocalProvider
+from services.engine.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
+from services.engine.shared_record import CompletionRecord, RedisCompletionRecord
+from services.kit.config import env_float, env_int, env_str
+from services.kit.infra import Infrastructure
+from services.kit.periodic import cancel_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's providers and call policy."""
+
+    openai: OpenAICompatConfig | None
+    """AGENTRT_OPENAI_BASE_URL (e.g. http://localhost:11434/v1), AGENTRT_OPENAI_API_KEY,
+    AGENTRT_OPENAI_MODELS (comma-separated ids; empty asks the server's /models),
+    AGENTRT_OPENAI_TIMEOUT (seconds): an OpenAI-compatible server, if any."""
+    local_chunk_delay: float
+    """AGENTRT_LOCAL_SLOW_CHUNK_DELAY: seconds between chunks of the `local-slow` model."""
+    max_attempts: int
+    """AGENTRT_ENGINE_MAX_ATTEMPTS: attempts of a call that fails retryably (default 3)."""
+    refresh_seconds: float
+    """AGENTRT_ENGINE_REFRESH_SECONDS: how often the model list is refreshed (default 60)."""
+    record_seconds: float
+    """AGENTRT_ENGINE_RECORD_SECONDS: how long a completed call is remembered under its
+    idempotency key, in this process and in Redis when there is one (default 3600)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineConfig:
+        base_url = env_str("AGENTRT_OPENAI_BASE_URL", "", env)
+        openai = None
+        if base_url:
+            models = env_str("AGENTRT_OPENAI_MODELS", "", env)
+            openai = OpenAICompatConfig(
+                base_url=base_url,
+                api_key=env_str("AGENTRT_OPENAI_API_KEY", "", env),
+                models=tuple(m.strip() for m in models.split(",") if m.strip()),
+                timeout_seconds=env_float("AGENTRT_OPENAI_TIMEOUT", 60.0, env, minimum=0.1),
+            )
+        return cls(
+            openai=openai,
+            local_chunk_delay=env_float("AGENTRT_LOCAL_SLOW_CHUNK_DELAY", 0.1, env),
+            max_attempts=env_int("AGENTRT_ENGINE_MAX_ATTEMPTS", 3, env, minimum=1),
+            refresh_seconds=env_float("AGENTRT_ENGINE_REFRESH_SECONDS", 60.0, env, minimum=1.0),
+            record_seconds=env_float("AGENTRT_ENGINE_RECORD_SECONDS", 3600.0, env, minimum=1.0),
+        )
+
+    def providers(self) -> Sequence[Provider]:
+        local: Provider = LocalProvider(chunk_delay=self.local_chunk_delay)
+        if self.openai is None:
+            return [local]
+        return [local, OpenAICompatProvider(self.openai)]
+
+
+class EngineUnit:
+    """Model calls: no storage of its own; the idempotency record is in-process."""
+
+    name = "engine"
+    service_names = (engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name,)
+
+    def __init__(self, config: EngineConfig, shared: CompletionRecord | None = None) -> None:
+        self._config = config
+        self._catalog = ModelCatalog(config.providers())
+        tracker = IdempotencyTracker(ttl_seconds=config.record_seconds, shared=shared)
+        engine = CompletionEngine(self._catalog, tracker, max_attempts=config.max_attempts)
+        self._servicer = EngineServicer(engine, self._catalog)
+        self._refresher: asyncio.Task[None] | None = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        engine_pb2_grpc.add_EngineServiceServicer_to_server(self._servicer, server)
+
+    async def start(self) -> None:
+        await self._catalog.refresh()
+        self._refresher = asyncio.create_task(self._refresh_periodically())
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            await cancel_all([self._refresher])
+
+    async def close(self) -> None:
+        await self._catalog.aclose()
+
+    async def _refresh_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.refresh_seconds)
+            await self._catalog.refresh()
+
+
+async def create_unit(infra: Infrastructure) -> EngineUnit:
+    """The engine; with Redis, its record of completed calls is shared by every replica."""
+    config = EngineConfig.from_env()
+    shared = None
+    if infra.redis is not None:
+        shared = RedisCompletionRecord(
+            infra.redis, infra.config.redis_prefix, config.record_seconds
+        )
+    return EngineUnit(config, shared)

@@ -1,0 +1,1 @@
+"""The gateway service: agentrt's public front door (API keys, tenant scoping, RuntimeService)."""

@@ -1,0 +1,81 @@
+"""The gateway service's unit: its key store, the model directory, and stubs to jobs and engine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+from agentrt.engine.v1 import engine_pb2_grpc
+from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from agentrt.jobs.v1 import jobs_pb2_grpc
+
+from services.gateway.handlers import RuntimeHandler, list_engine_models
+from services.gateway.keys import ApiKeys
+from services.gateway.models import ModelDirectory
+from services.gateway.store import ApiKeyStore, open_key_store
+from services.kit.config import env_float, env_str
+from services.kit.infra import Infrastructure
+from services.kit.server import ServiceUnit
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How the gateway treats its callers."""
+
+    default_model: str
+    """AGENTRT_DEFAULT_MODEL: the model of a job whose spec names none (default `local`)."""
+    key_cache_seconds: float
+    """AGENTRT_API_KEY_CACHE_SECONDS: how long a verified key is trusted without reading
+    the database, and so how long a key revoked elsewhere may still work (default 5)."""
+    model_cache_seconds: float
+    """AGENTRT_MODEL_CACHE_SECONDS: how often the engine's model list is refreshed
+    (default 5; a model not listed triggers a refresh at most once a second)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        return cls(
+            default_model=env_str("AGENTRT_DEFAULT_MODEL", "local", env),
+            key_cache_seconds=env_float("AGENTRT_API_KEY_CACHE_SECONDS", 5.0, env),
+            model_cache_seconds=env_float("AGENTRT_MODEL_CACHE_SECONDS", 5.0, env),
+        )
+
+
+class GatewayUnit:
+    """The public front door: RuntimeService."""
+
+    name = "gateway"
+    service_names = (gateway_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name,)
+
+    def __init__(self, store: ApiKeyStore, handler: RuntimeHandler, models: ModelDirectory) -> None:
+        self._store = store
+        self._handler = handler
+        self._models = models
+
+    def register(self, server: grpc.aio.Server) -> None:
+        gateway_pb2_grpc.add_RuntimeServiceServicer_to_server(self._handler, server)
+
+    async def start(self) -> None:
+        """Nothing to start: keys and models are loaded on first use."""
+
+    async def stop(self) -> None:
+        await self._models.close()
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+async def create_unit(infra: Infrastructure) -> ServiceUnit:
+    """The gateway on the store of `infra.storage("gateway")`, which must be migrated."""
+    config = GatewayConfig.from_env()
+    store = await open_key_store(infra.storage("gateway"))
+    engine = engine_pb2_grpc.EngineServiceStub(infra.channel("engine"))
+    models = ModelDirectory(lambda: list_engine_models(engine), ttl=config.model_cache_seconds)
+    handler = RuntimeHandler(
+        keys=ApiKeys(store, cache_seconds=config.key_cache_seconds),
+        jobs=jobs_pb2_grpc.JobServiceStub(infra.channel("jobs")),
+        models=models,
+        events=infra.events,
+        default_model=config.default_model,
+    )
+    return GatewayUnit(store, handler, models)

@@ -1,0 +1,1 @@
+"""The jobs service: job records, their state machine, leases, checkpoints and events."""

@@ -1,0 +1,289 @@
+"""The job store contract: what the jobs domain needs from a database, on any backend.
+
+Every mutating operation is one transaction that changes the job row(s) and appends the
+RuntimeEvents of the change to the job's history, which is also the outbox the relay
+publishes from. Times are passed in (`now`, UTC) so that one clock decides everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from agentrt.common.v1.common_pb2 import Failure, Message, RuntimeEvent, Usage
+from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, Checkpoint, Job, JobResult, JobSpec
+from google.protobuf.struct_pb2 import Struct
+
+from services.jobs.states import State
+from services.kit.storage import StorageConfig, require_migrated
+
+SQL_DIRECTORY = Path(__file__).resolve().parent / "sql"
+"""The jobs service's `sql/` folder: migrations and named queries per backend."""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job to create."""
+
+    tenant: str
+    principal: str
+    spec: JobSpec
+    """Normalized: defaults applied (max_turns, timeout)."""
+    request_id: str
+    """Idempotency key, unique per tenant; empty for none."""
+    request_hash: bytes
+    """Hash of the normalized spec; a reused request_id must come with the same hash."""
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class JobLease:
+    """A job leased to a worker."""
+
+    job: Job
+    lease_id: str
+    expire_time: datetime
+    checkpoint: Checkpoint | None
+    """The latest checkpoint to resume from; None when the job has none yet."""
+
+
+@dataclass(frozen=True)
+class LeaseBatch:
+    """What one lease_jobs call did."""
+
+    leases: list[JobLease]
+    timed_out: list[Job]
+    """Runnable jobs found past their deadline, made TIMED_OUT instead of leased."""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of a tenant's jobs list_jobs returns; empty fields do not filter."""
+
+    states: Sequence[State] = ()
+    session: str = ""
+    created_after: datetime | None = None
+    """Inclusive."""
+    created_before: datetime | None = None
+    """Exclusive."""
+
+
+@dataclass(frozen=True)
+class NewAction:
+    """A validated action to require of a leased job."""
+
+    kind: ActionKind.ValueType
+    payload: Struct
+    timeout_outcome: Struct
+    """The outcome applied when the action expires."""
+    timeout: timedelta
+    """How long the action may stay pending."""
+
+
+@dataclass(frozen=True)
+class ActionRef:
+    """An action named by its resource name, as seen by `tenant`."""
+
+    tenant: str
+    job_id: str
+    action_id: str
+
+
+@dataclass(frozen=True)
+class TokenRef:
+    """An action found by its resume token's hash, as seen by `tenant`."""
+
+    tenant: str
+    token_hash: bytes
+
+
+ActionTarget = ActionRef | TokenRef
+"""How a resolution names its action."""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a person or client decided about an action."""
+
+    outcome: Struct
+    principal: str
+    request_id: str
+    """Idempotency key: a resolution retried with it returns the resolved action."""
+
+
+class JobStore(Protocol):
+    """Job records, leases, checkpoints and event history, on one backend.
+
+    Errors: JobNotFound for an unknown job or one of another tenant (a `tenant` of None
+    means an internal caller that sees every tenant); IllegalTransition when the job's
+    state does not allow the change; LeaseLost when the lease presented is not the job's
+    current one or the job is no longer RUNNING.
+    """
+
+    async def create_job(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
+        """Create the job QUEUED (event job.created), or return the tenant's existing job
+        with the same request_id and hash with created=False; RequestIdReused when the
+        hash differs. Race-free: concurrent creates with one request_id make one job."""
+        ...
+
+    async def get_job(self, tenant: str | None, job_id: str) -> Job:
+        """The job."""
+        ...
+
+    async def list_jobs(
+        self, tenant: str, job_filter: JobFilter, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        """A page of the tenant's jobs, newest first, and the next page's token ("" on
+        the last page); FieldInvalid("page_token") for a token this store did not make."""
+        ...
+
+    async def lease_jobs(
+        self, worker: str, limit: int, lease_seconds: float, now: datetime
+    ) -> LeaseBatch:
+        """Lease up to `limit` jobs: RUNNING ones whose lease expired (a takeover: events
+        job.requeued and job.started, attempt + 1), then QUEUED ones oldest first (event
+        job.started). Runnable jobs past their deadline become TIMED_OUT instead.
+        Concurrent callers never get the same job."""
+        ...
+
+    async def heartbeat(
+        self, job_id: str, lease_id: str, lease_seconds: float, now: datetime
+    ) -> datetime:
+        """Extend the lease to now + lease_seconds; returns the new expire time."""
+        ...
+
+    async def checkpoint(
+        self,
+        job_id: str,
+        lease_id: str,
+        checkpoint: Checkpoint,
+        message: Message | None,
+        turn_usage: Usage | None,
+        now: datetime,
+    ) -> Job:
+        """Save the checkpoint (its turn must be greater than the job's turns, else
+        FieldInvalid("checkpoint.turn")) and emit job.turn.completed."""
+        ...
+
+    async def finish(
+        self,
+        job_id: str,
+        lease_id: str,
+        state: State,
+        outcome: JobResult | Failure,
+        usage: Usage | None,
+        checkpoint: Checkpoint | None,
+        now: datetime,
+        message: Message | None = None,
+        turn_usage: Usage | None = None,
+    ) -> Job:
+        """End the leased job: SUCCEEDED with a JobResult, FAILED or TIMED_OUT with a
+        Failure (FieldInvalid otherwise); emits job.succeeded / job.failed / job.timed_out,
+        preceded by job.turn.completed when the checkpoint advances the turns."""
+        ...
+
+    async def release(self, job_id: str, lease_id: str, reason: str, now: datetime) -> Job:
+        """Give the leased job back to the queue; emits job.requeued."""
+        ...
+
+    async def cancel(self, tenant: str | None, job_id: str, reason: str, now: datetime) -> Job:
+        """Cancel the job and its unfinished descendants of the same tenant at once
+        (leases revoked, pending actions cancelled; events job.cancelled);
+        IllegalTransition when it has finished."""
+        ...
+
+    async def expire_deadlines(self, now: datetime, limit: int) -> list[Job]:
+        """Make TIMED_OUT up to `limit` jobs past their deadline: QUEUED and WAITING ones
+        (whose pending actions are cancelled), and RUNNING ones whose lease expired too.
+        Returns them."""
+        ...
+
+    async def list_events(
+        self, tenant: str | None, job_id: str, after_sequence: int, limit: int
+    ) -> tuple[list[RuntimeEvent], State]:
+        """The job's history events after `after_sequence`, oldest first, and its state."""
+        ...
+
+    async def require_action(
+        self,
+        job_id: str,
+        lease_id: str,
+        new: NewAction,
+        checkpoint: Checkpoint | None,
+        now: datetime,
+    ) -> Action:
+        """Create a PENDING action on the leased job and, in the same transaction, make the
+        job WAITING (lease released, checkpoint stored; events action.required and
+        job.waiting). Returns the action with its resume token, which is stored hashed."""
+        ...
+
+    async def get_action(self, tenant: str, job_id: str, action_id: str) -> Action:
+        """The action; ActionNotFound also for another tenant's."""
+        ...
+
+    async def list_actions(
+        self,
+        tenant: str,
+        job_id: str,
+        states: Sequence[Action.State.ValueType],
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Action], str]:
+        """A page of the job's actions, oldest first (all states when `states` is empty),
+        and the next page's token; JobNotFound for another tenant's job."""
+        ...
+
+    async def resolve_action(
+        self, target: ActionTarget, resolution: Resolution, now: datetime
+    ) -> Action:
+        """Atomically make the PENDING action RESOLVED and queue its WAITING job again
+        (events action.resolved, job.requeued). Refusals change nothing: see
+        services.jobs.actions.resolve."""
+        ...
+
+    async def cancel_action(self, ref: ActionRef, reason: str, now: datetime) -> Action:
+        """Atomically make the PENDING action CANCELLED and queue its job again (event
+        job.requeued); ActionNotPending otherwise."""
+        ...
+
+    async def expire_actions(self, now: datetime, limit: int) -> list[Action]:
+        """Expire up to `limit` PENDING actions past their expire time: each takes its
+        timeout outcome (state EXPIRED, event action.expired) and its job is queued again
+        (job.requeued). Returns them."""
+        ...
+
+    async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:
+        """The oldest events not yet published, as (row id, event), in row-id order, which
+        is sequence order within each job. Empty while another relay holds the relay lock."""
+        ...
+
+    async def mark_published(self, row_ids: Sequence[int]) -> None:
+        """Mark events published; they stay in the job's history."""
+        ...
+
+    async def try_lock_relay(self) -> bool:
+        """Become (or stay) the only relay publishing this store's events; False when
+        another process is."""
+        ...
+
+    async def close(self) -> None:
+        """Release the relay lock, and the database if the store opened it."""
+        ...
+
+
+async def open_job_store(config: StorageConfig) -> JobStore:
+    """The configured backend's store; UnmigratedDatabaseError unless `agentrt migrate` ran."""
+    await require_migrated(config, SQL_DIRECTORY)
+    # Imported here: the backends import this module for the value types.
+    if config.backend == "postgres":
+        from services.jobs.store_postgres import PostgresJobStore
+
+        assert config.postgres_dsn is not None
+        return await PostgresJobStore.open(config.postgres_dsn, config.schema)
+    from services.jobs.store_sqlite import SqliteJobStore
+
+    assert config.sqlite_path is not None
+    return await SqliteJobStore.open(config.sqlite_path)

@@ -1,0 +1,207 @@
+"""Checks of what callers send to the jobs service, and the limits they are checked against."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from agentrt.common.v1.common_pb2 import Message, Role
+from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, JobSpec
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
+
+from services.jobs.store import NewAction, NewJob
+from services.kit.errors import FieldInvalid, FieldRequired, MessageTooLarge
+from services.kit.names import parse_job_name
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Bounds and defaults of the jobs service."""
+
+    max_message_bytes: int = 256 * 1024
+    """Largest prompt, system prompt or message content, in UTF-8 bytes."""
+    max_spec_bytes: int = 4 * 1024 * 1024
+    """Largest serialized JobSpec."""
+    default_max_turns: int = 8
+    max_turns: int = 100
+    default_timeout: timedelta = timedelta(minutes=10)
+    max_timeout: timedelta = timedelta(hours=24)
+    max_request_id_chars: int = 128
+    max_session_chars: int = 128
+    max_labels: int = 64
+    max_label_chars: int = 63
+    """Longest label key or value."""
+    max_lease_jobs: int = 100
+    default_lease_seconds: float = 30.0
+    min_lease_seconds: float = 1.0
+    max_lease_seconds: float = 600.0
+    max_wait_seconds: float = 60.0
+    poll_seconds: float = 1.0
+    """How often a waiting LeaseJobs looks at the store even without a wake-up."""
+    default_page_size: int = 50
+    max_page_size: int = 500
+    default_events_page_size: int = 100
+    max_events_page_size: int = 1000
+    deadline_batch: int = 500
+    """Most jobs one deadline sweep times out."""
+    max_action_bytes: int = 256 * 1024
+    """Largest serialized action payload, timeout outcome or resolution outcome."""
+    default_action_timeout: timedelta = timedelta(hours=1)
+    max_action_timeout: timedelta = timedelta(days=7)
+    max_resume_token_chars: int = 256
+    """Longer tokens are refused as malformed before any lookup."""
+    action_batch: int = 500
+    """Most actions one expiry sweep expires."""
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_ROLES = frozenset(Role.values()) - {Role.ROLE_UNSPECIFIED}
+
+
+def new_job(
+    tenant: str,
+    principal: str,
+    spec: JobSpec,
+    request_id: str,
+    trace_id: str,
+    limits: JobLimits,
+) -> NewJob:
+    """The job to create, with its spec normalized and hashed; raises InvalidArgument."""
+    required(tenant, "tenant")
+    required(principal, "principal")
+    check_request_id(request_id, limits)
+    if trace_id and not _TRACE_ID.fullmatch(trace_id):
+        raise FieldInvalid("trace_id", "32 lowercase hexadecimal digits")
+    normalized = normalize_spec(spec, limits)
+    request_hash = hashlib.sha256(normalized.SerializeToString(deterministic=True)).digest()
+    return NewJob(tenant, principal, normalized, request_id, request_hash, trace_id)
+
+
+def new_action(action: Action, timeout: Duration | None, limits: JobLimits) -> NewAction:
+    """The action to require, checked; a missing or zero timeout means the default."""
+    if action.kind == ActionKind.ACTION_KIND_UNSPECIFIED:
+        raise FieldRequired("action.kind")
+    if action.kind not in ActionKind.values():
+        raise FieldInvalid("action.kind", "must be APPROVAL, TOOL_CALL or INPUT")
+    check_struct(action.payload, "action.payload", limits)
+    check_struct(action.timeout_outcome, "action.timeout_outcome", limits)
+    if timeout is None or timeout.ToNanoseconds() == 0:
+        duration = limits.default_action_timeout
+    elif (
+        timeout.seconds < 0
+        or timeout.nanos < 0
+        or timeout.ToTimedelta() > limits.max_action_timeout
+    ):
+        raise FieldInvalid("timeout", f"must be positive and at most {limits.max_action_timeout}")
+    else:
+        duration = timeout.ToTimedelta()
+    return NewAction(action.kind, action.payload, action.timeout_outcome, duration)
+
+
+def check_struct(value: Struct, field: str, limits: JobLimits) -> None:
+    """Raise MessageTooLarge when the serialized Struct is over the action limit."""
+    size = value.ByteSize()
+    if size > limits.max_action_bytes:
+        raise MessageTooLarge(field, size, limits.max_action_bytes)
+
+
+def check_request_id(request_id: str, limits: JobLimits) -> None:
+    """Raise FieldInvalid unless the idempotency key is short and printable."""
+    if len(request_id) > limits.max_request_id_chars or not request_id.isprintable():
+        raise FieldInvalid(
+            "request_id", f"at most {limits.max_request_id_chars} printable characters"
+        )
+
+
+def normalize_spec(spec: JobSpec, limits: JobLimits) -> JobSpec:
+    """A copy of the spec with defaults applied, after checking every field."""
+    size = spec.ByteSize()
+    if size > limits.max_spec_bytes:
+        raise MessageTooLarge("spec", size, limits.max_spec_bytes)
+    if not spec.prompt and not spec.messages:
+        raise FieldRequired("spec.prompt")
+    required(spec.model, "spec.model")
+    _check_text(spec.prompt, "spec.prompt", limits)
+    _check_text(spec.system_prompt, "spec.system_prompt", limits)
+    for index, message in enumerate(spec.messages):
+        _check_message(message, f"spec.messages[{index}]", limits)
+    _check_tools(spec)
+    _check_labels(spec, limits)
+    if len(spec.session) > limits.max_session_chars:
+        raise FieldInvalid("spec.session", f"at most {limits.max_session_chars} characters")
+    if spec.parent:
+        parse_job_name(spec.parent, "spec.parent")
+    normalized = JobSpec()
+    normalized.CopyFrom(spec)
+    normalized.max_turns = _max_turns(spec.max_turns, limits)
+    normalized.timeout.FromTimedelta(_timeout(spec, limits))
+    return normalized
+
+
+def required(value: object, field: str) -> None:
+    """Raise FieldRequired when `value` is empty."""
+    if not value:
+        raise FieldRequired(field)
+
+
+def bounded(value: float, field: str, low: float, high: float) -> None:
+    """Raise FieldInvalid unless low <= value <= high."""
+    if not low <= value <= high:
+        raise FieldInvalid(field, f"must be from {low:g} to {high:g}")
+
+
+def _check_text(text: str, field: str, limits: JobLimits) -> None:
+    size = len(text.encode())
+    if size > limits.max_message_bytes:
+        raise MessageTooLarge(field, size, limits.max_message_bytes)
+
+
+def _check_message(message: Message, field: str, limits: JobLimits) -> None:
+    if message.role not in _ROLES:
+        raise FieldInvalid(f"{field}.role", "must be SYSTEM, USER, ASSISTANT or TOOL")
+    _check_text(message.content, f"{field}.content", limits)
+    if message.role == Role.ROLE_TOOL:
+        required(message.tool_call_id, f"{field}.tool_call_id")
+
+
+def _check_tools(spec: JobSpec) -> None:
+    names = set()
+    for index, tool in enumerate(spec.tools):
+        field = f"spec.tools[{index}].name"
+        if not _TOOL_NAME.fullmatch(tool.name):
+            raise FieldInvalid(field, "1 to 64 letters, digits, '_' or '-'")
+        if tool.name in names:
+            raise FieldInvalid(field, f"tool {tool.name!r} is offered twice")
+        names.add(tool.name)
+
+
+def _check_labels(spec: JobSpec, limits: JobLimits) -> None:
+    if len(spec.labels) > limits.max_labels:
+        raise FieldInvalid("spec.labels", f"at most {limits.max_labels} labels")
+    for key, value in spec.labels.items():
+        if not key or len(key) > limits.max_label_chars or len(value) > limits.max_label_chars:
+            raise FieldInvalid(
+                f"spec.labels[{key[:80]!r}]",
+                f"keys of 1 to {limits.max_label_chars} characters, values of at most "
+                f"{limits.max_label_chars}",
+            )
+
+
+def _max_turns(max_turns: int, limits: JobLimits) -> int:
+    if max_turns == 0:
+        return limits.default_max_turns
+    bounded(max_turns, "spec.max_turns", 1, limits.max_turns)
+    return max_turns
+
+
+def _timeout(spec: JobSpec, limits: JobLimits) -> timedelta:
+    if not spec.HasField("timeout") or spec.timeout.ToNanoseconds() == 0:
+        return limits.default_timeout
+    timeout = spec.timeout
+    if timeout.seconds < 0 or timeout.nanos < 0 or timeout.ToTimedelta() > limits.max_timeout:
+        raise FieldInvalid("spec.timeout", f"must be positive and at most {limits.max_timeout}")
+    return timeout.ToTimedelta()

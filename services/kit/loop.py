@@ -1,0 +1,19 @@
+"""Runs a service's main coroutine on the fastest event loop the platform has."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run_main(main: Coroutine[Any, Any, T]) -> T:
+    """uvloop where it is installed (measured: about 30% more jobs/s for `agentrt dev`
+    on the main-path benchmark, see docs/performance.md), asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -1,0 +1,1 @@
+"""The ledger service: usage records, prices, budgets and reservations that never overspend."""

@@ -1,0 +1,453 @@
+"""LedgerService: validates requests and delegates to the ledger store."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from agentrt.ledger.v1.ledger_pb2 import Budget, Price, UsageDimension, UsageKind, UsageRecord
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message
+
+from services.kit.errors import Aborted, AlreadyExists, FieldInvalid, FieldRequired, NameInvalid
+from services.kit.ids import is_valid_id
+from services.kit.paging import decode_offset, encode_offset, page_size
+from services.ledger import records
+from services.ledger.money import ModelPrice, parse_price
+from services.ledger.store import LedgerStore, ReportQuery
+
+Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID = 128
+MAX_MODEL_ID = 128
+DEFAULT_TTL = timedelta(minutes=5)
+MIN_TTL = timedelta(seconds=1)
+MAX_TTL = timedelta(hours=1)
+UPDATE_ATTEMPTS = 5
+"""How often an update without an etag is retried when a concurrent change won the race."""
+
+PRICE_PATHS = (
+    "input_price_per_million",
+    "output_price_per_million",
+    "cached_input_price_per_million",
+    "currency",
+)
+BUDGET_PATHS = ("description", "period", "limits", "warn_threshold")
+REPORT_DIMENSION_NAMES = {
+    UsageDimension.USAGE_DIMENSION_TENANT: "tenant",
+    UsageDimension.USAGE_DIMENSION_PRINCIPAL: "principal",
+    UsageDimension.USAGE_DIMENSION_MODEL: "model",
+    UsageDimension.USAGE_DIMENSION_DAY: "day",
+    UsageDimension.USAGE_DIMENSION_JOB_TREE: "root_job",
+}
+
+_BUDGET_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    """Usage, prices, budgets and reservations for workers, the engine and operators."""
+
+    def __init__(self, store: LedgerStore, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._store = store
+        self._clock = clock
+
+    # Usage
+
+    async def RecordUsage(
+        self, request: ledger_pb2.RecordUsageRequest, context: Context
+    ) -> UsageRecord:
+        if not request.HasField("usage_record"):
+            raise FieldRequired("usage_record")
+        entry = records.usage_entry(request.usage_record_id, request.usage_record, "")
+        record, _ = await self._store.record_usage(entry, self._clock())
+        return record
+
+    async def ListUsageRecords(
+        self, request: ledger_pb2.ListUsageRecordsRequest, context: Context
+    ) -> ledger_pb2.ListUsageRecordsResponse:
+        size = page_size(request.page_size, 100, 1000)
+        offset = decode_offset(request.page_token)
+        matches = _usage_filter(request)
+        found = [r for r in await self._store.list_usage_records(request.tenant) if matches(r)]
+        page, token = _page(found, offset, size)
+        return ledger_pb2.ListUsageRecordsResponse(usage_records=page, next_page_token=token)
+
+    # Prices
+
+    async def CreatePrice(self, request: ledger_pb2.CreatePriceRequest, context: Context) -> Price:
+        model = _check_model(request.price_id, "price_id")
+        if not request.HasField("price"):
+            raise FieldRequired("price")
+        price = _model_price(request.price)
+        _check_request_id(request.request_id)
+        try:
+            return await self._store.create_price(model, price, self._clock())
+        except AlreadyExists:
+            # A retried create finds its own price; without a request_id it is a conflict.
+            existing = await self._store.get_price(model) if request.request_id else None
+            if existing is not None and _model_price(existing) == price:
+                return existing
+            raise
+
+    async def GetPrice(self, request: ledger_pb2.GetPriceRequest, context: Context) -> Price:
+        return await self._store.get_price(_parse_price_name(request.name))
+
+    async def ListPrices(
+        self, request: ledger_pb2.ListPricesRequest, context: Context
+    ) -> ledger_pb2.ListPricesResponse:
+        size = page_size(request.page_size, 100, 1000)
+        offset = decode_offset(request.page_token)
+        page, token = _page(await self._store.list_prices(), offset, size)
+        return ledger_pb2.ListPricesResponse(prices=page, next_page_token=token)
+
+    async def UpdatePrice(self, request: ledger_pb2.UpdatePriceRequest, context: Context) -> Price:
+        if not request.HasField("price"):
+            raise FieldRequired("price")
+        change = request.price
+        model = _parse_price_name(change.name, "price.name")
+        paths = _mask_paths(list(request.update_mask.paths), PRICE_PATHS, _set_price_paths(change))
+
+        async def update(current: Price, etag: str) -> Price:
+            merged = _merged(current, change, paths)
+            return await self._store.update_price(model, _model_price(merged), etag, self._clock())
+
+        return await _read_modify_write(lambda: self._store.get_price(model), update, change.etag)
+
+    async def DeletePrice(self, request: ledger_pb2.DeletePriceRequest, context: Context) -> Empty:
+        await self._store.delete_price(_parse_price_name(request.name), request.etag)
+        return Empty()
+
+    # Budgets
+
+    async def CreateBudget(
+        self, request: ledger_pb2.CreateBudgetRequest, context: Context
+    ) -> Budget:
+        budget_id = _check_budget_id(request.budget_id, "budget_id")
+        if not request.HasField("budget"):
+            raise FieldRequired("budget")
+        spec = records.budget_spec(request.budget)
+        _check_request_id(request.request_id)
+        try:
+            return await self._store.create_budget(budget_id, spec, self._clock())
+        except AlreadyExists:
+            existing = await self._store.get_budget(budget_id) if request.request_id else None
+            if existing is not None and records.budget_spec(existing) == spec:
+                return existing
+            raise
+
+    async def GetBudget(self, request: ledger_pb2.GetBudgetRequest, context: Context) -> Budget:
+        return await self._store.get_budget(_parse_budget_name(request.name))
+
+    async def ListBudgets(
+        self, request: ledger_pb2.ListBudgetsRequest, context: Context
+    ) -> ledger_pb2.ListBudgetsResponse:
+        size = page_size(request.page_size, 50, 500)
+        offset = decode_offset(request.page_token)
+        page, token = _page(await self._store.list_budgets(request.tenant), offset, size)
+        return ledger_pb2.ListBudgetsResponse(budgets=page, next_page_token=token)
+
+    async def UpdateBudget(
+        self, request: ledger_pb2.UpdateBudgetRequest, context: Context
+    ) -> Budget:
+        if not request.HasField("budget"):
+            raise FieldRequired("budget")
+        change = request.budget
+        budget_id = _parse_budget_name(change.name, "budget.name")
+        paths = _mask_paths(
+            list(request.update_mask.paths), BUDGET_PATHS, _set_budget_paths(change)
+        )
+
+        async def update(current: Budget, etag: str) -> Budget:
+            spec = records.budget_spec(_merged(current, change, paths))
+            return await self._store.update_budget(budget_id, spec, etag, self._clock())
+
+        return await _read_modify_write(
+            lambda: self._store.get_budget(budget_id), update, change.etag
+        )
+
+    async def DeleteBudget(
+        self, request: ledger_pb2.DeleteBudgetRequest, context: Context
+    ) -> Empty:
+        await self._store.delete_budget(_parse_budget_name(request.name), request.etag)
+        return Empty()
+
+    # Verdicts and reservations
+
+    async def CheckBudget(
+        self, request: ledger_pb2.CheckBudgetRequest, context: Context
+    ) -> ledger_pb2.CheckBudgetResponse:
+        if not request.tenant:
+            raise FieldRequired("tenant")
+        amounts = records.parse_amounts(request.amounts, "amounts")
+        return await self._store.check_budget(
+            request.tenant, request.principal, amounts, self._clock()
+        )
+
+    async def ReserveBudget(
+        self, request: ledger_pb2.ReserveBudgetRequest, context: Context
+    ) -> ledger_pb2.Reservation:
+        return await self._store.reserve(_reservation_request(request), self._clock())
+
+    async def SettleReservation(
+        self, request: ledger_pb2.SettleReservationRequest, context: Context
+    ) -> ledger_pb2.Reservation:
+        reservation_id = _parse_reservation_name(request.name)
+        entries = [
+            records.usage_entry(r.usage_record_id, r.usage_record, f"usage_records[{i}].")
+            for i, r in enumerate(request.usage_records)
+        ]
+        return await self._store.settle(reservation_id, entries, self._clock())
+
+    async def ReleaseReservation(
+        self, request: ledger_pb2.ReleaseReservationRequest, context: Context
+    ) -> ledger_pb2.Reservation:
+        reservation_id = _parse_reservation_name(request.name)
+        released = await self._store.release(reservation_id, self._clock())
+        log.debug("released %s: %.200s", released.name, request.reason or "no reason given")
+        return released
+
+    # Reports
+
+    async def GetUsageReport(
+        self, request: ledger_pb2.GetUsageReportRequest, context: Context
+    ) -> ledger_pb2.GetUsageReportResponse:
+        size = page_size(request.page_size, 100, 1000)
+        offset = decode_offset(request.page_token)
+        rows = await self._store.usage_report(_report_query(request, self._clock()))
+        page, token = _page([r.row for r in rows], offset, size)
+        return ledger_pb2.GetUsageReportResponse(rows=page, next_page_token=token)
+
+
+# Names and ids
+
+
+def _parse_price_name(name: str, field: str = "name") -> str:
+    collection, _, model = name.partition("/")
+    if collection != "prices" or not 0 < len(model) <= MAX_MODEL_ID or "/" in model:
+        raise NameInvalid(field, name, "prices/{model}")
+    return model
+
+
+def _parse_budget_name(name: str, field: str = "name") -> str:
+    collection, _, budget_id = name.partition("/")
+    if collection != "budgets" or not _BUDGET_ID.fullmatch(budget_id):
+        raise NameInvalid(field, name, "budgets/{budget}")
+    return budget_id
+
+
+def _parse_reservation_name(name: str, field: str = "name") -> str:
+    collection, _, reservation_id = name.partition("/")
+    if collection != "reservations" or not is_valid_id(reservation_id):
+        raise NameInvalid(field, name, "reservations/{reservation}")
+    return reservation_id
+
+
+def _check_model(model: str, field: str) -> str:
+    if not model:
+        raise FieldRequired(field)
+    if len(model) > MAX_MODEL_ID or "/" in model:
+        raise FieldInvalid(field, f"1 to {MAX_MODEL_ID} characters, no '/'")
+    return model
+
+
+def _check_budget_id(budget_id: str, field: str) -> str:
+    if not budget_id:
+        raise FieldRequired(field)
+    if not _BUDGET_ID.fullmatch(budget_id):
+        raise FieldInvalid(
+            field, "1 to 63 lowercase letters, digits and '-', starting with a letter"
+        )
+    return budget_id
+
+
+def _check_job(job: str, field: str) -> None:
+    """FieldInvalid unless `job` is empty or a job's name."""
+    collection, _, job_id = job.partition("/")
+    if job and (collection != "jobs" or not is_valid_id(job_id)):
+        raise FieldInvalid(field, "a job's name, jobs/{job}")
+
+
+def _check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise FieldInvalid("request_id", f"must be at most {MAX_REQUEST_ID} printable characters")
+
+
+# Fields
+
+
+def _model_price(price: Price) -> ModelPrice:
+    if not price.input_price_per_million:
+        raise FieldRequired("price.input_price_per_million")
+    if not price.output_price_per_million:
+        raise FieldRequired("price.output_price_per_million")
+    if price.currency not in ("", "USD"):
+        raise FieldInvalid("price.currency", 'only "USD"')
+    return parse_price(
+        price.input_price_per_million,
+        price.output_price_per_million,
+        price.cached_input_price_per_million,
+    )
+
+
+def _reservation_request(request: ledger_pb2.ReserveBudgetRequest) -> records.ReservationRequest:
+    if not request.tenant:
+        raise FieldRequired("tenant")
+    _check_job(request.job, "job")
+    if not request.HasField("amounts"):
+        raise FieldRequired("amounts")
+    amounts = records.parse_amounts(request.amounts, "amounts")
+    ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else timedelta(0)
+    if ttl == timedelta(0):
+        ttl = DEFAULT_TTL
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise FieldInvalid("ttl", "from 1 second to 1 hour")
+    _check_request_id(request.request_id)
+    return records.ReservationRequest(
+        tenant=request.tenant,
+        principal=request.principal,
+        job=request.job,
+        amounts=amounts,
+        ttl=ttl,
+        request_id=request.request_id,
+        request_hash=records.request_hash(
+            request.tenant, request.principal, request.job, amounts, ttl.total_seconds()
+        ),
+    )
+
+
+def _report_query(request: ledger_pb2.GetUsageReportRequest, now: datetime) -> ReportQuery:
+    if not request.HasField("start_time"):
+        raise FieldRequired("start_time")
+    start = request.start_time.ToDatetime(UTC)
+    end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+    if end < start:
+        raise FieldInvalid("end_time", "must not be before start_time")
+    group_by = []
+    for dimension in request.group_by:
+        name = REPORT_DIMENSION_NAMES.get(dimension)
+        if name is None or name in group_by:
+            raise FieldInvalid("group_by", "known dimensions, each at most once")
+        group_by.append(name)
+    return ReportQuery(
+        start_time=start,
+        end_time=end,
+        group_by=group_by,
+        tenant=request.tenant,
+        principal=request.principal,
+        model=request.model,
+    )
+
+
+def _usage_filter(request: ledger_pb2.ListUsageRecordsRequest) -> Callable[[UsageRecord], bool]:
+    """Whether a record passes the request's filters other than the tenant."""
+    _check_job(request.job, "job")
+    _check_job(request.root_job, "root_job")
+    if request.kind not in UsageKind.values():
+        raise FieldInvalid("kind", "a UsageKind")
+    start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+    end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
+
+    def matches(record: UsageRecord) -> bool:
+        at = record.usage_time.ToDatetime(UTC)
+        root = record.root_job or record.job
+        return (
+            request.principal in ("", record.principal)
+            and request.job in ("", record.job)
+            and request.root_job in ("", root)
+            and request.model in ("", record.model)
+            and request.kind in (0, record.kind)
+            and (start is None or at >= start)
+            and (end is None or at < end)
+        )
+
+    return matches
+
+
+# Update masks (AIP-134)
+
+
+def _set_price_paths(price: Price) -> list[str]:
+    return [path for path in PRICE_PATHS if getattr(price, path)]
+
+
+def _set_budget_paths(budget: Budget) -> list[str]:
+    present = {
+        "description": bool(budget.description),
+        "period": budget.period != Budget.PERIOD_UNSPECIFIED,
+        "limits": budget.HasField("limits"),
+        "warn_threshold": budget.HasField("warn_threshold"),
+    }
+    return [path for path in BUDGET_PATHS if present[path]]
+
+
+def _mask_paths(paths: list[str], mutable: Sequence[str], set_paths: list[str]) -> list[str]:
+    """The fields an update replaces: the mask's, all for "*", those set for an empty mask."""
+    if paths == ["*"]:
+        return list(mutable)
+    if not paths:
+        if not set_paths:
+            raise FieldInvalid("update_mask", "is empty and the request sets no mutable field")
+        return set_paths
+    for path in paths:
+        if path not in mutable:
+            raise FieldInvalid(
+                "update_mask",
+                f"path {path!r} is unknown or immutable; use {', '.join(mutable)} or *",
+            )
+    return paths
+
+
+M = TypeVar("M", Price, Budget)
+
+
+def _merged(current: M, change: M, paths: Sequence[str]) -> M:
+    """`current` with the fields named in `paths` taken from `change`."""
+    merged = type(current)()
+    merged.CopyFrom(current)
+    # As plain messages: the paths are checked against the mutable fields, not typed.
+    target: Message = merged
+    source: Message = change
+    for path in paths:
+        field = source.DESCRIPTOR.fields_by_name[path]
+        target.ClearField(path)
+        if field.message_type is not None:
+            if source.HasField(path):
+                getattr(target, path).CopyFrom(getattr(source, path))
+        elif not field.has_presence or source.HasField(path):
+            setattr(target, path, getattr(source, path))
+    return merged
+
+
+async def _read_modify_write(
+    read: Callable[[], Awaitable[M]], write: Callable[[M, str], Awaitable[M]], etag: str
+) -> M:
+    """Apply a partial update: with the caller's etag once, or, without one, against the
+    version read, again if a concurrent change came in between (so that none is lost)."""
+    attempt = 1
+    while True:
+        current = await read()
+        try:
+            return await write(current, etag or current.etag)
+        except Aborted:
+            if etag or attempt >= UPDATE_ATTEMPTS:
+                raise
+            attempt += 1
+
+
+def _page(items: Sequence[T], offset: int, size: int) -> tuple[list[T], str]:
+    """One page of `items` from `offset`, and the token of the next (empty on the last)."""
+    page = list(items[offset : offset + size])
+    more = offset + size < len(items)
+    return page, encode_offset(offset + size) if more else ""

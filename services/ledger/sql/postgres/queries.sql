@@ -1,0 +1,186 @@
+-- Queries of the PostgreSQL ledger store ($n parameters, asyncpg).
+-- Counter rows are always locked in (budget_id, period, window_start) order, after every
+-- counter a transaction needs exists, and after the reservation rows it changes: that one
+-- order for every writer is what keeps concurrent reserves, settles and sweeps free of
+-- deadlocks.
+
+-- name: insert_usage
+-- Returns no row when the id exists (ON CONFLICT waits for a concurrent insert to end).
+INSERT INTO usage_records (
+    id, body_hash, tenant, principal, kind, model, tool, job, parent_job, root_job,
+    trace_id, input_tokens, output_tokens, cached_input_tokens, cost_nanos, usage_time,
+    create_time
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+ON CONFLICT (id) DO NOTHING
+RETURNING *;
+
+-- name: usage_by_id
+SELECT * FROM usage_records WHERE id = $1;
+
+-- name: list_usage
+SELECT * FROM usage_records WHERE $1 = '' OR tenant = $1 ORDER BY usage_time DESC, id DESC;
+
+-- name: applicable_budgets
+-- The budgets of tenant $1 that apply to principal $2: the tenant's own and the principal's.
+SELECT id, period FROM budgets
+WHERE tenant = $1 AND (principal = '' OR principal = $2)
+ORDER BY id;
+
+-- name: ensure_counter
+-- Makes budget $1's counter of the window [$3, $4) of period $2 unless it exists, from the
+-- usage already recorded in that window except records $5 (inserted by this transaction,
+-- which adds them itself). Makes nothing when the budget's period is no longer $2.
+INSERT INTO budget_counters (
+    budget_id, period, window_start, spent_tokens, spent_cost_nanos, spent_tool_calls
+)
+SELECT b.id, b.period, $3,
+       coalesce(sum(u.input_tokens + u.output_tokens), 0),
+       coalesce(sum(u.cost_nanos), 0),
+       count(*) FILTER (WHERE u.kind = 2)
+FROM budgets b
+LEFT JOIN usage_records u
+    ON u.tenant = b.tenant
+    AND (b.principal = '' OR u.principal = b.principal)
+    AND u.usage_time >= $3 AND u.usage_time < $4
+    AND u.id <> ALL ($5::text[])
+WHERE b.id = $1 AND b.period = $2
+GROUP BY b.id, b.period
+ON CONFLICT DO NOTHING;
+
+-- name: lock_counters
+-- The counters ($1, $2, $3 zipped) with their budget's limits, locked in key order.
+SELECT c.*, b.limit_tokens, b.limit_cost_nanos, b.limit_tool_calls, b.warn_threshold
+FROM budget_counters c
+JOIN budgets b ON b.id = c.budget_id
+WHERE (c.budget_id, c.period, c.window_start) IN (
+    SELECT * FROM unnest($1::text[], $2::smallint[], $3::timestamptz[])
+)
+ORDER BY c.budget_id, c.period, c.window_start
+FOR UPDATE OF c;
+
+-- name: read_counters
+-- As lock_counters, without locking: for CheckBudget.
+SELECT c.*, b.limit_tokens, b.limit_cost_nanos, b.limit_tool_calls, b.warn_threshold
+FROM budget_counters c
+JOIN budgets b ON b.id = c.budget_id
+WHERE (c.budget_id, c.period, c.window_start) IN (
+    SELECT * FROM unnest($1::text[], $2::smallint[], $3::timestamptz[])
+)
+ORDER BY c.budget_id;
+
+-- name: add_to_counter
+-- Adds to one (already locked) counter: spent $4..$6, reserved $7..$9 (negative to give
+-- back).
+UPDATE budget_counters
+SET spent_tokens = spent_tokens + $4,
+    spent_cost_nanos = spent_cost_nanos + $5,
+    spent_tool_calls = spent_tool_calls + $6,
+    reserved_tokens = reserved_tokens + $7,
+    reserved_cost_nanos = reserved_cost_nanos + $8,
+    reserved_tool_calls = reserved_tool_calls + $9
+WHERE budget_id = $1 AND period = $2 AND window_start = $3;
+
+-- name: price_of
+SELECT * FROM prices WHERE model = $1;
+
+-- name: insert_price
+INSERT INTO prices (
+    model, input_price, output_price, cached_input_price, etag, create_time, update_time
+)
+VALUES ($1, $2, $3, $4, $5, $6, $6)
+ON CONFLICT (model) DO NOTHING
+RETURNING *;
+
+-- name: list_prices
+SELECT * FROM prices ORDER BY model;
+
+-- name: price_for_update
+SELECT * FROM prices WHERE model = $1 FOR UPDATE;
+
+-- name: update_price
+UPDATE prices
+SET input_price = $2, output_price = $3, cached_input_price = $4, etag = $5, update_time = $6
+WHERE model = $1
+RETURNING *;
+
+-- name: delete_price
+DELETE FROM prices WHERE model = $1;
+
+-- name: lock_usage_for_budget_change
+-- Waits for every transaction that is inserting usage records, and holds new ones back,
+-- while a budget is created or changes period: a recording transaction then either
+-- finishes first (and its usage is summed when the counter is made) or sees the budget.
+LOCK TABLE usage_records IN SHARE MODE;
+
+-- name: insert_budget
+INSERT INTO budgets (
+    id, description, tenant, principal, period, limit_tokens, limit_cost_nanos,
+    limit_tool_calls, warn_threshold, etag, create_time, update_time
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+ON CONFLICT (id) DO NOTHING
+RETURNING *;
+
+-- name: budget_by_id
+SELECT * FROM budgets WHERE id = $1;
+
+-- name: budget_for_update
+SELECT * FROM budgets WHERE id = $1 FOR UPDATE;
+
+-- name: list_budgets
+SELECT * FROM budgets WHERE $1 = '' OR tenant = $1 ORDER BY id;
+
+-- name: update_budget
+UPDATE budgets
+SET description = $2, period = $3, limit_tokens = $4, limit_cost_nanos = $5,
+    limit_tool_calls = $6, warn_threshold = $7, etag = $8, update_time = $9
+WHERE id = $1
+RETURNING *;
+
+-- name: delete_budget
+DELETE FROM budgets WHERE id = $1;
+
+-- name: insert_reservation
+-- Returns no row when the tenant has a reservation with this request_id.
+INSERT INTO reservations (
+    id, tenant, principal, job, request_id, request_hash, tokens, cost_nanos, tool_calls,
+    state, verdict, budgets, expire_time, create_time
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $12, $13)
+ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
+RETURNING *;
+
+-- name: insert_hold
+INSERT INTO reservation_holds (reservation_id, budget_id, period, window_start)
+VALUES ($1, $2, $3, $4);
+
+-- name: reservation_by_request_id
+SELECT * FROM reservations WHERE tenant = $1 AND request_id = $2;
+
+-- name: reservation_for_update
+SELECT * FROM reservations WHERE id = $1 FOR UPDATE;
+
+-- name: expired_for_update
+-- ACTIVE reservations past their expiry; ones another sweeper or settle holds are skipped.
+SELECT * FROM reservations
+WHERE state = 1 AND expire_time <= $1
+ORDER BY id
+LIMIT $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: holds_of
+-- The counters reservations $1 hold amounts on (a deleted budget's holds are gone).
+SELECT reservation_id, budget_id, period, window_start FROM reservation_holds
+WHERE reservation_id = ANY ($1::text[]);
+
+-- name: end_reservation
+-- Moves reservation $1 to state $2 at $3, with what was settled ($4..$7, or NULL).
+UPDATE reservations
+SET state = $2, end_time = $3, settled_tokens = $4, settled_cost_nanos = $5,
+    settled_tool_calls = $6, settled_records = $7
+WHERE id = $1
+RETURNING *;
+
+-- name: delete_holds
+DELETE FROM reservation_holds WHERE reservation_id = ANY ($1::text[]);

@@ -1,0 +1,488 @@
+"""The ledger store on PostgreSQL (asyncpg), for production and any number of replicas.
+
+Reserving is one short transaction that locks the counters of every budget that applies
+(`SELECT ... ORDER BY key FOR UPDATE`), decides on the locked values, and only then adds
+the amounts and inserts the reservation: no other transaction on any replica can change
+those counters between the check and the write, so concurrent reservations are admitted
+one after another and never past a limit. A single conditional UPDATE would be atomic too,
+but it updates the counters that fit even when another does not, so it still needs the
+transaction to undo them, and it cannot say which budget refused or by how much.
+
+Deadlocks: every writer takes its locks in one order, reservation rows first, then counter
+rows by (budget_id, period, window_start), after making every counter it needs; usage
+records are inserted sorted by id. The only waits are therefore ordered ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+from agentrt.ledger.v1.ledger_pb2 import (
+    Budget,
+    BudgetVerdict,
+    CheckBudgetResponse,
+    Price,
+    Reservation,
+    UsageKind,
+    UsageRecord,
+)
+
+from services.kit.errors import (
+    Aborted,
+    AlreadyExists,
+    IllegalTransition,
+    NotFound,
+    RequestIdReused,
+)
+from services.kit.ids import new_id
+from services.kit.storage import create_pool, load_queries
+from services.ledger import records
+from services.ledger.money import ModelPrice, cost_of, parse_price, to_nanos
+from services.ledger.records import (
+    BudgetSpec,
+    Counter,
+    CounterKey,
+    Deltas,
+    Quantities,
+    ReservationRequest,
+    UsageEntry,
+)
+from services.ledger.store import SQL_DIRECTORY, ReportQuery, ReportRow
+
+Connection = asyncpg.pool.PoolConnectionProxy
+
+QUERIES = load_queries(SQL_DIRECTORY / "postgres" / "queries.sql")
+
+_REPORT_GROUPS = {
+    "tenant": "tenant",
+    "principal": "principal",
+    "model": "model",
+    "day": "date_trunc('day', usage_time, 'UTC')",
+    "job": "job",
+    "root_job": "CASE WHEN root_job = '' THEN job ELSE root_job END",
+}
+
+
+class _DuplicateRequest(Exception):
+    """A concurrent reserve with the same request_id won; undo this one and return that."""
+
+
+def _time(value: datetime | None) -> datetime | None:
+    return value
+
+
+def _db_time(value: datetime) -> datetime:
+    return value
+
+
+class PostgresLedgerStore:
+    """A LedgerStore over an asyncpg pool whose search_path is the ledger schema."""
+
+    def __init__(self, pool: asyncpg.Pool, *, owns_pool: bool = False) -> None:
+        """Use `pool`; `close` closes it when the store owns it."""
+        self._pool = pool
+        self._owns_pool = owns_pool
+
+    @classmethod
+    async def open(cls, dsn: str, schema: str) -> PostgresLedgerStore:
+        """A store with a pool of its own on the migrated `schema`."""
+        return cls(await create_pool(dsn, schema), owns_pool=True)
+
+    async def close(self) -> None:
+        if self._owns_pool:
+            await self._pool.close()
+
+    # Usage
+
+    async def record_usage(self, entry: UsageEntry, now: datetime) -> tuple[UsageRecord, bool]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            stored = await _record_all(connection, [entry], now)
+            deltas = await _spent_deltas(connection, [row for row, new in stored if new])
+            await _apply(connection, deltas, {}, [row["id"] for row, new in stored if new])
+        row, created = stored[0]
+        return records.usage_record_from_row(row, _time), created
+
+    async def list_usage_records(self, tenant: str) -> list[UsageRecord]:
+        rows = await self._pool.fetch(QUERIES["list_usage"], tenant)
+        return [records.usage_record_from_row(row, _time) for row in rows]
+
+    # Prices
+
+    async def create_price(self, model: str, price: ModelPrice, now: datetime) -> Price:
+        row = await self._pool.fetchrow(
+            QUERIES["insert_price"], model, *records.price_columns(price), records.new_etag(), now
+        )
+        if row is None:
+            raise AlreadyExists(f"price {records.price_name(model)} exists already")
+        return records.price_from_row(row, _time)
+
+    async def get_price(self, model: str) -> Price:
+        row = await self._pool.fetchrow(QUERIES["price_of"], model)
+        if row is None:
+            raise NotFound(f"price {records.price_name(model)} not found")
+        return records.price_from_row(row, _time)
+
+    async def list_prices(self) -> list[Price]:
+        return [
+            records.price_from_row(row, _time)
+            for row in await self._pool.fetch(QUERIES["list_prices"])
+        ]
+
+    async def update_price(self, model: str, price: ModelPrice, etag: str, now: datetime) -> Price:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await _locked(connection, "price_for_update", model, etag, records.price_name(model))
+            row = await connection.fetchrow(
+                QUERIES["update_price"],
+                model,
+                *records.price_columns(price),
+                records.new_etag(),
+                now,
+            )
+        return records.price_from_row(row, _time)
+
+    async def delete_price(self, model: str, etag: str) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await _locked(connection, "price_for_update", model, etag, records.price_name(model))
+            await connection.execute(QUERIES["delete_price"], model)
+
+    # Budgets
+
+    async def create_budget(self, budget_id: str, spec: BudgetSpec, now: datetime) -> Budget:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(QUERIES["lock_usage_for_budget_change"])
+            row = await connection.fetchrow(
+                QUERIES["insert_budget"],
+                budget_id,
+                spec.description,
+                spec.tenant,
+                spec.principal,
+                *records.budget_columns(spec),
+                records.new_etag(),
+                now,
+            )
+        if row is None:
+            raise AlreadyExists(f"budget {records.budget_name(budget_id)} exists already")
+        return records.budget_from_row(row, _time)
+
+    async def get_budget(self, budget_id: str) -> Budget:
+        row = await self._pool.fetchrow(QUERIES["budget_by_id"], budget_id)
+        if row is None:
+            raise NotFound(f"budget {records.budget_name(budget_id)} not found")
+        return records.budget_from_row(row, _time)
+
+    async def list_budgets(self, tenant: str) -> list[Budget]:
+        rows = await self._pool.fetch(QUERIES["list_budgets"], tenant)
+        return [records.budget_from_row(row, _time) for row in rows]
+
+    async def update_budget(
+        self, budget_id: str, spec: BudgetSpec, etag: str, now: datetime
+    ) -> Budget:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(QUERIES["lock_usage_for_budget_change"])
+            name = records.budget_name(budget_id)
+            current = await _locked(connection, "budget_for_update", budget_id, etag, name)
+            records.check_immutable(current, spec)
+            row = await connection.fetchrow(
+                QUERIES["update_budget"],
+                budget_id,
+                spec.description,
+                *records.budget_columns(spec),
+                records.new_etag(),
+                now,
+            )
+        return records.budget_from_row(row, _time)
+
+    async def delete_budget(self, budget_id: str, etag: str) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            name = records.budget_name(budget_id)
+            await _locked(connection, "budget_for_update", budget_id, etag, name)
+            await connection.execute(QUERIES["delete_budget"], budget_id)
+
+    async def check_budget(
+        self, tenant: str, principal: str, amounts: Quantities, now: datetime
+    ) -> CheckBudgetResponse:
+        async with self._pool.acquire() as connection, connection.transaction():
+            keys = await _current_keys(connection, tenant, principal, now)
+            await _ensure_counters(connection, keys, [])
+            rows = await connection.fetch(QUERIES["read_counters"], *_zip_keys(keys))
+        return records.check_response([records.counter_from_row(r, _time) for r in rows], amounts)
+
+    # Reservations
+
+    async def reserve(self, request: ReservationRequest, now: datetime) -> Reservation:
+        if request.request_id:
+            existing = await self._by_request_id(request)
+            if existing is not None:
+                return existing
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                return await _reserve(connection, request, now)
+        except _DuplicateRequest:
+            found = await self._by_request_id(request)
+            if found is None:
+                raise Aborted("a reservation with this request_id vanished; retry") from None
+            return found
+
+    async def _by_request_id(self, request: ReservationRequest) -> Reservation | None:
+        row = await self._pool.fetchrow(
+            QUERIES["reservation_by_request_id"], request.tenant, request.request_id
+        )
+        if row is None:
+            return None
+        if bytes(row["request_hash"]) != request.request_hash:
+            raise RequestIdReused(request.request_id)
+        return records.reservation_from_row(row, _time)
+
+    async def settle(
+        self, reservation_id: str, entries: Sequence[UsageEntry], now: datetime
+    ) -> Reservation:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await _reservation_for_update(connection, reservation_id)
+            settled_ids = records.settled_ids(entries)
+            if row["state"] == Reservation.STATE_SETTLED:
+                records.check_settled_again(row, settled_ids)
+                return records.reservation_from_row(row, _time)
+            records.check_tenants(row["tenant"], entries)
+            stored = await _record_all(connection, entries, now)
+            spent = await _spent_deltas(connection, [r for r, new in stored if new])
+            reserved = await _held_deltas(connection, [row])
+            await _apply(connection, spent, reserved, [r["id"] for r, new in stored if new])
+            await connection.execute(QUERIES["delete_holds"], [reservation_id])
+            total = records.total_spent(r for r, _ in stored)
+            ended = await connection.fetchrow(
+                QUERIES["end_reservation"],
+                reservation_id,
+                Reservation.STATE_SETTLED,
+                now,
+                total.tokens,
+                total.cost_nanos,
+                total.tool_calls,
+                json.dumps(settled_ids),
+            )
+        return records.reservation_from_row(ended, _time)
+
+    async def release(self, reservation_id: str, now: datetime) -> Reservation:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await _reservation_for_update(connection, reservation_id)
+            if row["state"] == Reservation.STATE_SETTLED:
+                raise IllegalTransition("STATE_SETTLED", "release a reservation")
+            if row["state"] != Reservation.STATE_ACTIVE:
+                return records.reservation_from_row(row, _time)
+            ended = await _end_active(connection, [row], Reservation.STATE_RELEASED, now)
+        return ended[0]
+
+    async def expire_reservations(self, now: datetime, limit: int) -> list[Reservation]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(QUERIES["expired_for_update"], now, limit)
+            return await _end_active(connection, rows, Reservation.STATE_EXPIRED, now)
+
+    async def usage_report(self, query: ReportQuery) -> list[ReportRow]:
+        groups = ", ".join(f"{_REPORT_GROUPS[d]} AS {d}" for d in query.group_by)
+        order = ", ".join(str(i) for i in range(1, len(query.group_by) + 1))
+        sql = (
+            f"SELECT {groups + ',' if groups else ''} {records.REPORT_SUMS} FROM usage_records"
+            " WHERE usage_time >= $1 AND usage_time < $2 AND ($3 = '' OR tenant = $3)"
+            " AND ($4 = '' OR principal = $4) AND ($5 = '' OR model = $5)"
+            + (f" GROUP BY {order} ORDER BY {order}" if order else "")
+        )
+        rows = await self._pool.fetch(
+            sql, query.start_time, query.end_time, query.tenant, query.principal, query.model
+        )
+        return [
+            ReportRow(*records.report_row(query.group_by, row, _time))
+            for row in rows
+            if row["record_count"]
+        ]
+
+
+async def _reserve(
+    connection: Connection, request: ReservationRequest, now: datetime
+) -> Reservation:
+    keys = await _current_keys(connection, request.tenant, request.principal, now)
+    counters = await _lock_counters(connection, keys, [])
+    if len(counters) != len(keys):
+        raise Aborted("a budget changed while reserving; retry")
+    for counter in counters:
+        if records.overrun(counter, request.amounts) is not None:
+            raise records.denial(counter, request.amounts)
+    verdicts = {records.verdict(counter, request.amounts) for counter in counters}
+    warn = BudgetVerdict.BUDGET_VERDICT_WARN in verdicts
+    amounts = request.amounts
+    row = await connection.fetchrow(
+        QUERIES["insert_reservation"],
+        new_id(),
+        request.tenant,
+        request.principal,
+        request.job,
+        request.request_id,
+        request.request_hash,
+        amounts.tokens,
+        amounts.cost_nanos,
+        amounts.tool_calls,
+        BudgetVerdict.BUDGET_VERDICT_WARN if warn else BudgetVerdict.BUDGET_VERDICT_ALLOW,
+        json.dumps([key[0] for key in keys]),
+        now + request.ttl,
+        now,
+    )
+    if row is None:
+        raise _DuplicateRequest
+    await connection.executemany(QUERIES["insert_hold"], [(row["id"], *key) for key in keys])
+    await _add(connection, {}, {key: amounts for key in keys})
+    return records.reservation_from_row(row, _time)
+
+
+async def _end_active(
+    connection: Connection, rows: Sequence[Any], state: int, now: datetime
+) -> list[Reservation]:
+    """Give back what ACTIVE reservations (locked) hold and move them to `state`."""
+    await _apply(connection, {}, await _held_deltas(connection, rows), [])
+    ids = [row["id"] for row in rows]
+    await connection.execute(QUERIES["delete_holds"], ids)
+    ended = []
+    for reservation_id in ids:
+        row = await connection.fetchrow(
+            QUERIES["end_reservation"], reservation_id, state, now, None, None, None, None
+        )
+        ended.append(records.reservation_from_row(row, _time))
+    return ended
+
+
+async def _reservation_for_update(connection: Connection, reservation_id: str) -> Any:
+    row = await connection.fetchrow(QUERIES["reservation_for_update"], reservation_id)
+    if row is None:
+        raise NotFound(f"reservation {records.reservation_name(reservation_id)} not found")
+    return row
+
+
+async def _held_deltas(connection: Connection, reservations: Sequence[Any]) -> Deltas:
+    """What ACTIVE reservations hold, as negative reserved deltas per counter."""
+    amounts = {
+        row["id"]: records.negated(Quantities(row["tokens"], row["cost_nanos"], row["tool_calls"]))
+        for row in reservations
+        if row["state"] == Reservation.STATE_ACTIVE
+    }
+    deltas: Deltas = {}
+    for hold in await connection.fetch(QUERIES["holds_of"], list(amounts)):
+        key = (hold["budget_id"], hold["period"], hold["window_start"])
+        records.add_delta(deltas, key, amounts[hold["reservation_id"]])
+    return deltas
+
+
+async def _record_all(
+    connection: Connection, entries: Sequence[UsageEntry], now: datetime
+) -> list[tuple[Any, bool]]:
+    """Insert the records (sorted by id, so that concurrent batches wait in one order), as
+    (row, inserted) in the entries' order; an id stored with another body is
+    RequestIdReused."""
+    stored: dict[str, tuple[Any, bool]] = {}
+    for entry in sorted(entries, key=lambda e: e.record_id):
+        if entry.record_id in stored:
+            records.check_same_body(stored[entry.record_id][0], entry)
+            continue
+        cost = entry.cost_nanos
+        if cost is None and entry.kind == UsageKind.USAGE_KIND_MODEL_CALL:
+            cost = await _priced(connection, entry)
+        row = await connection.fetchrow(
+            QUERIES["insert_usage"], *records.usage_columns(entry, cost, now, _db_time)
+        )
+        inserted = row is not None
+        if row is None:
+            row = await connection.fetchrow(QUERIES["usage_by_id"], entry.record_id)
+        records.check_same_body(row, entry)
+        stored[entry.record_id] = (row, inserted)
+    return [stored[entry.record_id] for entry in entries]
+
+
+async def _priced(connection: Connection, entry: UsageEntry) -> int | None:
+    row = await connection.fetchrow(QUERIES["price_of"], entry.model)
+    if row is None:
+        return None
+    price = parse_price(row["input_price"], row["output_price"], row["cached_input_price"])
+    return to_nanos(cost_of(price, records.entry_usage(entry)))
+
+
+async def _spent_deltas(connection: Connection, rows: Sequence[Any]) -> Deltas:
+    """What newly stored usage records add to the spent counters of their budgets."""
+    deltas: Deltas = {}
+    budgets: dict[tuple[str, str], list[Any]] = {}
+    for row in rows:
+        who = (row["tenant"], row["principal"])
+        if who not in budgets:
+            budgets[who] = await connection.fetch(QUERIES["applicable_budgets"], *who)
+        for budget in budgets[who]:
+            key = records.counter_key(budget["id"], budget["period"], row["usage_time"])
+            records.add_delta(deltas, key, records.record_spent(row))
+    return deltas
+
+
+async def _current_keys(
+    connection: Connection, tenant: str, principal: str, now: datetime
+) -> list[CounterKey]:
+    budgets = await connection.fetch(QUERIES["applicable_budgets"], tenant, principal)
+    return [records.counter_key(b["id"], b["period"], now) for b in budgets]
+
+
+async def _apply(
+    connection: Connection, spent: Deltas, reserved: Deltas, new_records: list[str]
+) -> None:
+    """Lock every counter the deltas touch (making missing ones) and add the deltas."""
+    await _lock_counters(connection, sorted(spent.keys() | reserved.keys()), new_records)
+    await _add(connection, spent, reserved)
+
+
+async def _add(connection: Connection, spent: Deltas, reserved: Deltas) -> None:
+    zero = Quantities()
+    await connection.executemany(
+        QUERIES["add_to_counter"],
+        [
+            (
+                *key,
+                *records.triple(spent.get(key, zero)),
+                *records.triple(reserved.get(key, zero)),
+            )
+            for key in sorted(spent.keys() | reserved.keys())
+        ],
+    )
+
+
+async def _lock_counters(
+    connection: Connection, keys: Sequence[CounterKey], new_records: list[str]
+) -> list[Counter]:
+    """Make the missing counters, then lock them all in key order."""
+    if not keys:
+        return []
+    await _ensure_counters(connection, keys, new_records)
+    rows = await connection.fetch(QUERIES["lock_counters"], *_zip_keys(keys))
+    return [records.counter_from_row(row, _time) for row in rows]
+
+
+async def _ensure_counters(
+    connection: Connection, keys: Sequence[CounterKey], new_records: list[str]
+) -> None:
+    if not keys:
+        return
+    rows = await connection.fetch(QUERIES["read_counters"], *_zip_keys(keys))
+    existing = {(row["budget_id"], row["period"], row["window_start"]) for row in rows}
+    missing = sorted(set(keys) - existing)
+    await connection.executemany(
+        QUERIES["ensure_counter"],
+        [(*key, records.window(key[1], key[2])[1], new_records) for key in missing],
+    )
+
+
+def _zip_keys(keys: Sequence[CounterKey]) -> tuple[list[str], list[int], list[datetime]]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+
+
+async def _locked(connection: Connection, query: str, key: str, etag: str, name: str) -> Any:
+    """The row `query` locks, after checking it exists and has the etag (when given)."""
+    row = await connection.fetchrow(QUERIES[query], key)
+    if row is None:
+        raise NotFound(f"{name} not found")
+    if etag and row["etag"] != etag:
+        raise Aborted(f"{name} changed meanwhile (etag {etag!r} is stale)")
+    return row

@@ -1,0 +1,1 @@
+"""The orchestrator service: workers that lease jobs and run the agent loop."""

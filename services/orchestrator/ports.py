@@ -1,0 +1,272 @@
+"""What the agent loop needs from the jobs service and the engine, and their gRPC clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+import grpc
+from agentrt.common.v1 import common_pb2
+from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
+from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+
+from services.kit.interceptors import LONG_LIVED
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DeltaSink = Callable[[str], Awaitable[None]]
+"""Receives each piece of text of a streamed answer as it arrives."""
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the job: it was cancelled, finished, or taken over."""
+
+
+class JobsUnavailable(Exception):
+    """The jobs service could not be reached, or its answer is unknown; the lease will
+    expire and another worker resumes the job from its last checkpoint."""
+
+
+class ModelCallFailed(Exception):
+    """The engine could not answer a model call."""
+
+    def __init__(self, reason: common_pb2.ErrorReason.ValueType, message: str, retryable: bool):
+        super().__init__(message)
+        self.reason = reason
+        """MODEL_NOT_FOUND, PROVIDER_ERROR or DEADLINE_EXCEEDED."""
+        self.message = message
+        self.retryable = retryable
+        """True when the same call may succeed later (provider down or rate limiting)."""
+
+
+@dataclass(frozen=True)
+class FinalTurn:
+    """The last turn of a run, recorded by FinishJob together with the job's end
+    instead of by a CheckpointJob of its own: one round trip and one transaction less."""
+
+    checkpoint: jobs_pb2.Checkpoint
+    message: common_pb2.Message
+    usage: common_pb2.Usage
+
+
+class JobsPort(Protocol):
+    """The jobs service as one running job sees it. Every method raises LeaseLost once the
+    lease is gone, and JobsUnavailable when the service cannot be reached."""
+
+    async def heartbeat(self, job: str, lease_id: str) -> None:
+        """Extends the lease by the worker's lease duration."""
+        ...
+
+    async def checkpoint(
+        self,
+        job: str,
+        lease_id: str,
+        checkpoint: jobs_pb2.Checkpoint,
+        message: common_pb2.Message,
+        turn_usage: common_pb2.Usage,
+    ) -> jobs_pb2.Job:
+        """Records a completed turn; returns the job as it now is."""
+        ...
+
+    async def finish(
+        self,
+        job: str,
+        lease_id: str,
+        state: common_pb2.JobState.ValueType,
+        usage: common_pb2.Usage,
+        result: jobs_pb2.JobResult | None = None,
+        failure: common_pb2.Failure | None = None,
+        final_turn: FinalTurn | None = None,
+    ) -> jobs_pb2.Job:
+        """Ends the job as SUCCEEDED (with result) or FAILED / TIMED_OUT (with failure),
+        recording `final_turn` in the same transaction."""
+        ...
+
+    async def release(self, job: str, lease_id: str, reason: str) -> None:
+        """Gives the job back to the queue."""
+        ...
+
+
+class ModelPort(Protocol):
+    """The engine's streaming model call."""
+
+    async def stream(
+        self,
+        request: engine_pb2.CompleteRequest,
+        time_left: float | None,
+        on_delta: DeltaSink,
+    ) -> engine_pb2.CompleteChunk:
+        """Streams an answer: passes each text delta to `on_delta` as it arrives and
+        returns the last chunk (finish reason, tool calls, usage); the call may take
+        `time_left` seconds (None: the channel's default). Raises ModelCallFailed.
+        Cancelling the caller cancels the call, which closes the provider's stream."""
+        ...
+
+
+class GrpcJobsPort:
+    """JobsPort (and the worker's LeaseJobs) over the JobService stub."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        worker_id: str,
+        lease_seconds: float,
+        retry_attempts: int = 4,
+        retry_backoff: float = 0.2,
+    ) -> None:
+        """A call that finds the service UNAVAILABLE is tried `retry_attempts` times in
+        all, waiting about `retry_backoff * 2**i` seconds between tries."""
+        self._stub = jobs_pb2_grpc.JobServiceStub(channel)
+        self._worker_id = worker_id
+        self._lease_seconds = lease_seconds
+        self._lease_duration = _duration(lease_seconds)
+        self._retry_attempts = retry_attempts
+        self._retry_backoff = retry_backoff
+        self.last_contact: datetime | None = None
+        """When a lease was last granted or extended: the worker's heartbeat time."""
+
+    async def lease_jobs(self, max_jobs: int, wait_seconds: float) -> list[jobs_pb2.JobLease]:
+        """Long-polls for up to `max_jobs` runnable jobs; raises grpc.aio.AioRpcError."""
+        request = jobs_pb2.LeaseJobsRequest(
+            worker=self._worker_id,
+            max_jobs=max_jobs,
+            lease_duration=self._lease_duration,
+            wait_timeout=_duration(wait_seconds),
+        )
+        # The margin covers the round trip and the service's own scheduling.
+        timeout = wait_seconds + max(2.0, wait_seconds / 2)
+        response = await self._stub.LeaseJobs(request, timeout=timeout, metadata=LONG_LIVED)
+        self.last_contact = datetime.now(UTC)
+        return list(response.leases)
+
+    async def heartbeat(self, job: str, lease_id: str) -> None:
+        request = jobs_pb2.HeartbeatLeaseRequest(
+            name=job, lease_id=lease_id, lease_duration=self._lease_duration
+        )
+        # Past the lease duration an answer no longer matters: the lease has expired.
+        await self._call(lambda: self._stub.HeartbeatLease(request, timeout=self._lease_seconds))
+        self.last_contact = datetime.now(UTC)
+
+    async def checkpoint(
+        self,
+        job: str,
+        lease_id: str,
+        checkpoint: jobs_pb2.Checkpoint,
+        message: common_pb2.Message,
+        turn_usage: common_pb2.Usage,
+    ) -> jobs_pb2.Job:
+        request = jobs_pb2.CheckpointJobRequest(
+            name=job,
+            lease_id=lease_id,
+            checkpoint=checkpoint,
+            message=message,
+            turn_usage=turn_usage,
+        )
+        return await self._call(lambda: self._stub.CheckpointJob(request))
+
+    async def finish(
+        self,
+        job: str,
+        lease_id: str,
+        state: common_pb2.JobState.ValueType,
+        usage: common_pb2.Usage,
+        result: jobs_pb2.JobResult | None = None,
+        failure: common_pb2.Failure | None = None,
+        final_turn: FinalTurn | None = None,
+    ) -> jobs_pb2.Job:
+        request = jobs_pb2.FinishJobRequest(
+            name=job, lease_id=lease_id, state=state, usage=usage, result=result, failure=failure
+        )
+        if final_turn is not None:
+            request.checkpoint.CopyFrom(final_turn.checkpoint)
+            request.message.CopyFrom(final_turn.message)
+            request.turn_usage.CopyFrom(final_turn.usage)
+        return await self._call(lambda: self._stub.FinishJob(request))
+
+    async def release(self, job: str, lease_id: str, reason: str) -> None:
+        request = jobs_pb2.ReleaseJobRequest(name=job, lease_id=lease_id, reason=reason)
+        await self._call(lambda: self._stub.ReleaseJob(request))
+
+    async def _call(self, send: Callable[[], Awaitable[T]]) -> T:
+        """Sends a request, retrying while the service is UNAVAILABLE (the request did
+        not reach it, so a retry cannot apply it twice)."""
+        for attempt in range(self._retry_attempts):
+            try:
+                return await send()
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                    raise LeaseLost(error.details() or code.name) from error
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise JobsUnavailable(f"no answer in time: {error.details()}") from error
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if attempt + 1 == self._retry_attempts:
+                    raise JobsUnavailable(error.details() or code.name) from error
+                log.warning("jobs service unavailable (%s); retrying", error.details())
+                await asyncio.sleep(retry_delay(self._retry_backoff, attempt + 1))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class GrpcModelPort:
+    """ModelPort over the EngineService stub."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = engine_pb2_grpc.EngineServiceStub(channel)
+
+    async def stream(
+        self,
+        request: engine_pb2.CompleteRequest,
+        time_left: float | None,
+        on_delta: DeltaSink,
+    ) -> engine_pb2.CompleteChunk:
+        # With a timeout of its own the call may outlive the channel's default deadline
+        # (a long answer); without one, the default bounds it.
+        metadata = LONG_LIVED if time_left is not None else None
+        call = self._stub.StreamComplete(request, timeout=time_left, metadata=metadata)
+        last = engine_pb2.CompleteChunk()
+        try:
+            async for chunk in call:
+                if chunk.text_delta:
+                    await on_delta(chunk.text_delta)
+                last = chunk
+        except grpc.aio.AioRpcError as error:
+            raise model_call_failed(error) from error
+        finally:
+            # A no-op once the stream ended; when the run is cancelled it ends the RPC
+            # now, which closes the provider's stream in the engine.
+            call.cancel()
+        return last
+
+
+def model_call_failed(error: grpc.aio.AioRpcError) -> ModelCallFailed:
+    """What an engine status means for the agent loop."""
+    code = error.code()
+    message = error.details() or code.name
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ModelCallFailed(common_pb2.ERROR_REASON_MODEL_NOT_FOUND, message, retryable=False)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return ModelCallFailed(common_pb2.ERROR_REASON_PROVIDER_ERROR, message, retryable=True)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ModelCallFailed(common_pb2.ERROR_REASON_DEADLINE_EXCEEDED, message, retryable=True)
+    return ModelCallFailed(common_pb2.ERROR_REASON_PROVIDER_ERROR, message, retryable=False)
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def retry_delay(base: float, attempt: int) -> float:
+    """The pause after failed try `attempt` (from 1): about `base * 2**(attempt-1)`
+    seconds, jittered so that workers that failed together do not retry together."""
+    ceiling = base * 2.0 ** (attempt - 1)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)

@@ -1,0 +1,1 @@
+"""The policy service: policy sets of rules, and the decisions they make."""

@@ -1,0 +1,1 @@
+"""Tests of the engine service's model layer."""

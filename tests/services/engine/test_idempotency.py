@@ -1,0 +1,183 @@
+"""The in-process idempotency tracker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.engine.errors import IdempotencyConflict, ProviderUnavailable
+from services.engine.idempotency import IdempotencyTracker
+from services.engine.model import ChatMessage, Completion, TokenUsage
+
+
+def answer(text: str) -> Completion:
+    return Completion(
+        message=ChatMessage("assistant", text),
+        finish_reason="stop",
+        usage=TokenUsage(1, 1),
+        model="local",
+        provider="local",
+    )
+
+
+class CountingCall:
+    """A model call that counts its runs and can be held until a gate opens."""
+
+    def __init__(self, text: str = "done", gate: asyncio.Event | None = None) -> None:
+        self.runs = 0
+        self.text = text
+        self.gate = gate
+        self.started = asyncio.Event()
+
+    async def __call__(self) -> Completion:
+        self.runs += 1
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return answer(f"{self.text} #{self.runs}")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_concurrent_calls_with_one_key_run_once() -> None:
+    tracker = IdempotencyTracker()
+    gate = asyncio.Event()
+    call = CountingCall(gate=gate)
+
+    async def open_gate() -> None:
+        gate.set()
+
+    # Tasks start in order: the first runs the call and parks at the gate, the others
+    # find the call in flight and wait for it, and only then does the gate open.
+    results = await asyncio.gather(*(tracker.run("k", "fp", call) for _ in range(5)), open_gate())
+
+    assert call.runs == 1
+    assert results[:5] == [answer("done #1")] * 5
+
+
+async def test_completed_key_returns_the_recorded_result() -> None:
+    tracker = IdempotencyTracker()
+    call = CountingCall()
+
+    first = await tracker.run("k", "fp", call)
+    second = await tracker.run("k", "fp", call)
+
+    assert first == second == answer("done #1")
+    assert call.runs == 1
+
+
+async def test_same_key_with_another_request_conflicts() -> None:
+    tracker = IdempotencyTracker()
+    gate = asyncio.Event()
+    held = CountingCall(gate=gate)
+    running = asyncio.create_task(tracker.run("k", "fp-1", held))
+    await held.started.wait()
+
+    with pytest.raises(IdempotencyConflict):
+        await tracker.run("k", "fp-2", CountingCall())
+    gate.set()
+    await running
+    with pytest.raises(IdempotencyConflict) as conflict:
+        await tracker.run("k", "fp-2", CountingCall())
+    assert conflict.value.key == "k"
+    assert not conflict.value.retryable
+
+
+async def test_a_failed_call_is_not_recorded() -> None:
+    tracker = IdempotencyTracker()
+    attempts = 0
+
+    async def flaky() -> Completion:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ProviderUnavailable("p", "down")
+        return answer("recovered")
+
+    with pytest.raises(ProviderUnavailable):
+        await tracker.run("k", "fp", flaky)
+    assert await tracker.run("k", "fp", flaky) == answer("recovered")
+    assert attempts == 2
+    assert len(tracker) == 1
+
+
+async def test_waiters_get_the_error_of_the_call_they_waited_for() -> None:
+    tracker = IdempotencyTracker()
+    gate = asyncio.Event()
+    runs = 0
+
+    async def failing() -> Completion:
+        nonlocal runs
+        runs += 1
+        await gate.wait()
+        raise ProviderUnavailable("p", "down")
+
+    async def open_gate() -> None:
+        gate.set()
+
+    outcomes = await asyncio.gather(
+        tracker.run("k", "fp", failing),
+        tracker.run("k", "fp", failing),
+        open_gate(),
+        return_exceptions=True,
+    )
+
+    assert runs == 1
+    assert all(isinstance(o, ProviderUnavailable) for o in outcomes[:2])
+    assert len(tracker) == 0
+
+
+async def test_waiters_take_over_when_the_running_caller_is_cancelled() -> None:
+    tracker = IdempotencyTracker()
+    never = CountingCall(gate=asyncio.Event())
+    leader = asyncio.create_task(tracker.run("k", "fp", never))
+    await never.started.wait()
+    waiter = asyncio.create_task(tracker.run("k", "fp", CountingCall("second")))
+    await asyncio.sleep(0)  # let the waiter find the call in flight
+
+    leader.cancel()
+
+    assert await waiter == answer("second #1")
+    assert never.runs == 1
+
+
+async def test_results_expire_after_the_ttl() -> None:
+    clock = FakeClock()
+    tracker = IdempotencyTracker(ttl_seconds=60, clock=clock)
+    call = CountingCall()
+    await tracker.run("k", "fp", call)
+
+    clock.now += 59
+    assert await tracker.run("k", "fp", call) == answer("done #1")
+    clock.now += 2
+    assert await tracker.run("k", "fp", call) == answer("done #2")
+
+
+async def test_at_most_max_entries_are_kept_oldest_first_out() -> None:
+    tracker = IdempotencyTracker(max_entries=2)
+    calls = {key: CountingCall(key) for key in "abc"}
+    for key, call in calls.items():
+        await tracker.run(key, "fp", call)
+
+    assert len(tracker) == 2
+    assert await tracker.run("c", "fp", calls["c"]) == answer("c #1")
+    assert await tracker.run("a", "fp", calls["a"]) == answer("a #2")
+
+
+def test_bounds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        IdempotencyTracker(ttl_seconds=0)
+    with pytest.raises(ValueError, match="max_entries"):
+        IdempotencyTracker(max_entries=0)
+
+
+async def test_empty_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="key"):
+        await IdempotencyTracker().run("", "fp", CountingCall())

@@ -1,0 +1,630 @@
+"""The JobStore conformance suite, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from agentrt.common.v1.common_pb2 import (
+    ErrorReason,
+    EventType,
+    Failure,
+    JobState,
+    Message,
+    Role,
+    RuntimeEvent,
+    Usage,
+)
+from agentrt.jobs.v1.jobs_pb2 import Checkpoint, Job, JobResult
+
+from services.jobs import states
+from services.jobs.store import JobFilter, JobLease, JobStore
+from services.kit.errors import (
+    FieldInvalid,
+    IllegalTransition,
+    JobNotFound,
+    LeaseLost,
+    RequestIdReused,
+)
+from services.kit.names import job_name, parse_job_name
+from tests.services.jobs.conftest import (
+    T0,
+    SetState,
+    create,
+    make_new_job,
+    make_spec,
+    seconds,
+)
+
+LEASE = 30.0
+"""Seconds a lease lasts in these tests."""
+
+
+def id_of(job: Job) -> str:
+    return parse_job_name(job.name)
+
+
+async def history(store: JobStore, job: Job) -> list[RuntimeEvent]:
+    events, _ = await store.list_events(None, id_of(job), 0, 1000)
+    return events
+
+
+def types(events: list[RuntimeEvent]) -> list[str]:
+    return [EventType.Name(event.type).removeprefix("EVENT_TYPE_") for event in events]
+
+
+async def lease_one(store: JobStore, worker: str = "w1", at: float = 1) -> JobLease:
+    batch = await store.lease_jobs(worker, 1, LEASE, seconds(at))
+    assert len(batch.leases) == 1
+    return batch.leases[0]
+
+
+def checkpoint(turn: int, text: str = "") -> Checkpoint:
+    return Checkpoint(
+        turn=turn,
+        messages=[Message(role=Role.ROLE_ASSISTANT, content=text or f"turn {turn}")],
+        usage=Usage(input_tokens=10 * turn, output_tokens=turn, total_tokens=11 * turn),
+        state=b"operator-state",
+    )
+
+
+# Creation and idempotency
+
+
+async def test_create_makes_a_queued_job_and_its_created_event(store: JobStore) -> None:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    new = make_new_job(request_id="req-1", trace_id=trace_id)
+    job, created = await store.create_job(new, T0)
+
+    assert created
+    assert job.state == states.QUEUED and job.tenant == "acme" and job.principal == "alice"
+    assert job.spec == new.spec and job.request_id == "req-1" and job.trace_id == trace_id
+    assert job.create_time.ToDatetime(tzinfo=T0.tzinfo) == T0
+    assert job.deadline.ToDatetime(tzinfo=T0.tzinfo) == T0 + timedelta(minutes=10)
+    assert job.attempt == 0 and not job.HasField("start_time")
+    assert job.last_event_id == f"{id_of(job)}.1"
+    assert await store.get_job("acme", id_of(job)) == job
+    [event] = await history(store, job)
+    assert event.id == f"{id_of(job)}.1" and event.sequence == 1
+    assert types([event]) == ["JOB_CREATED"]
+    assert (event.tenant, event.job, event.trace_id) == ("acme", job.name, trace_id)
+    assert event.job_state == states.QUEUED and event.time == job.create_time
+
+
+async def test_a_repeated_create_returns_the_first_job(store: JobStore) -> None:
+    first, _ = await store.create_job(make_new_job(request_id="req-1"), T0)
+    again, created = await store.create_job(make_new_job(request_id="req-1"), seconds(5))
+
+    assert not created
+    assert again == first
+    assert len(await history(store, first)) == 1
+
+
+async def test_a_request_id_reused_with_another_spec_is_refused(store: JobStore) -> None:
+    await store.create_job(make_new_job(request_id="req-1"), T0)
+    other = make_new_job(request_id="req-1", spec=make_spec("Something else"))
+
+    with pytest.raises(RequestIdReused) as raised:
+        await store.create_job(other, T0)
+
+    assert raised.value.reason == ErrorReason.ERROR_REASON_REQUEST_ID_REUSED
+    jobs, _ = await store.list_jobs("acme", JobFilter(), 10, "")
+    assert len(jobs) == 1
+
+
+async def test_request_ids_are_per_tenant_and_empty_ones_never_dedupe(store: JobStore) -> None:
+    acme, _ = await store.create_job(make_new_job("acme", "req-1"), T0)
+    globex, created = await store.create_job(make_new_job("globex", "req-1"), T0)
+    assert created and globex.name != acme.name
+
+    first, _ = await store.create_job(make_new_job("acme", ""), T0)
+    second, created = await store.create_job(make_new_job("acme", ""), T0)
+    assert created and second.name != first.name
+
+
+async def test_concurrent_creates_with_one_request_id_make_one_job(store: JobStore) -> None:
+    results = await asyncio.gather(
+        *(store.create_job(make_new_job(request_id="req-1"), T0) for _ in range(20))
+    )
+
+    assert sum(created for _, created in results) == 1
+    assert len({job.name for job, _ in results}) == 1
+    jobs, _ = await store.list_jobs("acme", JobFilter(), 50, "")
+    assert len(jobs) == 1
+    assert len(await history(store, jobs[0])) == 1
+
+
+async def test_another_tenants_job_is_not_found(store: JobStore) -> None:
+    job = await create(store, tenant="acme")
+
+    with pytest.raises(JobNotFound):
+        await store.get_job("globex", id_of(job))
+    with pytest.raises(JobNotFound):
+        await store.list_events("globex", id_of(job), 0, 10)
+    with pytest.raises(JobNotFound):
+        await store.cancel("globex", id_of(job), "", T0)
+    with pytest.raises(JobNotFound):
+        await store.get_job(None, "01arz3ndektsv4rrffq69g5fav")
+    assert (await store.get_job(None, id_of(job))).name == job.name
+    assert (await store.get_job("acme", id_of(job))).state == states.QUEUED
+
+
+# Leases
+
+
+async def test_lease_starts_queued_jobs_oldest_first(store: JobStore) -> None:
+    jobs = [await create(store, seconds(n)) for n in (2, 0, 1)]
+
+    batch = await store.lease_jobs("w1", 2, LEASE, seconds(10))
+
+    assert [lease.job.name for lease in batch.leases] == [jobs[1].name, jobs[2].name]
+    for lease in batch.leases:
+        assert lease.job.state == states.RUNNING and lease.job.attempt == 1
+        assert lease.expire_time == seconds(10 + LEASE) and lease.checkpoint is None
+        assert lease.job.start_time.ToDatetime(tzinfo=T0.tzinfo) == seconds(10)
+        started = (await history(store, lease.job))[-1]
+        assert types([started]) == ["JOB_STARTED"] and started.sequence == 2
+        assert (started.attempt.attempt, started.attempt.worker) == (1, "w1")
+    assert [lease.job.name for lease in (await store.lease_jobs("w2", 5, LEASE, T0)).leases] == [
+        jobs[0].name
+    ]
+    assert (await store.lease_jobs("w3", 5, LEASE, seconds(11))).leases == []
+
+
+async def test_concurrent_workers_never_get_the_same_job(store: JobStore) -> None:
+    for n in range(20):
+        await create(store, seconds(n))
+
+    batches = await asyncio.gather(
+        *(store.lease_jobs(f"w{n}", 3, LEASE, seconds(30)) for n in range(8))
+    )
+    leased = [lease.job.name for batch in batches for lease in batch.leases]
+    while rest := (await store.lease_jobs("late", 3, LEASE, seconds(31))).leases:
+        leased += [lease.job.name for lease in rest]
+
+    assert len(leased) == 20 and len(set(leased)) == 20
+
+
+async def test_an_expired_lease_is_taken_over_from_the_last_checkpoint(store: JobStore) -> None:
+    job = await create(store)
+    first = await lease_one(store, "w1", at=1)
+    await store.checkpoint(id_of(job), first.lease_id, checkpoint(1), None, None, seconds(2))
+
+    assert (await store.lease_jobs("w2", 1, LEASE, seconds(1 + LEASE - 1))).leases == []
+    second = await lease_one(store, "w2", at=1 + LEASE)
+
+    assert second.job.attempt == 2 and second.lease_id != first.lease_id
+    assert second.checkpoint == checkpoint(1)
+    requeued, started = (await history(store, job))[-2:]
+    assert types([requeued, started]) == ["JOB_REQUEUED", "JOB_STARTED"]
+    assert (requeued.attempt.attempt, requeued.attempt.worker) == (1, "w1")
+    assert requeued.job_state == states.QUEUED
+    assert (started.attempt.attempt, started.attempt.worker) == (2, "w2")
+    assert started.job_state == states.RUNNING
+
+
+async def test_the_old_worker_loses_its_lease_after_a_takeover(store: JobStore) -> None:
+    job = await create(store)
+    old = await lease_one(store, "w1", at=1)
+    await lease_one(store, "w2", at=1 + LEASE)
+    before = await store.get_job(None, id_of(job))
+    events_before = await history(store, job)
+
+    with pytest.raises(LeaseLost) as raised:
+        await store.heartbeat(id_of(job), old.lease_id, LEASE, seconds(40))
+    assert raised.value.metadata == {"state": "JOB_STATE_RUNNING"}
+    with pytest.raises(LeaseLost):
+        await store.finish(
+            id_of(job), old.lease_id, states.SUCCEEDED, JobResult(), None, None, seconds(41)
+        )
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(id_of(job), old.lease_id, checkpoint(1), None, None, seconds(42))
+    with pytest.raises(LeaseLost):
+        await store.release(id_of(job), old.lease_id, "drain", seconds(43))
+
+    assert await store.get_job(None, id_of(job)) == before
+    assert await history(store, job) == events_before
+
+
+async def test_a_heartbeat_extends_the_lease(store: JobStore) -> None:
+    job = await create(store)
+    lease = await lease_one(store, at=1)
+
+    expire = await store.heartbeat(id_of(job), lease.lease_id, LEASE, seconds(25))
+
+    assert expire == seconds(25 + LEASE)
+    assert (await store.lease_jobs("w2", 1, LEASE, seconds(1 + LEASE + 1))).leases == []
+    assert len(await history(store, job)) == 2
+    with pytest.raises(JobNotFound):
+        await store.heartbeat("01arz3ndektsv4rrffq69g5fav", lease.lease_id, LEASE, seconds(26))
+
+
+# Checkpoints, finishing, releasing
+
+
+async def test_a_checkpoint_records_the_turn_and_must_advance(store: JobStore) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    message = Message(role=Role.ROLE_ASSISTANT, content="turn 1")
+    turn_usage = Usage(input_tokens=10, output_tokens=1, total_tokens=11)
+
+    saved = await store.checkpoint(
+        id_of(job), lease.lease_id, checkpoint(1), message, turn_usage, seconds(2)
+    )
+
+    assert saved.turns == 1 and saved.usage == checkpoint(1).usage
+    event = (await history(store, job))[-1]
+    assert types([event]) == ["TURN_COMPLETED"] and event.job_state == states.RUNNING
+    assert event.turn_completed.turn == 1
+    assert event.turn_completed.message == message and event.turn_completed.usage == turn_usage
+    for stale in (0, 1):
+        with pytest.raises(FieldInvalid) as raised:
+            await store.checkpoint(
+                id_of(job), lease.lease_id, checkpoint(stale), None, None, seconds(3)
+            )
+        assert raised.value.metadata["field"] == "checkpoint.turn"
+    assert await store.get_job(None, id_of(job)) == saved
+
+
+async def test_finish_succeeded_keeps_the_result_and_usage(store: JobStore) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    result = JobResult(output="Lisbon", messages=[Message(role=Role.ROLE_ASSISTANT)])
+    usage = Usage(input_tokens=50, output_tokens=5, total_tokens=55, cost="0.001250")
+
+    done = await store.finish(
+        id_of(job), lease.lease_id, states.SUCCEEDED, result, usage, checkpoint(2), seconds(9)
+    )
+
+    assert done.state == states.SUCCEEDED and done.result == result and done.usage == usage
+    assert done.turns == 2 and done.end_time.ToDatetime(tzinfo=T0.tzinfo) == seconds(9)
+    event = (await history(store, job))[-1]
+    assert types([event]) == ["JOB_SUCCEEDED"] and event.job_state == states.SUCCEEDED
+    assert event.job_succeeded.output == "Lisbon" and event.job_succeeded.usage == usage
+    with pytest.raises(LeaseLost) as raised:
+        await store.heartbeat(id_of(job), lease.lease_id, LEASE, seconds(10))
+    assert raised.value.state == "JOB_STATE_SUCCEEDED"
+
+
+async def test_finish_with_the_final_turn_records_turn_and_end_together(
+    store: JobStore,
+) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    answer = Message(role=Role.ROLE_ASSISTANT, content="Lisbon")
+    turn_usage = Usage(input_tokens=40, output_tokens=4, total_tokens=44)
+    final = checkpoint(1, "Lisbon")
+
+    done = await store.finish(
+        id_of(job),
+        lease.lease_id,
+        states.SUCCEEDED,
+        JobResult(output="Lisbon"),
+        turn_usage,
+        final,
+        seconds(3),
+        answer,
+        turn_usage,
+    )
+
+    assert done.turns == 1 and done.state == states.SUCCEEDED
+    events = await history(store, job)
+    assert types(events)[-2:] == ["TURN_COMPLETED", "JOB_SUCCEEDED"]
+    turn = events[-2].turn_completed
+    assert (turn.turn, turn.message, turn.usage) == (1, answer, turn_usage)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert done.last_event_id == events[-1].id
+
+
+@pytest.mark.parametrize(
+    ("state", "event_type"),
+    [(states.FAILED, "JOB_FAILED"), (states.TIMED_OUT, "JOB_TIMED_OUT")],
+)
+async def test_finish_failed_or_timed_out_keeps_the_failure(
+    store: JobStore, state: states.State, event_type: str
+) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    failure = Failure(
+        reason=ErrorReason.ERROR_REASON_BUDGET_EXCEEDED, message="over", metadata={"b": "1"}
+    )
+
+    done = await store.finish(id_of(job), lease.lease_id, state, failure, None, None, seconds(5))
+
+    assert done.state == state and done.failure == failure
+    event = (await history(store, job))[-1]
+    assert types([event]) == [event_type] and event.failure == failure
+
+
+async def test_finish_refuses_a_wrong_state_or_outcome_and_changes_nothing(
+    store: JobStore,
+) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    before = await store.get_job(None, id_of(job))
+    attempts: list[tuple[states.State, JobResult | Failure, str]] = [
+        (states.QUEUED, JobResult(), "state"),
+        (states.CANCELLED, Failure(), "state"),
+        (states.SUCCEEDED, Failure(), "result"),
+        (states.FAILED, JobResult(), "failure"),
+    ]
+    for state, outcome, field in attempts:
+        with pytest.raises(FieldInvalid) as raised:
+            await store.finish(id_of(job), lease.lease_id, state, outcome, None, None, seconds(2))
+        assert raised.value.metadata["field"] == field
+    assert await store.get_job(None, id_of(job)) == before
+
+
+async def test_release_requeues_the_job_for_another_attempt(store: JobStore) -> None:
+    job = await create(store)
+    lease = await lease_one(store, "w1")
+
+    released = await store.release(id_of(job), lease.lease_id, "draining", seconds(3))
+
+    assert released.state == states.QUEUED
+    event = (await history(store, job))[-1]
+    assert types([event]) == ["JOB_REQUEUED"] and event.attempt.reason == "draining"
+    assert event.attempt.worker == "w1"
+    again = await lease_one(store, "w2", at=4)
+    assert again.job.attempt == 2
+    with pytest.raises(LeaseLost):
+        await store.heartbeat(id_of(job), lease.lease_id, LEASE, seconds(5))
+
+
+# Cancellation
+
+
+async def test_cancel_of_a_running_job_revokes_its_lease(store: JobStore) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+
+    cancelled = await store.cancel("acme", id_of(job), "user asked", seconds(4))
+
+    assert cancelled.state == states.CANCELLED
+    assert cancelled.failure.reason == ErrorReason.ERROR_REASON_CANCELLED
+    assert cancelled.failure.message == "user asked"
+    event = (await history(store, job))[-1]
+    assert types([event]) == ["JOB_CANCELLED"] and event.failure == cancelled.failure
+    with pytest.raises(LeaseLost) as raised:
+        await store.heartbeat(id_of(job), lease.lease_id, LEASE, seconds(5))
+    assert raised.value.metadata == {"state": "JOB_STATE_CANCELLED"}
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(id_of(job), lease.lease_id, checkpoint(1), None, None, seconds(5))
+    assert (await store.lease_jobs("w2", 5, LEASE, seconds(100))).leases == []
+
+
+async def test_cancel_reaches_every_unfinished_descendant_of_the_tenant(store: JobStore) -> None:
+    parent = await create(store)
+    child = await create(store, spec=make_spec(parent=parent.name))
+    grandchild = await create(store, spec=make_spec(parent=child.name))
+    finished = await create(store, spec=make_spec(parent=parent.name))
+    await store.cancel(None, id_of(finished), "", seconds(1))
+    stranger = await create(store, tenant="globex", spec=make_spec(parent=parent.name))
+    unrelated = await create(store)
+
+    await store.cancel("acme", id_of(parent), "", seconds(2))
+
+    for descendant in (child, grandchild):
+        cancelled = await store.get_job(None, id_of(descendant))
+        assert cancelled.state == states.CANCELLED
+        assert parent.name in cancelled.failure.message
+        event = (await history(store, descendant))[-1]
+        assert types([event]) == ["JOB_CANCELLED"] and event.parent_job != ""
+    assert len(await history(store, finished)) == 2
+    assert (await store.get_job(None, id_of(stranger))).state == states.QUEUED
+    assert (await store.get_job(None, id_of(unrelated))).state == states.QUEUED
+
+
+async def test_a_waiting_job_can_be_cancelled(store: JobStore, set_state: SetState) -> None:
+    job = await create(store)
+    await set_state(id_of(job), states.WAITING)
+
+    assert (await store.cancel("acme", id_of(job), "", seconds(1))).state == states.CANCELLED
+
+
+# Illegal transitions
+
+
+async def _finish_as(store: JobStore, job: Job, state: states.State) -> None:
+    if state == states.CANCELLED:
+        await store.cancel(None, id_of(job), "", seconds(2))
+        return
+    if state == states.TIMED_OUT:
+        await store.expire_deadlines(seconds(10 * 60 + 1), 10)
+        return
+    lease = await lease_one(store)
+    outcome: JobResult | Failure = JobResult() if state == states.SUCCEEDED else Failure()
+    await store.finish(id_of(job), lease.lease_id, state, outcome, None, None, seconds(2))
+
+
+@pytest.mark.parametrize("state", sorted(states.TERMINAL))
+async def test_a_finished_job_never_changes_again(store: JobStore, state: states.State) -> None:
+    job = await create(store)
+    await _finish_as(store, job, state)
+    finished = await store.get_job(None, id_of(job))
+    assert finished.state == state
+    events = await history(store, job)
+    now = seconds(20 * 60)
+
+    with pytest.raises(IllegalTransition) as raised:
+        await store.cancel(None, id_of(job), "", now)
+    assert raised.value.metadata == {"state": JobState.Name(state)}
+    for lease_id in ("", "01arz3ndektsv4rrffq69g5fav"):
+        with pytest.raises(LeaseLost):
+            await store.heartbeat(id_of(job), lease_id, LEASE, now)
+        with pytest.raises(LeaseLost):
+            await store.release(id_of(job), lease_id, "", now)
+        with pytest.raises(LeaseLost):
+            await store.checkpoint(id_of(job), lease_id, checkpoint(9), None, None, now)
+        with pytest.raises(LeaseLost):
+            await store.finish(id_of(job), lease_id, states.FAILED, Failure(), None, None, now)
+    assert (await store.lease_jobs("w9", 5, LEASE, now)).leases == []
+    assert await store.expire_deadlines(now, 10) == []
+    assert await store.get_job(None, id_of(job)) == finished
+    assert await history(store, job) == events
+
+
+async def test_a_queued_job_accepts_no_worker_calls(store: JobStore) -> None:
+    job = await create(store)
+
+    with pytest.raises(LeaseLost) as raised:
+        await store.heartbeat(id_of(job), "01arz3ndektsv4rrffq69g5fav", LEASE, seconds(1))
+    assert raised.value.state == "JOB_STATE_QUEUED"
+    with pytest.raises(LeaseLost):
+        await store.release(id_of(job), "01arz3ndektsv4rrffq69g5fav", "", seconds(1))
+    assert len(await history(store, job)) == 1
+
+
+# Deadlines
+
+
+async def test_a_job_past_its_deadline_times_out_instead_of_being_leased(
+    store: JobStore,
+) -> None:
+    late = await create(store, spec=make_spec(timeout=60))
+    on_time = await create(store, seconds(1))
+
+    batch = await store.lease_jobs("w1", 5, LEASE, seconds(61))
+
+    assert [lease.job.name for lease in batch.leases] == [on_time.name]
+    assert [job.name for job in batch.timed_out] == [late.name]
+    timed_out = await store.get_job(None, id_of(late))
+    assert timed_out.state == states.TIMED_OUT
+    assert timed_out.failure.reason == ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED
+    event = (await history(store, late))[-1]
+    assert types([event]) == ["JOB_TIMED_OUT"] and event.failure == timed_out.failure
+
+
+async def test_expire_deadlines_spares_running_jobs_with_a_live_lease(
+    store: JobStore, set_state: SetState
+) -> None:
+    queued = await create(store, spec=make_spec(timeout=60))
+    running = await create(store, spec=make_spec(timeout=60))
+    waiting = await create(store, spec=make_spec(timeout=60))
+    roomy = await create(store, spec=make_spec(timeout=600))
+    await store.lease_jobs("w1", 1, 100, seconds(0.5))  # leases `queued`, the oldest
+    running, queued = queued, running
+    await set_state(id_of(waiting), states.WAITING)
+
+    expired = await store.expire_deadlines(seconds(61), 10)
+
+    assert sorted(job.name for job in expired) == sorted([queued.name, waiting.name])
+    assert all(job.state == states.TIMED_OUT for job in expired)
+    assert (await store.get_job(None, id_of(running))).state == states.RUNNING
+    assert [job.name for job in await store.expire_deadlines(seconds(101), 10)] == [running.name]
+    assert (await store.get_job(None, id_of(roomy))).state == states.QUEUED
+
+
+# Listing
+
+
+async def test_list_pages_through_the_tenants_jobs_newest_first(store: JobStore) -> None:
+    created = [await create(store, seconds(n)) for n in range(5)]
+    await create(store, tenant="globex")
+
+    names, token = [], ""
+    for _ in range(3):
+        page, token = await store.list_jobs("acme", JobFilter(), 2, token)
+        names += [job.name for job in page]
+        if not token:
+            break
+
+    assert names == [job.name for job in reversed(created)]
+    assert token == ""
+
+
+async def test_list_pages_neither_skip_nor_repeat_when_jobs_are_added(store: JobStore) -> None:
+    created = [await create(store, seconds(n)) for n in range(4)]
+    first, token = await store.list_jobs("acme", JobFilter(), 2, "")
+    await create(store, seconds(10))
+
+    second, token = await store.list_jobs("acme", JobFilter(), 2, token)
+
+    assert [job.name for job in first + second] == [job.name for job in reversed(created)]
+
+
+async def test_list_filters_by_state_session_and_creation_time(store: JobStore) -> None:
+    morning = await create(store, seconds(0), spec=make_spec(session="s1"))
+    noon = await create(store, seconds(10), spec=make_spec(session="s2"))
+    evening = await create(store, seconds(20), spec=make_spec(session="s1"))
+    await store.cancel(None, id_of(noon), "", seconds(30))
+
+    async def names(job_filter: JobFilter) -> list[str]:
+        return [job.name for job in (await store.list_jobs("acme", job_filter, 50, ""))[0]]
+
+    assert await names(JobFilter(states=[states.CANCELLED])) == [noon.name]
+    assert await names(JobFilter(states=[states.QUEUED, states.CANCELLED])) == [
+        evening.name,
+        noon.name,
+        morning.name,
+    ]
+    assert await names(JobFilter(session="s1")) == [evening.name, morning.name]
+    assert await names(JobFilter(created_after=seconds(10))) == [evening.name, noon.name]
+    assert await names(JobFilter(created_before=seconds(10))) == [morning.name]
+    both = JobFilter(session="s1", created_after=seconds(5), created_before=seconds(25))
+    assert await names(both) == [evening.name]
+
+
+@pytest.mark.parametrize("token", ["garbage!", "bm90LWEtdG9rZW4", "MjAzMC0wMS0wMXxub3QtYW4taWQ"])
+async def test_a_malformed_page_token_is_refused(store: JobStore, token: str) -> None:
+    with pytest.raises(FieldInvalid) as raised:
+        await store.list_jobs("acme", JobFilter(), 10, token)
+    assert raised.value.metadata == {"field": "page_token"}
+
+
+# History and outbox
+
+
+async def test_history_is_complete_with_contiguous_sequences(store: JobStore) -> None:
+    job = await create(store)
+    other = await create(store, seconds(0.5))  # created later, so leased after `job`
+    lease = await lease_one(store)
+    await store.checkpoint(id_of(job), lease.lease_id, checkpoint(1), None, None, seconds(2))
+    await store.release(id_of(job), lease.lease_id, "drain", seconds(3))
+    lease = await lease_one(store, at=4)
+    await store.checkpoint(id_of(job), lease.lease_id, checkpoint(2), None, None, seconds(5))
+    await store.finish(
+        id_of(job), lease.lease_id, states.SUCCEEDED, JobResult(output="x"), None, None, seconds(6)
+    )
+
+    events, state = await store.list_events("acme", id_of(job), 0, 100)
+
+    assert state == states.SUCCEEDED
+    assert types(events) == [
+        "JOB_CREATED",
+        "JOB_STARTED",
+        "TURN_COMPLETED",
+        "JOB_REQUEUED",
+        "JOB_STARTED",
+        "TURN_COMPLETED",
+        "JOB_SUCCEEDED",
+    ]
+    assert [event.sequence for event in events] == list(range(1, 8))
+    assert [event.id for event in events] == [f"{id_of(job)}.{n}" for n in range(1, 8)]
+    assert {event.job for event in events} == {job_name(id_of(job))}
+    assert (await store.get_job(None, id_of(job))).last_event_id == f"{id_of(job)}.7"
+    page, _ = await store.list_events(None, id_of(job), 2, 3)
+    assert [event.sequence for event in page] == [3, 4, 5]
+    assert await store.list_events(None, id_of(other), 1, 10) == ([], states.QUEUED)
+
+
+async def test_the_outbox_yields_every_event_once_in_each_jobs_order(store: JobStore) -> None:
+    jobs = [await create(store, seconds(n)) for n in range(3)]
+    for lease in (await store.lease_jobs("w1", 3, LEASE, seconds(5))).leases:
+        await store.release(id_of(lease.job), lease.lease_id, "", seconds(6))
+    assert await store.try_lock_relay()
+
+    first = await store.fetch_unpublished(4)
+    await store.mark_published([row_id for row_id, _ in first])
+    rest = await store.fetch_unpublished(100)
+    await store.mark_published([row_id for row_id, _ in rest])
+
+    rows = first + rest
+    assert len(first) == 4 and len(rows) == 9
+    assert [row_id for row_id, _ in rows] == sorted(row_id for row_id, _ in rows)
+    for job in jobs:
+        sequences = [event.sequence for _, event in rows if event.job == job.name]
+        assert sequences == [1, 2, 3]
+    assert await store.fetch_unpublished(100) == []
+    assert len(await history(store, jobs[0])) == 3

@@ -1,0 +1,580 @@
+"""LedgerService through a real gRPC server: usage, prices, budgets, reservations, reports
+and the reservation sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+import pytest
+from agentrt.common.v1.common_pb2 import Usage
+from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from agentrt.ledger.v1.ledger_pb2 import (
+    Amounts,
+    Budget,
+    BudgetVerdict,
+    Price,
+    RecordUsageRequest,
+    Reservation,
+    UsageDimension,
+    UsageKind,
+    UsageRecord,
+)
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.kit.config import RuntimeConfig
+from services.kit.events import InMemoryEventChannel, InMemoryWakeups
+from services.kit.infra import Infrastructure
+from services.kit.server import Server
+from services.kit.storage import migrate
+from services.ledger.server import create_unit
+from services.ledger.store import SQL_DIRECTORY
+from tests.services.kit.status import error_info
+from tests.services.ledger.conftest import check_invariant
+
+Stub: TypeAlias = "ledger_pb2_grpc.LedgerServiceAsyncStub"
+
+TIMEOUT = 5
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+A_RESERVATION = "reservations/01arz3ndektsv4rrffq69g5fav"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def ledger_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The runtime's environment: SQLite under a temporary data dir, or a fresh PostgreSQL
+    database."""
+    env = {"AGENTRT_DATA_DIR": str(tmp_path)}
+    if request.param == "postgres":
+        env["AGENTRT_DATABASE_URL"] = request.getfixturevalue("pg_dsn")
+    return env
+
+
+@pytest.fixture
+async def ledger(
+    ledger_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Stub]:
+    """A stub of the ledger unit served by a real server, its sweeper every 0.1 s; after the
+    test, the counters must agree with the records and reservations."""
+    monkeypatch.setenv("AGENTRT_RESERVATION_SWEEP_SECONDS", "0.1")
+    infra = Infrastructure(
+        RuntimeConfig.from_env(ledger_env), InMemoryEventChannel(), InMemoryWakeups()
+    )
+    storage = infra.storage("ledger")
+    await migrate(storage, SQL_DIRECTORY)
+    unit = await create_unit(infra)
+    server = Server("127.0.0.1:0", "ledger")
+    await server.start([unit])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield ledger_pb2_grpc.LedgerServiceStub(channel)
+    finally:
+        await server.stop(grace=1.0)
+        await unit.close()
+        await infra.close()
+    await check_invariant(storage)
+
+
+async def failure(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    """The status code, ErrorInfo reason and metadata of a call that must fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    info = error_info(raised.value)
+    return raised.value.code(), info.reason, dict(info.metadata)
+
+
+def model_usage(
+    record_id: str,
+    *,
+    tenant: str = "acme",
+    principal: str = "alice",
+    model: str = "m1",
+    input_tokens: int = 100,
+    output_tokens: int = 50,
+    cost: str = "0.01",
+    job: str = "",
+) -> RecordUsageRequest:
+    return RecordUsageRequest(
+        usage_record_id=record_id,
+        usage_record=UsageRecord(
+            kind=UsageKind.USAGE_KIND_MODEL_CALL,
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost),
+            model=model,
+            tenant=tenant,
+            principal=principal,
+            job=job,
+        ),
+    )
+
+
+async def create_budget(
+    stub: Stub, budget_id: str = "daily", *, tokens: int = 1000, warn: float | None = None
+) -> Budget:
+    budget = Budget(tenant="acme", period=Budget.PERIOD_DAY, limits=Amounts(tokens=tokens))
+    if warn is not None:
+        budget.warn_threshold = warn
+    request = ledger_pb2.CreateBudgetRequest(budget_id=budget_id, budget=budget)
+    created: Budget = await stub.CreateBudget(request, timeout=TIMEOUT)
+    return created
+
+
+async def reserve(stub: Stub, tokens: int, *, request_id: str = "", ttl: float = 0) -> Reservation:
+    request = ledger_pb2.ReserveBudgetRequest(
+        tenant="acme",
+        principal="alice",
+        job="jobs/01arz3ndektsv4rrffq69g5fav",
+        amounts=Amounts(tokens=tokens),
+        request_id=request_id,
+    )
+    if ttl:
+        request.ttl.CopyFrom(Duration(seconds=int(ttl)))
+    reserved: Reservation = await stub.ReserveBudget(request, timeout=TIMEOUT)
+    return reserved
+
+
+async def check(stub: Stub, tokens: int = 0) -> ledger_pb2.CheckBudgetResponse:
+    request = ledger_pb2.CheckBudgetRequest(
+        tenant="acme", principal="alice", amounts=Amounts(tokens=tokens)
+    )
+    response: ledger_pb2.CheckBudgetResponse = await stub.CheckBudget(request, timeout=TIMEOUT)
+    return response
+
+
+async def record_names(stub: Stub, **filters: Any) -> list[str]:
+    listed = await stub.ListUsageRecords(ledger_pb2.ListUsageRecordsRequest(**filters))
+    return [record.name for record in listed.usage_records]
+
+
+# Usage records
+
+
+async def test_a_usage_id_is_recorded_once_and_refused_with_another_body(ledger: Stub) -> None:
+    first = await ledger.RecordUsage(model_usage("call-1"), timeout=TIMEOUT)
+    again = await ledger.RecordUsage(model_usage("call-1"), timeout=TIMEOUT)
+    assert again == first
+    assert (first.name, first.usage.total_tokens, first.usage.cost) == (
+        "usageRecords/call-1",
+        150,
+        "0.01",
+    )
+
+    code, reason, metadata = await failure(
+        ledger.RecordUsage(model_usage("call-1", output_tokens=999), timeout=TIMEOUT)
+    )
+    assert (code, reason, metadata["request_id"]) == (INVALID, "REQUEST_ID_REUSED", "call-1")
+    listed = await ledger.ListUsageRecords(ledger_pb2.ListUsageRecordsRequest(tenant="acme"))
+    assert list(listed.usage_records) == [first]
+
+
+async def test_usage_records_are_listed_with_filters_and_pages(ledger: Stub) -> None:
+    await ledger.RecordUsage(model_usage("a", model="m1"), timeout=TIMEOUT)
+    await ledger.RecordUsage(model_usage("b", model="m2", tenant="other"), timeout=TIMEOUT)
+    await ledger.RecordUsage(model_usage("c", model="m2"), timeout=TIMEOUT)
+
+    assert await record_names(ledger) == ["usageRecords/c", "usageRecords/b", "usageRecords/a"]
+    assert await record_names(ledger, tenant="acme", model="m2") == ["usageRecords/c"]
+    assert await record_names(ledger, kind=UsageKind.USAGE_KIND_TOOL_CALL) == []
+    first = await ledger.ListUsageRecords(ledger_pb2.ListUsageRecordsRequest(page_size=2))
+    second = await ledger.ListUsageRecords(
+        ledger_pb2.ListUsageRecordsRequest(page_size=2, page_token=first.next_page_token)
+    )
+    assert [r.name for r in second.usage_records] == ["usageRecords/a"]
+    assert second.next_page_token == ""
+
+
+# Prices
+
+
+async def test_prices_are_created_read_updated_and_deleted_with_etags(ledger: Stub) -> None:
+    price = Price(input_price_per_million="2.50", output_price_per_million="10")
+    created = await ledger.CreatePrice(
+        ledger_pb2.CreatePriceRequest(price_id="gpt-x", price=price, request_id="r1")
+    )
+    assert (created.name, created.cached_input_price_per_million, created.currency) == (
+        "prices/gpt-x",
+        "2.5",
+        "USD",
+    )
+    retried = await ledger.CreatePrice(
+        ledger_pb2.CreatePriceRequest(price_id="gpt-x", price=price, request_id="r1")
+    )
+    assert retried == created
+    code, reason, _ = await failure(
+        ledger.CreatePrice(ledger_pb2.CreatePriceRequest(price_id="gpt-x", price=price))
+    )
+    assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS")
+    assert await ledger.GetPrice(ledger_pb2.GetPriceRequest(name="prices/gpt-x")) == created
+
+    change = Price(name="prices/gpt-x", etag=created.etag, output_price_per_million="12")
+    updated = await ledger.UpdatePrice(
+        ledger_pb2.UpdatePriceRequest(
+            price=change, update_mask=FieldMask(paths=["output_price_per_million"])
+        )
+    )
+    assert (updated.input_price_per_million, updated.output_price_per_million) == ("2.5", "12")
+    assert updated.etag != created.etag
+
+    code, reason, _ = await failure(ledger.UpdatePrice(ledger_pb2.UpdatePriceRequest(price=change)))
+    assert (code, reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    code, reason, _ = await failure(
+        ledger.DeletePrice(ledger_pb2.DeletePriceRequest(name="prices/gpt-x", etag=created.etag))
+    )
+    assert (code, reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    assert await ledger.GetPrice(ledger_pb2.GetPriceRequest(name="prices/gpt-x")) == updated
+
+    await ledger.DeletePrice(ledger_pb2.DeletePriceRequest(name="prices/gpt-x", etag=updated.etag))
+    code, reason, _ = await failure(
+        ledger.GetPrice(ledger_pb2.GetPriceRequest(name="prices/gpt-x"))
+    )
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+
+
+async def test_prices_are_listed_by_name_in_pages(ledger: Stub) -> None:
+    price = Price(input_price_per_million="1", output_price_per_million="2")
+    for model in ("b", "a", "c"):
+        await ledger.CreatePrice(ledger_pb2.CreatePriceRequest(price_id=model, price=price))
+    first = await ledger.ListPrices(ledger_pb2.ListPricesRequest(page_size=2))
+    second = await ledger.ListPrices(
+        ledger_pb2.ListPricesRequest(page_size=2, page_token=first.next_page_token)
+    )
+    assert [p.name for p in (*first.prices, *second.prices)] == ["prices/a", "prices/b", "prices/c"]
+    assert second.next_page_token == ""
+
+
+async def test_a_usage_record_without_cost_is_priced(ledger: Stub) -> None:
+    price = Price(input_price_per_million="2", output_price_per_million="10")
+    await ledger.CreatePrice(ledger_pb2.CreatePriceRequest(price_id="m1", price=price))
+    recorded = await ledger.RecordUsage(
+        model_usage("priced", input_tokens=1000, output_tokens=100, cost=""), timeout=TIMEOUT
+    )
+    assert recorded.usage.cost == "0.003"
+
+
+# Budgets
+
+
+async def test_budgets_are_created_read_updated_and_deleted_with_etags(ledger: Stub) -> None:
+    created = await create_budget(ledger)
+    assert await ledger.GetBudget(ledger_pb2.GetBudgetRequest(name="budgets/daily")) == created
+    await create_budget(ledger, "another")
+    listed = await ledger.ListBudgets(ledger_pb2.ListBudgetsRequest(tenant="acme"))
+    assert [b.name for b in listed.budgets] == ["budgets/another", "budgets/daily"]
+
+    change = Budget(name="budgets/daily", etag=created.etag, limits=Amounts(cost="5"))
+    updated = await ledger.UpdateBudget(ledger_pb2.UpdateBudgetRequest(budget=change))
+    assert not updated.limits.HasField("tokens")
+    assert (updated.limits.cost, updated.tenant, updated.period) == ("5", "acme", Budget.PERIOD_DAY)
+
+    code, reason, _ = await failure(
+        ledger.UpdateBudget(ledger_pb2.UpdateBudgetRequest(budget=change))
+    )
+    assert (code, reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    code, reason, metadata = await failure(
+        ledger.UpdateBudget(
+            ledger_pb2.UpdateBudgetRequest(
+                budget=Budget(name="budgets/daily", tenant="evil"),
+                update_mask=FieldMask(paths=["tenant"]),
+            )
+        )
+    )
+    assert (code, reason, metadata["field"]) == (INVALID, "FIELD_INVALID", "update_mask")
+    assert await ledger.GetBudget(ledger_pb2.GetBudgetRequest(name="budgets/daily")) == updated
+
+    code, reason, _ = await failure(
+        ledger.DeleteBudget(ledger_pb2.DeleteBudgetRequest(name="budgets/daily", etag=created.etag))
+    )
+    assert (code, reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    await ledger.DeleteBudget(ledger_pb2.DeleteBudgetRequest(name="budgets/daily"))
+    code, reason, _ = await failure(
+        ledger.GetBudget(ledger_pb2.GetBudgetRequest(name="budgets/daily"))
+    )
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+
+
+# Bad requests
+
+
+BAD_REQUESTS = [
+    ("GetPrice", ledger_pb2.GetPriceRequest(name="models/m1"), "NAME_INVALID", "name"),
+    ("GetPrice", ledger_pb2.GetPriceRequest(name="prices/a/b"), "NAME_INVALID", "name"),
+    ("GetBudget", ledger_pb2.GetBudgetRequest(name="budgets/Daily"), "NAME_INVALID", "name"),
+    (
+        "ReleaseReservation",
+        ledger_pb2.ReleaseReservationRequest(name="reservations/nope"),
+        "NAME_INVALID",
+        "name",
+    ),
+    (
+        "CreatePrice",
+        ledger_pb2.CreatePriceRequest(
+            price_id="m1", price=Price(input_price_per_million="1,5", output_price_per_million="2")
+        ),
+        "FIELD_INVALID",
+        "price.input_price_per_million",
+    ),
+    (
+        "CreatePrice",
+        ledger_pb2.CreatePriceRequest(
+            price_id="m1",
+            price=Price(input_price_per_million="1", output_price_per_million="2", currency="EUR"),
+        ),
+        "FIELD_INVALID",
+        "price.currency",
+    ),
+    (
+        "CreateBudget",
+        ledger_pb2.CreateBudgetRequest(
+            budget_id="daily",
+            budget=Budget(tenant="acme", period=Budget.PERIOD_DAY, limits=Amounts(cost="-1")),
+        ),
+        "FIELD_INVALID",
+        "budget.limits.cost",
+    ),
+    (
+        "CreateBudget",
+        ledger_pb2.CreateBudgetRequest(
+            budget_id="9lives",
+            budget=Budget(tenant="acme", period=Budget.PERIOD_DAY, limits=Amounts(tokens=1)),
+        ),
+        "FIELD_INVALID",
+        "budget_id",
+    ),
+    (
+        "RecordUsage",
+        model_usage("bad-cost", cost="ten dollars"),
+        "FIELD_INVALID",
+        "usage_record.usage.cost",
+    ),
+    ("RecordUsage", model_usage("bad id"), "FIELD_INVALID", "usage_record_id"),
+    (
+        "ReserveBudget",
+        ledger_pb2.ReserveBudgetRequest(tenant="acme", amounts=Amounts(tokens=-5)),
+        "FIELD_INVALID",
+        "amounts.tokens",
+    ),
+    ("ReserveBudget", ledger_pb2.ReserveBudgetRequest(tenant="acme"), "FIELD_REQUIRED", "amounts"),
+    (
+        "ReserveBudget",
+        ledger_pb2.ReserveBudgetRequest(
+            tenant="acme", amounts=Amounts(tokens=1), ttl=Duration(seconds=7200)
+        ),
+        "FIELD_INVALID",
+        "ttl",
+    ),
+    (
+        "CheckBudget",
+        ledger_pb2.CheckBudgetRequest(tenant="acme", amounts=Amounts(cost="1.2.3")),
+        "FIELD_INVALID",
+        "amounts.cost",
+    ),
+    ("CheckBudget", ledger_pb2.CheckBudgetRequest(), "FIELD_REQUIRED", "tenant"),
+    (
+        "ListUsageRecords",
+        ledger_pb2.ListUsageRecordsRequest(root_job="job-1"),
+        "FIELD_INVALID",
+        "root_job",
+    ),
+    (
+        "ListPrices",
+        ledger_pb2.ListPricesRequest(page_token="garbage!"),
+        "FIELD_INVALID",
+        "page_token",
+    ),
+    ("ListBudgets", ledger_pb2.ListBudgetsRequest(page_size=-1), "FIELD_INVALID", "page_size"),
+]
+
+
+@pytest.mark.parametrize(("method", "request_message", "reason", "field"), BAD_REQUESTS)
+async def test_a_bad_request_is_invalid_names_its_field_and_changes_nothing(
+    ledger: Stub, method: str, request_message: Any, reason: str, field: str
+) -> None:
+    code, got_reason, metadata = await failure(
+        getattr(ledger, method)(request_message, timeout=TIMEOUT)
+    )
+    assert (code, got_reason, metadata["field"]) == (INVALID, reason, field)
+    assert not (await ledger.ListPrices(ledger_pb2.ListPricesRequest())).prices
+    assert not (await ledger.ListBudgets(ledger_pb2.ListBudgetsRequest())).budgets
+    assert await record_names(ledger) == []
+
+
+async def test_a_bad_price_update_changes_nothing(ledger: Stub) -> None:
+    price = Price(input_price_per_million="1", output_price_per_million="2")
+    created = await ledger.CreatePrice(ledger_pb2.CreatePriceRequest(price_id="m1", price=price))
+    change = Price(name="prices/m1", input_price_per_million="-3")
+    code, reason, metadata = await failure(
+        ledger.UpdatePrice(ledger_pb2.UpdatePriceRequest(price=change))
+    )
+    assert (code, reason, metadata["field"]) == (
+        INVALID,
+        "FIELD_INVALID",
+        "price.input_price_per_million",
+    )
+    code, reason, metadata = await failure(
+        ledger.UpdatePrice(
+            ledger_pb2.UpdatePriceRequest(price=change, update_mask=FieldMask(paths=["etag"]))
+        )
+    )
+    assert (code, reason, metadata["field"]) == (INVALID, "FIELD_INVALID", "update_mask")
+    assert await ledger.GetPrice(ledger_pb2.GetPriceRequest(name="prices/m1")) == created
+
+
+# Reservations
+
+
+async def test_a_reservation_is_admitted_then_one_past_the_limit_is_denied(ledger: Stub) -> None:
+    await create_budget(ledger, tokens=1000)
+    admitted = await reserve(ledger, 600, request_id="call-1")
+    assert admitted.state == Reservation.STATE_ACTIVE
+    assert list(admitted.budgets) == ["budgets/daily"]
+    assert admitted.verdict == BudgetVerdict.BUDGET_VERDICT_ALLOW
+    assert await reserve(ledger, 600, request_id="call-1") == admitted
+
+    code, reason, metadata = await failure(reserve(ledger, 600))
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
+    assert metadata == {
+        "budget": "budgets/daily",
+        "dimension": "tokens",
+        "limit": "1000",
+        "overrun": "200",
+    }
+    code, reason, _ = await failure(reserve(ledger, 10, request_id="call-1"))
+    assert (code, reason) == (INVALID, "REQUEST_ID_REUSED")
+    assert (await check(ledger)).budgets[0].reserved.tokens == 600
+
+
+async def test_settle_records_the_usage_and_release_gives_back(ledger: Stub) -> None:
+    await create_budget(ledger, tokens=1000)
+    held = await reserve(ledger, 600)
+    settle = ledger_pb2.SettleReservationRequest(
+        name=held.name, usage_records=[model_usage("call-1", input_tokens=200, output_tokens=100)]
+    )
+    settled = await ledger.SettleReservation(settle, timeout=TIMEOUT)
+    assert (settled.state, settled.settled.tokens) == (Reservation.STATE_SETTLED, 300)
+    assert await ledger.SettleReservation(settle, timeout=TIMEOUT) == settled
+    status = (await check(ledger)).budgets[0]
+    assert (status.spent.tokens, status.reserved.tokens, status.remaining.tokens) == (300, 0, 700)
+
+    code, reason, metadata = await failure(
+        ledger.ReleaseReservation(ledger_pb2.ReleaseReservationRequest(name=held.name))
+    )
+    assert (code, reason, metadata["state"]) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ILLEGAL_TRANSITION",
+        "STATE_SETTLED",
+    )
+
+    other = await reserve(ledger, 500)
+    released = await ledger.ReleaseReservation(
+        ledger_pb2.ReleaseReservationRequest(name=other.name, reason="call not made")
+    )
+    assert released.state == Reservation.STATE_RELEASED
+    assert (
+        await ledger.ReleaseReservation(ledger_pb2.ReleaseReservationRequest(name=other.name))
+        == released
+    )
+    assert (await check(ledger)).budgets[0].reserved.tokens == 0
+
+    code, reason, metadata = await failure(
+        ledger.SettleReservation(
+            ledger_pb2.SettleReservationRequest(
+                name=other.name, usage_records=[model_usage("call-2", cost="lots")]
+            )
+        )
+    )
+    assert (code, reason, metadata["field"]) == (
+        INVALID,
+        "FIELD_INVALID",
+        "usage_records[0].usage_record.usage.cost",
+    )
+    code, reason, _ = await failure(
+        ledger.SettleReservation(ledger_pb2.SettleReservationRequest(name=A_RESERVATION))
+    )
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+    assert await record_names(ledger) == ["usageRecords/call-1"]
+
+
+async def test_check_budget_says_allow_warn_or_deny(ledger: Stub) -> None:
+    nothing = await check(ledger, 10**9)
+    assert (nothing.verdict, nothing.deciding_budget, list(nothing.budgets)) == (
+        BudgetVerdict.BUDGET_VERDICT_ALLOW,
+        "",
+        [],
+    )
+    await create_budget(ledger, tokens=100, warn=0.8)
+    assert (await check(ledger, 10)).verdict == BudgetVerdict.BUDGET_VERDICT_ALLOW
+    assert (await check(ledger, 85)).verdict == BudgetVerdict.BUDGET_VERDICT_WARN
+    denied = await check(ledger, 101)
+    assert (denied.verdict, denied.deciding_budget) == (
+        BudgetVerdict.BUDGET_VERDICT_DENY,
+        "budgets/daily",
+    )
+    await ledger.RecordUsage(model_usage("spent", input_tokens=20, output_tokens=10))
+    left = (await check(ledger)).budgets[0]
+    assert (left.spent.tokens, left.remaining.tokens) == (30, 70)
+    assert left.HasField("period_end_time")
+
+
+# Reports
+
+
+async def test_a_usage_report_sums_per_group(ledger: Stub) -> None:
+    await ledger.RecordUsage(model_usage("a", model="m1", cost="0.5"))
+    await ledger.RecordUsage(model_usage("b", model="m2", cost="0.25"))
+    await ledger.RecordUsage(model_usage("c", model="m2", tenant="other", cost="1"))
+    start = Timestamp()
+    start.FromSeconds(0)
+
+    report = await ledger.GetUsageReport(
+        ledger_pb2.GetUsageReportRequest(
+            start_time=start,
+            group_by=[UsageDimension.USAGE_DIMENSION_TENANT, UsageDimension.USAGE_DIMENSION_MODEL],
+        )
+    )
+    rows = [(r.tenant, r.model, r.usage.cost, r.record_count) for r in report.rows]
+    assert rows == [("acme", "m1", "0.5", 1), ("acme", "m2", "0.25", 1), ("other", "m2", "1", 1)]
+
+    total = await ledger.GetUsageReport(
+        ledger_pb2.GetUsageReportRequest(start_time=start, tenant="acme")
+    )
+    assert [(r.usage.total_tokens, r.usage.model_calls) for r in total.rows] == [(300, 2)]
+
+    code, reason, metadata = await failure(
+        ledger.GetUsageReport(
+            ledger_pb2.GetUsageReportRequest(
+                start_time=start,
+                group_by=[UsageDimension.USAGE_DIMENSION_DAY, UsageDimension.USAGE_DIMENSION_DAY],
+            )
+        )
+    )
+    assert (code, reason, metadata["field"]) == (INVALID, "FIELD_INVALID", "group_by")
+    code, reason, metadata = await failure(
+        ledger.GetUsageReport(ledger_pb2.GetUsageReportRequest())
+    )
+    assert (code, reason, metadata["field"]) == (INVALID, "FIELD_REQUIRED", "start_time")
+
+
+# The sweeper
+
+
+async def test_the_sweeper_expires_a_reservation_nobody_released(ledger: Stub) -> None:
+    await create_budget(ledger, tokens=1000)
+    held = await reserve(ledger, 600, ttl=1)
+    assert held.expire_time.ToDatetime() - held.create_time.ToDatetime() == timedelta(seconds=1)
+    assert (await check(ledger)).budgets[0].reserved.tokens == 600
+
+    async def given_back() -> None:
+        # Nothing announces an expiry: ask until the hold is gone.
+        while (await check(ledger)).budgets[0].reserved.tokens:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(given_back(), timeout=TIMEOUT)
+    unchanged = await ledger.ReleaseReservation(
+        ledger_pb2.ReleaseReservationRequest(name=held.name)
+    )
+    assert unchanged.state == Reservation.STATE_EXPIRED
+    assert unchanged.HasField("end_time")

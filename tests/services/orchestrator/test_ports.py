@@ -1,0 +1,77 @@
+"""The gRPC model port against the real engine service: deltas, the last chunk, errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from agentrt.common.v1 import common_pb2
+from agentrt.engine.v1 import engine_pb2
+
+from services.dev import local_config
+from services.kit.infra import open_infrastructure
+from services.kit.server import Server
+from services.orchestrator.ports import GrpcModelPort, ModelCallFailed
+from services.units import create_unit
+
+
+@pytest.fixture
+async def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GrpcModelPort]:
+    monkeypatch.setenv("AGENTRT_LOCAL_SLOW_CHUNK_DELAY", "0.02")
+    server = Server("127.0.0.1:0", "engine")
+    infra = await open_infrastructure(local_config(tmp_path, server.port))
+    try:
+        await server.start([await create_unit("engine", infra)])
+        try:
+            yield GrpcModelPort(infra.channel("engine"))
+        finally:
+            await server.stop(grace=1.0)
+    finally:
+        await infra.close()
+
+
+def request(model: str, prompt: str) -> engine_pb2.CompleteRequest:
+    return engine_pb2.CompleteRequest(
+        model=model, messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content=prompt)]
+    )
+
+
+async def test_deltas_arrive_in_order_and_the_last_chunk_is_returned(
+    model: GrpcModelPort,
+) -> None:
+    pieces: list[str] = []
+
+    async def collect(piece: str) -> None:
+        pieces.append(piece)
+
+    final = await model.stream(request("local-slow", "hi"), 10.0, collect)
+    text = "".join(pieces)
+    assert len(pieces) > 1
+    assert 'You said: "hi"' in text
+    assert final.finish_reason == engine_pb2.FINISH_REASON_STOP
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
+
+
+async def test_an_unknown_model_is_not_retryable(model: GrpcModelPort) -> None:
+    async def ignore(piece: str) -> None:
+        raise AssertionError("no text expected")
+
+    with pytest.raises(ModelCallFailed) as failed:
+        await model.stream(request("no-such-model", "hi"), 10.0, ignore)
+    assert failed.value.reason == common_pb2.ERROR_REASON_MODEL_NOT_FOUND
+    assert not failed.value.retryable
+    assert "no-such-model" in failed.value.message
+
+
+async def test_the_time_left_bounds_the_call(model: GrpcModelPort) -> None:
+    pieces: list[str] = []
+
+    async def collect(piece: str) -> None:
+        pieces.append(piece)
+
+    prompt = " ".join(["word"] * 100)  # about 2 s of chunks
+    with pytest.raises(ModelCallFailed) as failed:
+        await model.stream(request("local-slow", prompt), 0.3, collect)
+    assert failed.value.reason == common_pb2.ERROR_REASON_DEADLINE_EXCEEDED
+    assert 0 < len(pieces) < 100

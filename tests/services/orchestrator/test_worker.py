@@ -1,0 +1,331 @@
+"""Worker pools against the real jobs and engine services: runs, tools, takeovers, cancels,
+deadlines and model errors, as the jobs service records them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from agentrt.common.v1 import common_pb2
+from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.dev import local_config
+from services.kit.events import is_terminal
+from services.kit.infra import open_infrastructure
+from services.kit.server import Server
+from services.orchestrator import server as orchestrator_server
+from services.orchestrator.config import OrchestratorConfig
+from services.serve import migrate_all
+from services.units import create_unit
+
+from .conftest import TENANT, WAIT, System, seconds_until, words
+
+E = common_pb2
+SLOW_ANSWER_CHUNKS = 16
+"""Chunks of a `local-slow` answer besides one per word of the prompt."""
+
+
+def of_type(events: list[E.RuntimeEvent], kind: E.EventType.ValueType) -> list[E.RuntimeEvent]:
+    return [event for event in events if event.type == kind]
+
+
+def is_delta(event: E.RuntimeEvent) -> bool:
+    return event.type == E.EVENT_TYPE_OUTPUT_DELTA
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The spans ended during the test (the servers' tracer provider is the global one)."""
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), "a Server installs the SDK provider"
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+async def test_a_job_runs_to_success_with_live_deltas_and_one_checkpoint(
+    system: System, spans: InMemorySpanExporter
+) -> None:
+    job = await system.create_job(prompt="hello there", model="local-slow")
+    pool = system.pool("worker-a")
+    await pool.start()
+
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_SUCCEEDED
+    done = await system.get_job(job.name)
+    assert done.state == E.JOB_STATE_SUCCEEDED
+    assert 'You said: "hello there"' in done.result.output
+    assert [m.role for m in done.result.messages] == [E.ROLE_USER, E.ROLE_ASSISTANT]
+    assert done.result.messages[-1].content == done.result.output
+    assert (done.turns, done.attempt, done.usage.model_calls) == (1, 1, 1)
+    assert done.usage.input_tokens > 0 and done.usage.output_tokens > 0
+
+    history = await system.history(job.name)
+    assert len(of_type(history, E.EVENT_TYPE_TURN_COMPLETED)) == 1
+    (started,) = of_type(history, E.EVENT_TYPE_JOB_STARTED)
+    deltas = [event for event in await system.stream(job.name) if is_delta(event)]
+    assert "".join(d.output_delta.text for d in deltas) == done.result.output
+    job_id = job.name.removeprefix("jobs/")
+    assert [d.id for d in deltas] == [
+        f"{job_id}.{started.sequence}.{n}" for n in range(1, len(deltas) + 1)
+    ]
+    assert len(deltas) == 2 + SLOW_ANSWER_CHUNKS
+    for delta in deltas:
+        assert (delta.tenant, delta.job, delta.trace_id) == (TENANT, job.name, job.trace_id)
+        assert (delta.sequence, delta.output_delta.turn) == (started.sequence, 1)
+        assert delta.job_state == E.JOB_STATE_RUNNING
+
+    await seconds_until(pool.wait_idle())
+    (job_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.job"]
+    (run_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.run"]
+    assert job_span.attributes == {
+        "agentrt.job": job.name,
+        "agentrt.tenant": TENANT,
+        "agentrt.attempt": 1,
+        "agentrt.run.end": "finished",
+    }
+    assert job_span.context.trace_id == int(job.trace_id, 16)
+    assert run_span.parent is not None and run_span.parent.span_id == job_span.context.span_id
+    attributes = run_span.attributes or {}
+    assert attributes["gen_ai.request.model"] == "local-slow"
+    assert attributes["gen_ai.usage.input_tokens"] == done.usage.input_tokens
+    assert attributes["gen_ai.usage.output_tokens"] == done.usage.output_tokens
+    assert not any("hello" in str(value) for value in attributes.values()), "no prompt text"
+
+
+async def test_the_lease_loop_outlives_an_unreachable_jobs_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTRT_LOCAL_SLOW_CHUNK_DELAY", "0.01")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    infra = await open_infrastructure(local_config(tmp_path, port))
+    system = System(infra, jobs_pb2_grpc.JobServiceStub(infra.channel("jobs")))
+    failures = LogSignal("leasing jobs failed (failed to connect")
+    logging.getLogger("services.orchestrator.worker").addHandler(failures)
+    try:
+        await system.pool("worker-a").start()
+        async with asyncio.timeout(WAIT):
+            await failures.seen.wait()  # UNAVAILABLE: nothing listens on the port yet
+
+        server = Server(f"127.0.0.1:{port}", "late-jobs")
+        await migrate_all(infra, ["jobs"])
+        await server.start([await create_unit("jobs", infra), await create_unit("engine", infra)])
+        job = await system.create_job(prompt="hello", model="local")
+        assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_SUCCEEDED
+        for pool in system.pools:
+            await pool.stop()
+        await server.stop(grace=1.0)
+    finally:
+        logging.getLogger("services.orchestrator.worker").removeHandler(failures)
+        await infra.close()
+
+
+class LogSignal(logging.Handler):
+    """Sets `seen` when a record whose message starts with `prefix` is logged."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.seen.set()
+
+
+async def test_a_tool_call_is_answered_as_unavailable_and_the_model_recovers(
+    system: System,
+) -> None:
+    job = await system.create_job(
+        prompt='call search {"q": "weather"}',
+        model="local",
+        tools=[E.ToolSpec(name="search", description="web search")],
+    )
+    await system.pool("worker-a").start()
+
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_SUCCEEDED
+    done = await system.get_job(job.name)
+    user, calls, reply, answer = done.result.messages
+    assert [m.role for m in (user, calls, reply, answer)] == [
+        E.ROLE_USER,
+        E.ROLE_ASSISTANT,
+        E.ROLE_TOOL,
+        E.ROLE_ASSISTANT,
+    ]
+    assert [c.name for c in calls.tool_calls] == ["search"]
+    assert (reply.tool_call_id, reply.name) == (calls.tool_calls[0].id, "search")
+    assert "not available" in reply.content
+    assert "not available" in done.result.output
+    assert (done.turns, done.usage.model_calls) == (2, 2)
+    assert len(of_type(await system.history(job.name), E.EVENT_TYPE_TURN_COMPLETED)) == 2
+
+
+async def test_no_final_answer_within_max_turns_fails_the_job(system: System) -> None:
+    job = await system.create_job(
+        prompt="call search {}", model="local", max_turns=1, tools=[E.ToolSpec(name="search")]
+    )
+    await system.pool("worker-a").start()
+
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_FAILED
+    done = await system.get_job(job.name)
+    assert done.failure.reason == E.ERROR_REASON_MAX_TURNS_EXCEEDED
+    assert (done.turns, done.usage.model_calls) == (1, 1)
+
+
+async def test_an_unknown_model_fails_the_job_with_the_engines_message(system: System) -> None:
+    job = await system.create_job(prompt="hello", model="no-such-model")
+    await system.pool("worker-a").start()
+
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_FAILED
+    done = await system.get_job(job.name)
+    assert done.failure.reason == E.ERROR_REASON_MODEL_NOT_FOUND
+    assert "no-such-model" in done.failure.message
+    assert done.turns == 0
+
+
+async def test_a_crashed_workers_job_is_taken_over_and_succeeds_once(system: System) -> None:
+    job = await system.create_job(prompt=words(20), model="local-slow")
+    crashing = system.pool("worker-a", concurrency=1)
+    await crashing.start()
+    await system.first_event(job.name, is_delta)
+    await crashing.stop(release=False)
+
+    await system.pool("worker-b").start()
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_SUCCEEDED
+    done = await system.get_job(job.name)
+    assert (done.state, done.attempt, done.turns, done.usage.model_calls) == (
+        E.JOB_STATE_SUCCEEDED,
+        2,
+        1,
+        1,
+    )
+    history = await system.history(job.name)
+    started = of_type(history, E.EVENT_TYPE_JOB_STARTED)
+    assert [(e.attempt.attempt, e.attempt.worker) for e in started] == [
+        (1, "worker-a"),
+        (2, "worker-b"),
+    ]
+    assert len(of_type(history, E.EVENT_TYPE_TURN_COMPLETED)) == 1
+    assert len(of_type(history, E.EVENT_TYPE_JOB_SUCCEEDED)) == 1
+
+
+async def test_a_stopping_pool_gives_its_jobs_back_at_once(system: System) -> None:
+    job = await system.create_job(prompt=words(20), model="local-slow")
+    draining = system.pool("worker-a", lease_seconds=60.0, heartbeat_seconds=20.0)
+    await draining.start()
+    await system.first_event(job.name, is_delta)
+    await draining.stop()
+    released = time.monotonic()
+
+    assert draining.status().draining
+    assert of_type(await system.history(job.name), E.EVENT_TYPE_JOB_REQUEUED)
+    await system.pool("worker-b").start()
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_SUCCEEDED
+    assert time.monotonic() - released < 30, "resumed before the 60 s lease would expire"
+    started = of_type(await system.history(job.name), E.EVENT_TYPE_JOB_STARTED)
+    assert [(e.attempt.attempt, e.attempt.worker) for e in started] == [
+        (1, "worker-a"),
+        (2, "worker-b"),
+    ]
+
+
+async def test_cancel_cuts_the_stream_and_the_job_stays_cancelled(system: System) -> None:
+    prompt_words = 100
+    job = await system.create_job(prompt=words(prompt_words), model="local-slow")
+    pool = system.pool("worker-a")
+    await pool.start()
+    await system.first_event(job.name, is_delta)
+
+    await system.jobs.CancelJob(
+        jobs_pb2.CancelJobRequest(tenant=TENANT, name=job.name, reason="changed my mind")
+    )
+    # The whole answer would stream for about 6 s; a heartbeat (0.25 s) notices the cancel.
+    assert await seconds_until(pool.wait_idle()) < 2.0
+
+    done = await system.get_job(job.name)
+    assert done.state == E.JOB_STATE_CANCELLED
+    assert done.turns == 0
+    deltas = [event for event in await system.stream(job.name) if is_delta(event)]
+    assert 0 < len(deltas) < prompt_words
+    history = await system.history(job.name)
+    assert not of_type(history, E.EVENT_TYPE_TURN_COMPLETED)
+    ends = [e.type for e in history if is_terminal(e.type)]
+    assert ends == [E.EVENT_TYPE_JOB_CANCELLED]
+
+
+async def test_a_job_past_its_deadline_times_out(system: System) -> None:
+    job = await system.create_job(
+        prompt=words(100), model="local-slow", timeout=Duration(seconds=1)
+    )
+    pool = system.pool("worker-a")
+    await pool.start()
+
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_TIMED_OUT
+    done = await system.get_job(job.name)
+    assert done.failure.reason == E.ERROR_REASON_DEADLINE_EXCEEDED
+    assert await seconds_until(pool.wait_idle()) < 2.0
+
+
+@contextlib.asynccontextmanager
+async def orchestrator_unit(
+    system: System, concurrency: int
+) -> AsyncIterator[orchestrator_pb2_grpc.OrchestratorServiceAsyncStub]:
+    """An orchestrator unit in a server of its own, and a stub to it; drained on exit."""
+    config = OrchestratorConfig(
+        concurrency=concurrency,
+        lease_seconds=30.0,
+        heartbeat_seconds=10.0,
+        lease_wait_seconds=0.5,
+        worker_id="worker-u",
+    )
+    server = Server("127.0.0.1:0", "orchestrator")
+    await server.start([await orchestrator_server.create_unit(system.infra, config)])
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+    finally:
+        await server.stop(grace=1.0)
+        await channel.close(None)
+
+
+async def test_the_unit_serves_its_worker_and_drains_on_stop(system: System) -> None:
+    async with orchestrator_unit(system, concurrency=3) as stub:
+        job = await system.create_job(prompt=words(40), model="local-slow")
+        await system.first_event(job.name, is_delta)
+
+        (worker,) = (await stub.ListWorkers(orchestrator_pb2.ListWorkersRequest())).workers
+        assert (worker.name, worker.state, worker.capacity) == (
+            "workers/worker-u",
+            orchestrator_pb2.Worker.STATE_ACTIVE,
+            3,
+        )
+        assert list(worker.in_flight_jobs) == [job.name]
+        assert worker.HasField("start_time") and worker.HasField("heartbeat_time")
+        with pytest.raises(grpc.aio.AioRpcError) as bad_page:
+            await stub.ListWorkers(orchestrator_pb2.ListWorkersRequest(page_size=501))
+        assert bad_page.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await system.get_job(job.name)).state == E.JOB_STATE_QUEUED
+
+
+async def test_the_tool_rpcs_answer_unimplemented_until_the_tool_runtime(
+    system: System,
+) -> None:
+    async with orchestrator_unit(system, concurrency=1) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as later:
+            await stub.ListTools(orchestrator_pb2.ListToolsRequest())
+        assert later.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE := clients/node
+NODE_STAMP := $(NODE)/node_modules/.installed
 GENERATED := ':(glob)clients/python/agentrt/*/v1/**' ':(glob)clients/python/agentrt/*/__init__.py'
 
 .PHONY: help install dev test test-unit test-integration test-e2e check lint typecheck \
@@ -20,12 +22,19 @@ help:
 	@echo "make protos   regenerate clients/python/agentrt/*/v1 from protos/"
 	@echo "make bench    run the benchmarks in bench/"
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+# The Node.js client and plugin: its locked dependencies, and the google/api protos its
+# plugin loads beside protos/ (.build/protodeps).
+$(NODE_STAMP): $(NODE)/package.json $(NODE)/package-lock.json | $(STAMP)
+	cd $(NODE) && npm ci --no-audit --no-fund --loglevel=error
+	$(BIN)/python tools/protos.py deps
 	@touch $@
 
 dev: install
@@ -74,6 +83,8 @@ protos-check: protos
 
 bench: install
 	$(BIN)/python bench/main_path.py
+	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/actions.py
 
 clean:
-	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache $(NODE)/node_modules

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.gateway.admin import create_api_key, verify_api_key
+from services.gateway.admin import create_api_key, key_principal
 from services.kit.config import RuntimeConfig
 from services.kit.infra import Infrastructure, open_infrastructure
 from services.kit.logs import configure_logging
@@ -56,10 +56,14 @@ def previous_api_key(data_dir: Path) -> str:
 
 
 async def dev_api_key(infra: Infrastructure, previous: str) -> str:
-    """The previous key if it still works, else a new one for the dev tenant."""
-    if previous and await verify_api_key(infra.storage("gateway"), previous):
-        return previous
-    return await create_api_key(infra.storage("gateway"), DEV_TENANT, DEV_PRINCIPAL)
+    """The previous key if it still works and is an admin key, else a new admin key of
+    the dev tenant: the one developer of a dev deployment is also its operator, so the
+    same key runs jobs and calls the admin APIs (budgets, policies, plugins)."""
+    if previous:
+        owner = await key_principal(infra.storage("gateway"), previous)
+        if owner is not None and owner.admin:
+            return previous
+    return await create_api_key(infra.storage("gateway"), DEV_TENANT, DEV_PRINCIPAL, admin=True)
 
 
 @contextlib.asynccontextmanager

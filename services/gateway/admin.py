@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from services.gateway.keys import ApiKeys
+from services.gateway.keys import ApiKeys, Principal
 from services.gateway.store import ApiKeyRecord, open_key_store
 from services.kit.errors import Unauthenticated
 from services.kit.storage import StorageConfig
@@ -23,10 +23,13 @@ async def _keys(storage: StorageConfig) -> AsyncIterator[ApiKeys]:
         await store.close()
 
 
-async def create_api_key(storage: StorageConfig, tenant: str, principal: str) -> str:
-    """A new key for the principal of the tenant; the plaintext is shown only now."""
+async def create_api_key(
+    storage: StorageConfig, tenant: str, principal: str, *, admin: bool = False
+) -> str:
+    """A new key for the principal of the tenant; the plaintext is shown only now. An
+    `admin` key may also call the admin APIs the gateway forwards (docs/admin.md)."""
     async with _keys(storage) as keys:
-        _, plaintext = await keys.create(tenant, principal)
+        _, plaintext = await keys.create(tenant, principal, admin=admin)
     return plaintext
 
 
@@ -43,11 +46,11 @@ async def revoke_api_key(storage: StorageConfig, key_id: str) -> ApiKeyRecord:
         return await keys.revoke(key_id)
 
 
-async def verify_api_key(storage: StorageConfig, key: str) -> bool:
-    """Whether the key is valid: well-formed, known and not revoked."""
+async def key_principal(storage: StorageConfig, key: str) -> Principal | None:
+    """Who a valid key belongs to (and whether it is an admin key); None for a key that
+    is malformed, unknown or revoked."""
     async with _keys(storage) as keys:
         try:
-            await keys.authenticate(key)
+            return await keys.authenticate(key)
         except Unauthenticated:
-            return False
-        return True
+            return None

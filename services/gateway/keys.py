@@ -46,6 +46,8 @@ class Principal:
     """The key's owner."""
     key_id: str
     """The key used, for the record."""
+    admin: bool = False
+    """Whether the key is an operator's (admin) key; see ApiKeyRecord.admin."""
 
 
 def validate_name(field: str, value: str) -> str:
@@ -107,9 +109,11 @@ class ApiKeys:
         self._revocations = 0
         """Counts revocations, so that a read begun before one is not cached after it."""
 
-    async def create(self, tenant: str, principal: str) -> tuple[ApiKeyRecord, str]:
+    async def create(
+        self, tenant: str, principal: str, *, admin: bool = False
+    ) -> tuple[ApiKeyRecord, str]:
         """A new key for the principal of the tenant: its record and the plaintext key,
-        which is never available again."""
+        which is never available again. An `admin` key may also call the admin APIs."""
         validate_name("tenant", tenant)
         validate_name("principal", principal)
         key_id = _random_base32(_KEY_ID_BYTES)
@@ -120,6 +124,7 @@ class ApiKeys:
             principal=principal,
             secret_sha256=_digest(secret),
             create_time=datetime.now(UTC),
+            admin=admin,
         )
         await self._store.insert(record)
         return record, f"{KEY_PREFIX}{key_id}_{secret}"
@@ -137,7 +142,7 @@ class ApiKeys:
             or record.revoked
         ):
             raise _invalid_key()
-        return Principal(record.tenant, record.principal, record.key_id)
+        return Principal(record.tenant, record.principal, record.key_id, record.admin)
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
         """Revokes the key at once in this process (within `cache_seconds` elsewhere);

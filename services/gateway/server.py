@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -10,6 +10,7 @@ from agentrt.engine.v1 import engine_pb2_grpc
 from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2_grpc
 
+from services.gateway.admin_forwarding import forwarded_here, forwarding_handler
 from services.gateway.handlers import RuntimeHandler, list_engine_models
 from services.gateway.keys import ApiKeys
 from services.gateway.models import ModelDirectory
@@ -41,19 +42,36 @@ class GatewayConfig:
         )
 
 
+RUNTIME_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name
+
+
 class GatewayUnit:
-    """The public front door: RuntimeService."""
+    """The public front door: RuntimeService, and the admin APIs it forwards
+    (services/gateway/admin_forwarding.py)."""
 
     name = "gateway"
-    service_names = (gateway_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name,)
 
-    def __init__(self, store: ApiKeyStore, handler: RuntimeHandler, models: ModelDirectory) -> None:
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        handler: RuntimeHandler,
+        models: ModelDirectory,
+        forwarders: Mapping[str, grpc.GenericRpcHandler[object, object]] | None = None,
+    ) -> None:
+        """`forwarders` maps the full name of each forwarded service to its handler."""
         self._store = store
         self._handler = handler
         self._models = models
+        self._forwarders = dict(forwarders or {})
+
+    @property
+    def service_names(self) -> Sequence[str]:
+        """RuntimeService and the forwarded services, for health and reflection."""
+        return [RUNTIME_SERVICE, *self._forwarders]
 
     def register(self, server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_RuntimeServiceServicer_to_server(self._handler, server)
+        server.add_generic_rpc_handlers(list(self._forwarders.values()))
 
     async def start(self) -> None:
         """Nothing to start: keys and models are loaded on first use."""
@@ -71,11 +89,16 @@ async def create_unit(infra: Infrastructure) -> ServiceUnit:
     store = await open_key_store(infra.storage("gateway"))
     engine = engine_pb2_grpc.EngineServiceStub(infra.channel("engine"))
     models = ModelDirectory(lambda: list_engine_models(engine), ttl=config.model_cache_seconds)
+    keys = ApiKeys(store, cache_seconds=config.key_cache_seconds)
     handler = RuntimeHandler(
-        keys=ApiKeys(store, cache_seconds=config.key_cache_seconds),
+        keys=keys,
         jobs=jobs_pb2_grpc.JobServiceStub(infra.channel("jobs")),
         models=models,
         events=infra.events,
         default_model=config.default_model,
     )
-    return GatewayUnit(store, handler, models)
+    forwarders = {
+        service.full_name: forwarding_handler(service, infra.channel(service.name), keys)
+        for service in forwarded_here(infra.hosts_locally)
+    }
+    return GatewayUnit(store, handler, models, forwarders)

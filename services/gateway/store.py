@@ -12,6 +12,10 @@ from services.kit.storage import StorageConfig, require_migrated
 SQL_DIRECTORY = Path(__file__).resolve().parent / "sql"
 """The gateway's `sql/` folder: migrations and named queries per backend."""
 
+SCOPE_ADMIN = "admin"
+SCOPE_TENANT = "tenant"
+"""The `scope` column's two values: an admin key, or a key that acts for its tenant only."""
+
 
 @dataclass(frozen=True)
 class ApiKeyRecord:
@@ -29,6 +33,9 @@ class ApiKeyRecord:
     """When the key was created, UTC."""
     revoke_time: datetime | None = None
     """When the key was revoked, UTC; None while it is valid."""
+    admin: bool = False
+    """An operator's key: besides acting for its tenant, it may call the admin APIs the
+    gateway forwards (policies, budgets, prices, plugins) for every tenant."""
 
     @property
     def revoked(self) -> bool:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-from services.gateway.store import SQL_DIRECTORY, ApiKeyRecord
+from services.gateway.store import SCOPE_ADMIN, SCOPE_TENANT, SQL_DIRECTORY, ApiKeyRecord
 from services.kit.storage import create_pool, load_queries
 
 _QUERIES = load_queries(SQL_DIRECTORY / "postgres" / "queries.sql")
@@ -20,6 +20,7 @@ def _record(row: asyncpg.Record) -> ApiKeyRecord:
         secret_sha256=bytes(row["secret_sha256"]),
         create_time=row["create_time"],
         revoke_time=row["revoke_time"],
+        admin=row["scope"] == SCOPE_ADMIN,
     )
 
 
@@ -43,6 +44,7 @@ class PostgresApiKeyStore:
             record.principal,
             record.secret_sha256,
             record.create_time,
+            SCOPE_ADMIN if record.admin else SCOPE_TENANT,
         )
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:

@@ -6,7 +6,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
-from services.gateway.store import SQL_DIRECTORY, ApiKeyRecord
+from services.gateway.store import SCOPE_ADMIN, SCOPE_TENANT, SQL_DIRECTORY, ApiKeyRecord
 from services.kit.storage import SqliteDatabase, load_queries
 
 _QUERIES = load_queries(SQL_DIRECTORY / "sqlite" / "queries.sql")
@@ -26,6 +26,7 @@ def _record(row: sqlite3.Row) -> ApiKeyRecord:
         secret_sha256=bytes(row["secret_sha256"]),
         create_time=datetime.fromisoformat(row["create_time"]),
         revoke_time=None if revoke_time is None else datetime.fromisoformat(revoke_time),
+        admin=row["scope"] == SCOPE_ADMIN,
     )
 
 
@@ -49,6 +50,7 @@ class SqliteApiKeyStore:
                 "principal": record.principal,
                 "secret_sha256": record.secret_sha256,
                 "create_time": _time(record.create_time),
+                "scope": SCOPE_ADMIN if record.admin else SCOPE_TENANT,
             },
         )
 

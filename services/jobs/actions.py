@@ -25,7 +25,7 @@ from typing import Any
 from agentrt.common.v1.common_pb2 import ActionEvent, ErrorReason, EventType
 from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, Checkpoint
 
-from services.jobs import records
+from services.jobs import records, states
 from services.jobs.listing import encode_position
 from services.jobs.records import Change, JobRecord, Row
 from services.jobs.store import ActionRef, ActionTarget, NewAction, Resolution
@@ -129,16 +129,14 @@ def hash_resume_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def require(
-    job: JobRecord, lease_id: str, new: NewAction, checkpoint: Checkpoint | None, now: datetime
-) -> tuple[Change, ActionRecord, str]:
-    """A new PENDING action on the leased job, the job's change to WAITING, and the
-    action's resume token (which only the caller of RequireAction ever sees)."""
+def new_record(job_id: str, tenant: str, new: NewAction, now: datetime) -> tuple[ActionRecord, str]:
+    """A new PENDING action of the tenant's job and its resume token (which only the caller
+    of RequireAction ever sees; the record holds its hash)."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     action = ActionRecord(
         id=new_id(),
-        job_id=job.id,
-        tenant=job.tenant,
+        job_id=job_id,
+        tenant=tenant,
         kind=new.kind,
         state=PENDING,
         payload=new.payload.SerializeToString(deterministic=True),
@@ -151,7 +149,16 @@ def require(
         resolved_by="",
         request_id="",
     )
-    change = records.await_action(job, lease_id, checkpoint, _event(action), now)
+    return action, token
+
+
+def require(
+    job: JobRecord, lease_id: str, new: NewAction, checkpoint: Checkpoint | None, now: datetime
+) -> tuple[Change, ActionRecord, str]:
+    """A new PENDING action on the leased job, the job's change to WAITING, and the
+    action's resume token."""
+    action, token = new_record(job.id, job.tenant, new, now)
+    change = records.await_action(job, lease_id, checkpoint, event_of(action), now)
     return change, action, token
 
 
@@ -182,7 +189,7 @@ def resolve(
         if (action.outcome, action.resolved_by) != (outcome, resolution.principal):
             raise RequestIdReused(resolution.request_id)
         return None, action
-    _check_pending(action, target, now)
+    check_pending(action, target, now)
     resolved = replace(
         action,
         state=RESOLVED,
@@ -191,40 +198,42 @@ def resolve(
         resolved_by=resolution.principal,
         request_id=resolution.request_id,
     )
-    change = records.resume(
-        job,
-        EventType.EVENT_TYPE_ACTION_RESOLVED,
-        _event(resolved),
-        f"action {_name(action)} was resolved by {resolution.principal}",
-        now,
-    )
-    return change, resolved
+    return records.resume(job, *resumption(resolved), now), resolved
 
 
 def cancel(
     job: JobRecord, action: ActionRecord, reason: str, now: datetime
 ) -> tuple[Change, ActionRecord]:
     """Cancel the PENDING action and queue its job again, so that the agent learns it."""
-    _check_pending(action, ActionRef(action.tenant, action.job_id, action.id), now)
+    check_pending(action, ActionRef(action.tenant, action.job_id, action.id), now)
     cancelled = replace(action, state=CANCELLED, resolve_time=now)
-    because = f"action {_name(action)} was cancelled" + (f": {reason}" if reason else "")
-    return records.resume(job, None, _event(cancelled), because, now), cancelled
+    return records.resume(job, *resumption(cancelled, reason), now), cancelled
 
 
 def expire(job: JobRecord, action: ActionRecord, now: datetime) -> tuple[Change, ActionRecord]:
     """Apply the expired action's timeout outcome and queue its job again."""
     expired = replace(action, state=EXPIRED, outcome=action.timeout_outcome, resolve_time=now)
-    change = records.resume(
-        job,
-        EventType.EVENT_TYPE_ACTION_EXPIRED,
-        _event(expired),
-        f"action {_name(action)} expired",
-        now,
-    )
-    return change, expired
+    return records.resume(job, *resumption(expired), now), expired
 
 
-def _check_pending(action: ActionRecord, target: ActionTarget, now: datetime) -> None:
+def resumption(
+    action: ActionRecord, cancel_reason: str = ""
+) -> tuple[EventType.ValueType | None, ActionEvent, str]:
+    """How the job of an action that just ended is queued again: the action's event type
+    (none for a cancelled action), its event, and the job.requeued reason."""
+    name = _name(action)
+    if action.state == RESOLVED:
+        reason = f"action {name} was resolved by {action.resolved_by}"
+        return EventType.EVENT_TYPE_ACTION_RESOLVED, event_of(action), reason
+    if action.state == EXPIRED:
+        return EventType.EVENT_TYPE_ACTION_EXPIRED, event_of(action), f"action {name} expired"
+    because = f"action {name} was cancelled" + (f": {cancel_reason}" if cancel_reason else "")
+    return None, event_of(action), because
+
+
+def check_pending(action: ActionRecord, target: ActionTarget, now: datetime) -> None:
+    """Refuse to settle an action that is not pending and unexpired: by token alike for
+    every reason (ResumeTokenInvalid), by name with its state (ActionNotPending)."""
     if action.state == PENDING and action.expire_time > now:
         return
     if not isinstance(target, ActionRef):
@@ -237,7 +246,8 @@ def _name(action: ActionRecord) -> str:
     return action_name(action.job_id, action.id)
 
 
-def _event(action: ActionRecord) -> ActionEvent:
+def event_of(action: ActionRecord) -> ActionEvent:
+    """The ActionEvent of the action's events (action.required, .resolved, .expired)."""
     event = ActionEvent(
         action=_name(action),
         kind=ActionKind.Name(action.kind).removeprefix("ACTION_KIND_").lower(),
@@ -254,3 +264,17 @@ def page_of_actions(rows: list[ActionRecord], page_size: int) -> tuple[list[Acti
     return [to_action(row) for row in page], (
         encode_position(page[-1].create_time, page[-1].id) if more else ""
     )
+
+
+def resume_waiting(
+    job: JobRecord,
+    wait_time: datetime,
+    resumption: tuple[EventType.ValueType | None, ActionEvent, str],
+    now: datetime,
+) -> Change | None:
+    """The job queued again after an action kept outside its database ended, or None when
+    the job no longer waits on that action's wait (which began at `wait_time`, when its
+    update_time was set): it was resumed already, cancelled or timed out since."""
+    if job.state != states.WAITING or job.update_time != wait_time:
+        return None
+    return records.resume(job, *resumption, now)

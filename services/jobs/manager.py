@@ -10,19 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from agentrt.common.v1.common_pb2 import Failure, JobState, Message, RuntimeEvent, Usage
+from agentrt.common.v1.common_pb2 import (
+    Failure,
+    JobState,
+    Message,
+    RuntimeEvent,
+    ToolCalled,
+    Usage,
+)
 from agentrt.jobs.v1.jobs_pb2 import Action, Checkpoint, Job, JobResult, JobSpec
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 
 from services.jobs.actions import hash_resume_token
+from services.jobs.job_cache import RedisJobCache
 from services.jobs.records import FINISH_STATES
 from services.jobs.states import SUCCEEDED, State
 from services.jobs.store import (
     ActionRef,
+    ActionStore,
     ActionTarget,
     JobFilter,
     JobLease,
@@ -43,7 +52,7 @@ from services.jobs.validation import (
 from services.kit import paging
 from services.kit.errors import AgentrtError, FieldInvalid, FieldRequired
 from services.kit.events.base import Wakeups
-from services.kit.names import parse_job_name
+from services.kit.names import parse_action_name, parse_job_name
 
 JOBS_TOPIC = "jobs"
 """The wake-up topic of workers waiting for runnable jobs."""
@@ -69,8 +78,14 @@ class JobManager:
         limits: JobLimits,
         *,
         clock: Callable[[], datetime] = utc_now,
+        actions: ActionStore | None = None,
+        cache: RedisJobCache | None = None,
     ) -> None:
         self._store = store
+        self._actions: ActionStore = actions or store
+        """Where actions are kept: the job store itself unless another is configured."""
+        self._cache = cache
+        """GetJob's read-through cache; every commit here forgets the jobs it changed."""
         self._wakeups = wakeups
         self._relay_nudge = relay_nudge
         self._limits = limits
@@ -91,7 +106,11 @@ class JobManager:
 
     async def get_job(self, tenant: str | None, job_id: str) -> Job:
         """The job; JobNotFound also for another tenant's job."""
-        return await self._store.get_job(tenant, job_id)
+        if self._cache is None:
+            return await self._store.get_job(tenant, job_id)
+        return await self._cache.read_through(
+            tenant, job_id, lambda: self._store.get_job(None, job_id)
+        )
 
     async def list_jobs(
         self,
@@ -126,6 +145,8 @@ class JobManager:
         while True:
             batch = await self._lease_batch(worker, max_jobs or 1, lease_seconds)
             if batch.leases or batch.timed_out:
+                changed = [lease.job for lease in batch.leases] + batch.timed_out
+                await self._forget(*(parse_job_name(job.name) for job in changed))
                 self._nudge_relay()
             if batch.leases:
                 return batch.leases
@@ -149,14 +170,25 @@ class JobManager:
         checkpoint: Checkpoint | None,
         message: Message | None,
         turn_usage: Usage | None,
+        tool_calls: Sequence[ToolCalled] = (),
+        within_turn: bool = False,
     ) -> Job:
-        """Record a turn's progress; emits job.turn.completed. Raises LeaseLost."""
+        """Record a turn's progress, or tool calls within the turn; emits
+        job.turn.completed and tool.called. Raises LeaseLost."""
         required(lease_id, "lease_id")
         if checkpoint is None:
             raise FieldRequired("checkpoint")
         job = await self._store.checkpoint(
-            job_id, lease_id, checkpoint, message, turn_usage, self._clock()
+            job_id,
+            lease_id,
+            checkpoint,
+            message,
+            turn_usage,
+            self._clock(),
+            tool_calls,
+            within_turn,
         )
+        await self._forget(job_id)
         self._nudge_relay()
         return job
 
@@ -183,6 +215,7 @@ class JobManager:
         job = await self._store.finish(
             job_id, lease_id, state, outcome, usage, checkpoint, self._clock(), message, turn_usage
         )
+        await self._forget(job_id)
         self._nudge_relay()
         return job
 
@@ -190,6 +223,7 @@ class JobManager:
         """Give a leased job back to the queue. Raises LeaseLost."""
         required(lease_id, "lease_id")
         job = await self._store.release(job_id, lease_id, reason, self._clock())
+        await self._forget(job_id)
         self._nudge_relay()
         await self._wake_workers()
         return job
@@ -198,6 +232,8 @@ class JobManager:
         """Cancel an unfinished job and its unfinished children; IllegalTransition if it
         has finished."""
         job = await self._store.cancel(tenant, job_id, reason, self._clock())
+        # Its cancelled descendants are forgotten by the relay, which publishes theirs.
+        await self._forget(job_id)
         self._nudge_relay()
         return job
 
@@ -206,6 +242,7 @@ class JobManager:
         periodically, and again at once while a batch comes back full."""
         jobs = await self._store.expire_deadlines(self._clock(), self._limits.deadline_batch)
         if jobs:
+            await self._forget(*(parse_job_name(job.name) for job in jobs))
             self._nudge_relay()
         return jobs
 
@@ -235,14 +272,17 @@ class JobManager:
         if action is None:
             raise FieldRequired("action")
         new = new_action(action, timeout, self._limits)
-        created = await self._store.require_action(job_id, lease_id, new, checkpoint, self._clock())
+        created = await self._actions.require_action(
+            job_id, lease_id, new, checkpoint, self._clock()
+        )
+        await self._forget(job_id)
         self._nudge_relay()
         return created
 
     async def get_action(self, tenant: str, job_id: str, action_id: str) -> Action:
         """The action; ActionNotFound also for another tenant's."""
         required(tenant, "tenant")
-        return await self._store.get_action(tenant, job_id, action_id)
+        return await self._actions.get_action(tenant, job_id, action_id)
 
     async def list_actions(
         self,
@@ -258,7 +298,7 @@ class JobManager:
             raise FieldInvalid("states", "unknown or unspecified action state")
         limits = self._limits
         size = paging.page_size(page_size, limits.default_page_size, limits.max_page_size)
-        return await self._store.list_actions(tenant, job_id, states, size, page_token)
+        return await self._actions.list_actions(tenant, job_id, states, size, page_token)
 
     async def resolve_action(
         self,
@@ -277,26 +317,26 @@ class JobManager:
         check_struct(outcome, "outcome", self._limits)
         check_request_id(request_id, self._limits)
         resolution = Resolution(outcome, principal, request_id)
-        action = await self._store.resolve_action(
+        action = await self._actions.resolve_action(
             self._action_target(tenant, target), resolution, self._clock()
         )
-        await self._action_ended()
+        await self._action_ended(action)
         return action
 
     async def cancel_action(self, tenant: str, job_id: str, action_id: str, reason: str) -> Action:
         """Cancel a pending action; its job is queued again so that the agent learns it."""
         required(tenant, "tenant")
         ref = ActionRef(tenant, job_id, action_id)
-        action = await self._store.cancel_action(ref, reason, self._clock())
-        await self._action_ended()
+        action = await self._actions.cancel_action(ref, reason, self._clock())
+        await self._action_ended(action)
         return action
 
     async def expire_actions(self) -> list[Action]:
         """Expire one batch of pending actions past their expire time, applying their
         timeout outcomes; the server calls this periodically with the deadline sweep."""
-        expired = await self._store.expire_actions(self._clock(), self._limits.action_batch)
+        expired = await self._actions.expire_actions(self._clock(), self._limits.action_batch)
         if expired:
-            await self._action_ended()
+            await self._action_ended(*expired)
         return expired
 
     def _action_target(self, tenant: str, target: str | tuple[str, str]) -> ActionTarget:
@@ -307,8 +347,10 @@ class JobManager:
             raise FieldInvalid("resume_token", "not a token returned by RequireAction")
         return TokenRef(tenant, hash_resume_token(target))
 
-    async def _action_ended(self) -> None:
-        """An action ended and its job is queued again: tell the relay and the workers."""
+    async def _action_ended(self, *ended: Action) -> None:
+        """Actions ended and their jobs are queued again: tell the cache, the relay and
+        the workers."""
+        await self._forget(*(parse_action_name(action.name)[0] for action in ended))
         self._nudge_relay()
         await self._wake_workers()
 
@@ -343,6 +385,17 @@ class JobManager:
             return limits.default_lease_seconds
         bounded(lease_seconds, "lease_duration", limits.min_lease_seconds, limits.max_lease_seconds)
         return lease_seconds
+
+    async def _forget(self, *job_ids: str) -> None:
+        """Drop the changed jobs from the cache before the change is reported, so that a
+        GetJob after this call returned sees it. If Redis fails here, the relay forgets
+        them again before publishing their events, and the cache's TTL bounds the rest."""
+        if self._cache is None:
+            return
+        try:
+            await self._cache.forget(job_ids)
+        except Exception:
+            _LOG.warning("could not drop changed jobs from the job cache", exc_info=True)
 
     def _nudge_relay(self) -> None:
         if self._relay_nudge is not None:

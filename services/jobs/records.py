@@ -7,7 +7,7 @@ writes both in the same transaction. So every backend behaves the same by constr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ from agentrt.common.v1.common_pb2 import (
     JobState,
     Message,
     RuntimeEvent,
+    ToolCalled,
     Usage,
 )
 from agentrt.jobs.v1.jobs_pb2 import Checkpoint, Job, JobResult
@@ -300,22 +301,39 @@ def save_checkpoint(
     message: Message | None,
     turn_usage: Usage | None,
     now: datetime,
+    tool_calls: Sequence[ToolCalled] = (),
+    within_turn: bool = False,
 ) -> Change:
-    """Record a turn's checkpoint, which must advance the job's turns."""
+    """Record a turn's checkpoint, which must advance the job's turns, or, with tool
+    calls or `within_turn`, progress within the current turn; each tool call becomes a
+    tool.called event."""
     check_lease(record, lease_id)
-    if checkpoint.turn <= record.turns:
+    if within_turn and checkpoint.turn != record.turns:
+        raise FieldInvalid(
+            "checkpoint.turn", f"must be the turns completed ({record.turns}) within a turn"
+        )
+    within_turn = (within_turn or bool(tool_calls)) and checkpoint.turn == record.turns
+    if checkpoint.turn <= record.turns and not within_turn:
         raise FieldInvalid(
             "checkpoint.turn", f"must be greater than the turns completed ({record.turns})"
         )
     record = _with_checkpoint(record, checkpoint, now)
-    record = replace(record, event_seq=record.event_seq + 1)
-    event = _event(record, EventType.EVENT_TYPE_TURN_COMPLETED, now)
-    event.turn_completed.turn = checkpoint.turn
-    if message is not None:
-        event.turn_completed.message.CopyFrom(message)
-    if turn_usage is not None:
-        event.turn_completed.usage.CopyFrom(turn_usage)
-    return Change(record, (_stored(record, event),), checkpoint_changed=True)
+    stored = []
+    if not within_turn:
+        record = replace(record, event_seq=record.event_seq + 1)
+        event = _event(record, EventType.EVENT_TYPE_TURN_COMPLETED, now)
+        event.turn_completed.turn = checkpoint.turn
+        if message is not None:
+            event.turn_completed.message.CopyFrom(message)
+        if turn_usage is not None:
+            event.turn_completed.usage.CopyFrom(turn_usage)
+        stored.append(_stored(record, event))
+    for called in tool_calls:
+        record = replace(record, event_seq=record.event_seq + 1)
+        event = _event(record, EventType.EVENT_TYPE_TOOL_CALLED, now)
+        event.tool_called.CopyFrom(called)
+        stored.append(_stored(record, event))
+    return Change(record, tuple(stored), checkpoint_changed=True)
 
 
 def check_outcome(state: State, outcome: JobResult | Failure) -> None:

@@ -11,10 +11,12 @@ import grpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.jobs.handlers import JobServicer
+from services.jobs.job_cache import InvalidatingChannel, RedisJobCache
 from services.jobs.manager import JobManager
-from services.jobs.store import JobStore, open_job_store
+from services.jobs.store import ActionStore, JobStore, open_job_store
+from services.jobs.store_redis import RedisActionStore
 from services.jobs.validation import JobLimits
-from services.kit.config import env_float
+from services.kit.config import ConfigError, env_float, env_str
 from services.kit.events import OutboxRelay
 from services.kit.infra import Infrastructure
 from services.kit.periodic import cancel_all, run_every
@@ -28,10 +30,22 @@ class JobsUnit:
     name = "jobs"
     service_names = (jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,)
 
-    def __init__(self, store: JobStore, infra: Infrastructure, sweep_seconds: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        infra: Infrastructure,
+        sweep_seconds: float,
+        actions: ActionStore | None = None,
+        cache: RedisJobCache | None = None,
+    ) -> None:
+        """Actions in `actions` (None: in the job store); GetJob through `cache` if any,
+        which the relay then keeps fresh by forgetting every job it publishes events of."""
         self._store = store
-        self._relay = OutboxRelay(store, infra.events, infra.wakeups)
-        self._manager = JobManager(store, infra.wakeups, self._relay.notify, JobLimits())
+        events = infra.events if cache is None else InvalidatingChannel(infra.events, cache)
+        self._relay = OutboxRelay(store, events, infra.wakeups)
+        self._manager = JobManager(
+            store, infra.wakeups, self._relay.notify, JobLimits(), actions=actions, cache=cache
+        )
         self._sweep_seconds = sweep_seconds
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,5 +80,31 @@ class JobsUnit:
 
 
 async def create_unit(infra: Infrastructure) -> JobsUnit:
+    """The jobs unit as configured; ConfigError before anything is opened."""
     sweep = env_float("AGENTRT_DEADLINE_SWEEP_SECONDS", 1.0, minimum=0.05)
-    return JobsUnit(await open_job_store(infra.storage("jobs")), infra, sweep)
+    redis_actions = _actions_in_redis(infra)
+    cache = _job_cache(infra)
+    store = await open_job_store(infra.storage("jobs"))
+    actions = None
+    if redis_actions:
+        assert infra.redis is not None
+        actions = RedisActionStore(infra.redis, store, infra.config.redis_prefix)
+    return JobsUnit(store, infra, sweep, actions, cache)
+
+
+def _actions_in_redis(infra: Infrastructure) -> bool:
+    """AGENTRT_JOBS_ACTION_STORE: `database` (the job store's own actions) or `redis`."""
+    kind = env_str("AGENTRT_JOBS_ACTION_STORE", "database")
+    if kind not in ("database", "redis"):
+        raise ConfigError(f"AGENTRT_JOBS_ACTION_STORE: expected database or redis, got {kind!r}")
+    if kind == "redis" and infra.redis is None:
+        raise ConfigError("AGENTRT_JOBS_ACTION_STORE=redis needs AGENTRT_REDIS_URL")
+    return kind == "redis"
+
+
+def _job_cache(infra: Infrastructure) -> RedisJobCache | None:
+    """GetJob's cache on Redis, when there is Redis and AGENTRT_JOB_CACHE_SECONDS > 0."""
+    seconds = env_float("AGENTRT_JOB_CACHE_SECONDS", 1.0, minimum=0)
+    if infra.redis is None or seconds == 0:
+        return None
+    return RedisJobCache(infra.redis, infra.config.redis_prefix, seconds)

@@ -13,7 +13,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from agentrt.common.v1.common_pb2 import Failure, Message, RuntimeEvent, Usage
+from agentrt.common.v1.common_pb2 import (
+    ActionEvent,
+    EventType,
+    Failure,
+    Message,
+    RuntimeEvent,
+    ToolCalled,
+    Usage,
+)
 from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, Checkpoint, Job, JobResult, JobSpec
 from google.protobuf.struct_pb2 import Struct
 
@@ -114,7 +122,102 @@ class Resolution:
     """Idempotency key: a resolution retried with it returns the resolved action."""
 
 
-class JobStore(Protocol):
+class ActionStore(Protocol):
+    """Actions of waiting jobs: where they are kept, with their resume tokens (hashed).
+
+    Implemented by every JobStore (the `actions` table, in the jobs' own transactions) and
+    by services.jobs.store_redis.RedisActionStore (actions in Redis, job states through
+    the JobStore's ActionJobs methods). Every implementation passes
+    tests/services/jobs/test_action_store_conformance.py. Refusals change nothing; their
+    errors are those of services.jobs.actions. "In the same transaction" below is exact
+    for a JobStore; RedisActionStore makes the action's and the job's changes in two
+    writes that it reconciles (docs/actions-redis.md).
+    """
+
+    async def require_action(
+        self,
+        job_id: str,
+        lease_id: str,
+        new: NewAction,
+        checkpoint: Checkpoint | None,
+        now: datetime,
+    ) -> Action:
+        """Create a PENDING action on the leased job and, in the same transaction, make the
+        job WAITING (lease released, checkpoint stored; events action.required and
+        job.waiting). Returns the action with its resume token, which is stored hashed."""
+        ...
+
+    async def get_action(self, tenant: str, job_id: str, action_id: str) -> Action:
+        """The action; ActionNotFound also for another tenant's."""
+        ...
+
+    async def list_actions(
+        self,
+        tenant: str,
+        job_id: str,
+        states: Sequence[Action.State.ValueType],
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Action], str]:
+        """A page of the job's actions, oldest first (all states when `states` is empty),
+        and the next page's token; JobNotFound for another tenant's job."""
+        ...
+
+    async def resolve_action(
+        self, target: ActionTarget, resolution: Resolution, now: datetime
+    ) -> Action:
+        """Atomically make the PENDING action RESOLVED and queue its WAITING job again
+        (events action.resolved, job.requeued). Refusals change nothing: see
+        services.jobs.actions.resolve."""
+        ...
+
+    async def cancel_action(self, ref: ActionRef, reason: str, now: datetime) -> Action:
+        """Atomically make the PENDING action CANCELLED and queue its job again (event
+        job.requeued); ActionNotPending otherwise."""
+        ...
+
+    async def expire_actions(self, now: datetime, limit: int) -> list[Action]:
+        """Expire up to `limit` PENDING actions past their expire time: each takes its
+        timeout outcome (state EXPIRED, event action.expired) and its job is queued again
+        (job.requeued). Returns them."""
+        ...
+
+
+class ActionJobs(Protocol):
+    """The job-state side of actions kept outside the jobs' database: the two moves of a
+    job around an action, each one transaction of the JobStore."""
+
+    async def wait_for_action(
+        self,
+        job_id: str,
+        lease_id: str,
+        checkpoint: Checkpoint | None,
+        action: ActionEvent,
+        now: datetime,
+    ) -> Job:
+        """Make the leased job WAITING on the action (lease released, checkpoint stored;
+        events action.required and job.waiting), its update_time `now`."""
+        ...
+
+    async def resume_from_action(
+        self,
+        job_id: str,
+        wait_time: datetime,
+        resumption: tuple[EventType.ValueType | None, ActionEvent, str],
+        now: datetime,
+    ) -> bool:
+        """Queue the job again if it is still WAITING on the wait that began at
+        `wait_time` (its update_time), with the events of services.jobs.actions.resumption;
+        False, changing nothing, when it is not (already resumed, cancelled, timed out).
+        Idempotent: a repeated call after success returns False."""
+        ...
+
+    async def get_job(self, tenant: str | None, job_id: str) -> Job:
+        """The job."""
+        ...
+
+
+class JobStore(ActionStore, ActionJobs, Protocol):
     """Job records, leases, checkpoints and event history, on one backend.
 
     Errors: JobNotFound for an unknown job or one of another tenant (a `tenant` of None
@@ -163,9 +266,13 @@ class JobStore(Protocol):
         message: Message | None,
         turn_usage: Usage | None,
         now: datetime,
+        tool_calls: Sequence[ToolCalled] = (),
+        within_turn: bool = False,
     ) -> Job:
         """Save the checkpoint (its turn must be greater than the job's turns, else
-        FieldInvalid("checkpoint.turn")) and emit job.turn.completed."""
+        FieldInvalid("checkpoint.turn")) and emit job.turn.completed; with tool calls the
+        turn may also equal the job's turns (progress within it), and `within_turn` says
+        it must. Each tool call is a tool.called event, after the turn's."""
         ...
 
     async def finish(
@@ -205,54 +312,6 @@ class JobStore(Protocol):
         self, tenant: str | None, job_id: str, after_sequence: int, limit: int
     ) -> tuple[list[RuntimeEvent], State]:
         """The job's history events after `after_sequence`, oldest first, and its state."""
-        ...
-
-    async def require_action(
-        self,
-        job_id: str,
-        lease_id: str,
-        new: NewAction,
-        checkpoint: Checkpoint | None,
-        now: datetime,
-    ) -> Action:
-        """Create a PENDING action on the leased job and, in the same transaction, make the
-        job WAITING (lease released, checkpoint stored; events action.required and
-        job.waiting). Returns the action with its resume token, which is stored hashed."""
-        ...
-
-    async def get_action(self, tenant: str, job_id: str, action_id: str) -> Action:
-        """The action; ActionNotFound also for another tenant's."""
-        ...
-
-    async def list_actions(
-        self,
-        tenant: str,
-        job_id: str,
-        states: Sequence[Action.State.ValueType],
-        page_size: int,
-        page_token: str,
-    ) -> tuple[list[Action], str]:
-        """A page of the job's actions, oldest first (all states when `states` is empty),
-        and the next page's token; JobNotFound for another tenant's job."""
-        ...
-
-    async def resolve_action(
-        self, target: ActionTarget, resolution: Resolution, now: datetime
-    ) -> Action:
-        """Atomically make the PENDING action RESOLVED and queue its WAITING job again
-        (events action.resolved, job.requeued). Refusals change nothing: see
-        services.jobs.actions.resolve."""
-        ...
-
-    async def cancel_action(self, ref: ActionRef, reason: str, now: datetime) -> Action:
-        """Atomically make the PENDING action CANCELLED and queue its job again (event
-        job.requeued); ActionNotPending otherwise."""
-        ...
-
-    async def expire_actions(self, now: datetime, limit: int) -> list[Action]:
-        """Expire up to `limit` PENDING actions past their expire time: each takes its
-        timeout outcome (state EXPIRED, event action.expired) and its job is queued again
-        (job.requeued). Returns them."""
         ...
 
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:

@@ -20,7 +20,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
-from agentrt.common.v1.common_pb2 import Failure, JobState, Message, RuntimeEvent, Usage
+from agentrt.common.v1.common_pb2 import (
+    ActionEvent,
+    EventType,
+    Failure,
+    JobState,
+    Message,
+    RuntimeEvent,
+    ToolCalled,
+    Usage,
+)
 from agentrt.jobs.v1.jobs_pb2 import Action, Checkpoint, Job, JobResult
 
 from services.jobs import actions, records
@@ -154,11 +163,13 @@ class PostgresJobStore:
         message: Message | None,
         turn_usage: Usage | None,
         now: datetime,
+        tool_calls: Sequence[ToolCalled] = (),
+        within_turn: bool = False,
     ) -> Job:
         return await self._change(
             job_id,
             lambda job: records.save_checkpoint(
-                job, lease_id, checkpoint, message, turn_usage, now
+                job, lease_id, checkpoint, message, turn_usage, now, tool_calls, within_turn
             ),
         )
 
@@ -228,6 +239,32 @@ class PostgresJobStore:
                 *(getattr(action, name) for name in actions.ACTION_COLUMNS),
             )
         return to_action(action, token)
+
+    async def wait_for_action(
+        self,
+        job_id: str,
+        lease_id: str,
+        checkpoint: Checkpoint | None,
+        action: ActionEvent,
+        now: datetime,
+    ) -> Job:
+        return await self._change(
+            job_id, lambda job: records.await_action(job, lease_id, checkpoint, action, now)
+        )
+
+    async def resume_from_action(
+        self,
+        job_id: str,
+        wait_time: datetime,
+        resumption: tuple[EventType.ValueType | None, ActionEvent, str],
+        now: datetime,
+    ) -> bool:
+        async with self._pool.acquire() as connection, connection.transaction():
+            job = await _locked_job(connection, job_id)
+            change = actions.resume_waiting(job, wait_time, resumption, now)
+            if change is not None:
+                await _save(connection, [change])
+        return change is not None
 
     async def get_action(self, tenant: str, job_id: str, action_id: str) -> Action:
         row = await self._pool.fetchrow(QUERIES["get_action"], action_id, job_id, tenant)

@@ -16,7 +16,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agentrt.common.v1.common_pb2 import Failure, JobState, Message, RuntimeEvent, Usage
+from agentrt.common.v1.common_pb2 import (
+    ActionEvent,
+    EventType,
+    Failure,
+    JobState,
+    Message,
+    RuntimeEvent,
+    ToolCalled,
+    Usage,
+)
 from agentrt.jobs.v1.jobs_pb2 import Action, Checkpoint, Job, JobResult
 
 from services.jobs import actions, records
@@ -133,11 +142,13 @@ class SqliteJobStore:
         message: Message | None,
         turn_usage: Usage | None,
         now: datetime,
+        tool_calls: Sequence[ToolCalled] = (),
+        within_turn: bool = False,
     ) -> Job:
         return await self._change(
             job_id,
             lambda job: records.save_checkpoint(
-                job, lease_id, checkpoint, message, turn_usage, now
+                job, lease_id, checkpoint, message, turn_usage, now, tool_calls, within_turn
             ),
         )
 
@@ -215,6 +226,34 @@ class SqliteJobStore:
             return to_action(action, token)
 
         return await self._db.transaction(require)
+
+    async def wait_for_action(
+        self,
+        job_id: str,
+        lease_id: str,
+        checkpoint: Checkpoint | None,
+        action: ActionEvent,
+        now: datetime,
+    ) -> Job:
+        return await self._change(
+            job_id, lambda job: records.await_action(job, lease_id, checkpoint, action, now)
+        )
+
+    async def resume_from_action(
+        self,
+        job_id: str,
+        wait_time: datetime,
+        resumption: tuple[EventType.ValueType | None, ActionEvent, str],
+        now: datetime,
+    ) -> bool:
+        def resume(connection: sqlite3.Connection) -> bool:
+            job = _locked_job(connection, job_id)
+            change = actions.resume_waiting(job, wait_time, resumption, now)
+            if change is not None:
+                _save(connection, [change])
+            return change is not None
+
+        return await self._db.transaction(resume)
 
     async def get_action(self, tenant: str, job_id: str, action_id: str) -> Action:
         params = {"id": action_id, "job_id": job_id, "tenant": tenant}

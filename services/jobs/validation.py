@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from agentrt.common.v1.common_pb2 import Message, Role
+from agentrt.common.v1.common_pb2 import Message, Role, ToolKind
 from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, JobSpec
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
@@ -15,6 +15,7 @@ from google.protobuf.struct_pb2 import Struct
 from services.jobs.store import NewAction, NewJob
 from services.kit.errors import FieldInvalid, FieldRequired, MessageTooLarge
 from services.kit.names import parse_job_name
+from services.kit.tool_schema import schema_problem
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class JobLimits:
     """Longer tokens are refused as malformed before any lookup."""
     action_batch: int = 500
     """Most actions one expiry sweep expires."""
+    max_tool_call_timeout: timedelta = timedelta(minutes=10)
+    """Longest spec.tool_options.call_timeout."""
+    max_tool_attempts: int = 10
+    """Largest spec.tool_options.max_attempts."""
 
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -130,6 +135,7 @@ def normalize_spec(spec: JobSpec, limits: JobLimits) -> JobSpec:
     for index, message in enumerate(spec.messages):
         _check_message(message, f"spec.messages[{index}]", limits)
     _check_tools(spec)
+    _check_tool_options(spec, limits)
     _check_labels(spec, limits)
     if len(spec.session) > limits.max_session_chars:
         raise FieldInvalid("spec.session", f"at most {limits.max_session_chars} characters")
@@ -177,6 +183,32 @@ def _check_tools(spec: JobSpec) -> None:
         if tool.name in names:
             raise FieldInvalid(field, f"tool {tool.name!r} is offered twice")
         names.add(tool.name)
+        if tool.kind not in ToolKind.values():
+            raise FieldInvalid(f"spec.tools[{index}].kind", "must be BUILTIN, PLUGIN or CLIENT")
+        if tool.kind == ToolKind.TOOL_KIND_CLIENT:
+            # Built-in and plugin tools get their schema from where they are served; a
+            # client tool's is the caller's, and a broken one is the caller's to fix.
+            problem = schema_problem(tool.parameters)
+            if problem:
+                raise FieldInvalid(f"spec.tools[{index}].parameters", problem)
+
+
+def _check_tool_options(spec: JobSpec, limits: JobLimits) -> None:
+    """Unset fields mean the orchestrator's defaults, so only set ones are bounded."""
+    options = spec.tool_options
+    timeout = options.call_timeout
+    if (
+        timeout.seconds < 0
+        or timeout.nanos < 0
+        or timeout.ToTimedelta() > limits.max_tool_call_timeout
+    ):
+        raise FieldInvalid(
+            "spec.tool_options.call_timeout",
+            f"must be positive and at most {limits.max_tool_call_timeout}",
+        )
+    bounded(options.max_attempts, "spec.tool_options.max_attempts", 0, limits.max_tool_attempts)
+    if options.HasField("max_tool_calls") and options.max_tool_calls < 0:
+        raise FieldInvalid("spec.tool_options.max_tool_calls", "must be 0 or more")
 
 
 def _check_labels(spec: JobSpec, limits: JobLimits) -> None:

@@ -37,6 +37,7 @@ class Infrastructure:
     redis: redis.Redis | None = None
     """The Redis client the events and wake-ups use, for other shared state (None in dev)."""
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _local: set[str] = field(default_factory=set)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """The shared channel to a service (opened on first use)."""
@@ -52,6 +53,12 @@ class Infrastructure:
         channel = server.local_channel(self.config.call_timeout)
         for service in services:
             self._channels[service] = channel
+            self._local.add(service)
+
+    def hosts_locally(self, service: str) -> bool:
+        """Whether this process's server hosts the service itself (`agentrt dev`), so that
+        another unit must not serve it again (the gateway's admin forwarding)."""
+        return service in self._local
 
     def storage(self, service: str) -> StorageConfig:
         """Where the service keeps its data: AGENTRT_<SERVICE>_DATABASE_URL or

@@ -14,7 +14,15 @@ from agentrt.ledger.v1.ledger_pb2 import Budget, Price, UsageDimension, UsageKin
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 
-from services.kit.errors import Aborted, AlreadyExists, FieldInvalid, FieldRequired, NameInvalid
+from services.kit.errors import (
+    Aborted,
+    AlreadyExists,
+    FieldInvalid,
+    FieldRequired,
+    NameInvalid,
+    NotFound,
+    RequestIdReused,
+)
 from services.kit.ids import is_valid_id
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.ledger import records
@@ -92,14 +100,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             raise FieldRequired("price")
         price = _model_price(request.price)
         _check_request_id(request.request_id)
-        try:
-            return await self._store.create_price(model, price, self._clock())
-        except AlreadyExists:
-            # A retried create finds its own price; without a request_id it is a conflict.
-            existing = await self._store.get_price(model) if request.request_id else None
-            if existing is not None and _model_price(existing) == price:
-                return existing
-            raise
+        request_id = request.request_id
+        digest = records.request_hash("price", model, price)
+        return await _create_once(
+            self._store,
+            "price",
+            request_id,
+            digest,
+            lambda: self._store.create_price(model, price, self._clock(), request_id, digest),
+            self._store.get_price,
+        )
 
     async def GetPrice(self, request: ledger_pb2.GetPriceRequest, context: Context) -> Price:
         return await self._store.get_price(_parse_price_name(request.name))
@@ -139,13 +149,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             raise FieldRequired("budget")
         spec = records.budget_spec(request.budget)
         _check_request_id(request.request_id)
-        try:
-            return await self._store.create_budget(budget_id, spec, self._clock())
-        except AlreadyExists:
-            existing = await self._store.get_budget(budget_id) if request.request_id else None
-            if existing is not None and records.budget_spec(existing) == spec:
-                return existing
-            raise
+        request_id = request.request_id
+        digest = records.request_hash("budget", budget_id, spec)
+        return await _create_once(
+            self._store,
+            "budget",
+            request_id,
+            digest,
+            lambda: self._store.create_budget(budget_id, spec, self._clock(), request_id, digest),
+            self._store.get_budget,
+        )
 
     async def GetBudget(self, request: ledger_pb2.GetBudgetRequest, context: Context) -> Budget:
         return await self._store.get_budget(_parse_budget_name(request.name))
@@ -277,6 +290,45 @@ def _check_job(job: str, field: str) -> None:
     collection, _, job_id = job.partition("/")
     if job and (collection != "jobs" or not is_valid_id(job_id)):
         raise FieldInvalid(field, "a job's name, jobs/{job}")
+
+
+async def _create_once(
+    store: LedgerStore,
+    kind: str,
+    request_id: str,
+    digest: bytes,
+    create: Callable[[], Awaitable[T]],
+    get: Callable[[str], Awaitable[T]],
+) -> T:
+    """Create a price or budget at most once per request_id: a retry (same id, same body)
+    returns what the first one made, as it is now; the same id with another body is
+    REQUEST_ID_REUSED. The store remembers the id in the creating transaction, so a retry
+    that races the first create finds it once that commits."""
+    if request_id:
+        earlier = await _created_by(store, kind, request_id, digest)
+        if earlier is not None:
+            try:
+                return await get(earlier)
+            except NotFound:
+                pass  # Deleted since: the retry creates it again.
+    try:
+        return await create()
+    except AlreadyExists:
+        earlier = await _created_by(store, kind, request_id, digest) if request_id else None
+        if earlier is None:
+            raise
+        return await get(earlier)
+
+
+async def _created_by(store: LedgerStore, kind: str, request_id: str, digest: bytes) -> str | None:
+    """What the earlier create with this request_id made; RequestIdReused for another body."""
+    found = await store.created_by(kind, request_id)
+    if found is None:
+        return None
+    resource, earlier_digest = found
+    if earlier_digest != digest:
+        raise RequestIdReused(request_id)
+    return resource
 
 
 def _check_request_id(request_id: str) -> None:

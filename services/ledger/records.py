@@ -300,16 +300,26 @@ def denial(counter: Counter, amounts: Quantities) -> ResourceExhausted:
     shown = (
         (from_nanos(limit), from_nanos(over)) if dimension == "cost" else (str(limit), str(over))
     )
+    period = _PERIOD_WORDS.get(counter.period, "")
     return ResourceExhausted(
         f"budget {budget_name(counter.budget_id)} would be exceeded: {dimension} limit "
-        f"{shown[0]}, overrun {shown[1]}",
+        f"{shown[0]} {period}, overrun {shown[1]}",
         metadata={
             "budget": budget_name(counter.budget_id),
             "dimension": dimension,
             "limit": shown[0],
             "overrun": shown[1],
+            "period": period,
         },
     )
+
+
+_PERIOD_WORDS: dict[int, str] = {
+    Budget.PERIOD_DAY: "per day",
+    Budget.PERIOD_MONTH: "per month",
+    Budget.PERIOD_TOTAL: "in total",
+}
+"""How a denial names a budget's period."""
 
 
 def check_response(counters: Sequence[Counter], amounts: Quantities) -> CheckBudgetResponse:

@@ -82,7 +82,22 @@ class LedgerStore(Protocol):
         """The tenant's usage records (every record for ""), newest first."""
         ...
 
-    async def create_price(self, model: str, price: ModelPrice, now: datetime) -> Price: ...
+    async def create_price(
+        self,
+        model: str,
+        price: ModelPrice,
+        now: datetime,
+        request_id: str = "",
+        request_hash: bytes = b"",
+    ) -> Price:
+        """Create the price; with a request_id, remember in the same transaction that this
+        request (and body hash) made it."""
+        ...
+
+    async def created_by(self, kind: str, request_id: str) -> tuple[str, bytes] | None:
+        """The (model or budget id, request hash) that the create of `kind` ("price" or
+        "budget") with `request_id` made, or None."""
+        ...
 
     async def get_price(self, model: str) -> Price: ...
 
@@ -96,8 +111,16 @@ class LedgerStore(Protocol):
 
     async def delete_price(self, model: str, etag: str) -> None: ...
 
-    async def create_budget(self, budget_id: str, spec: BudgetSpec, now: datetime) -> Budget:
-        """Create the budget; it counts the usage already recorded in its current window."""
+    async def create_budget(
+        self,
+        budget_id: str,
+        spec: BudgetSpec,
+        now: datetime,
+        request_id: str = "",
+        request_hash: bytes = b"",
+    ) -> Budget:
+        """Create the budget; it counts the usage already recorded in its current window.
+        A request_id is remembered as create_price does."""
         ...
 
     async def get_budget(self, budget_id: str) -> Budget: ...

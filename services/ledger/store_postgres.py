@@ -1,12 +1,16 @@
 """The ledger store on PostgreSQL (asyncpg), for production and any number of replicas.
 
-Reserving is one short transaction that locks the counters of every budget that applies
-(`SELECT ... ORDER BY key FOR UPDATE`), decides on the locked values, and only then adds
-the amounts and inserts the reservation: no other transaction on any replica can change
-those counters between the check and the write, so concurrent reservations are admitted
-one after another and never past a limit. A single conditional UPDATE would be atomic too,
-but it updates the counters that fit even when another does not, so it still needs the
-transaction to undo them, and it cannot say which budget refused or by how much.
+Reserving is one SQL statement (`reserve` in queries.sql): it locks the current-window
+counters of every budget that applies (`SELECT ... ORDER BY key FOR UPDATE`, which under
+READ COMMITTED waits for a concurrent writer and then sees its committed values), decides
+on the locked values whether the amounts fit under every limit, and only then, in the
+same statement, inserts the reservation and its holds and adds the amounts. No other
+transaction on any replica can change those counters between the decision and the write,
+so concurrent reservations are admitted one after another and never past a limit; and
+since it is one statement there is no transaction left open across round trips (one
+round trip in steady state; a missing counter costs one more to make it). Unlike a bare
+conditional UPDATE it writes to no budget unless all of them fit, and it returns the
+locked counters, so a denial names the budget and the overrun.
 
 Deadlocks: every writer takes its locks in one order, reservation rows first, then counter
 rows by (budget_id, period, window_start), after making every counter it needs; usage
@@ -23,7 +27,6 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 from agentrt.ledger.v1.ledger_pb2 import (
     Budget,
-    BudgetVerdict,
     CheckBudgetResponse,
     Price,
     Reservation,
@@ -67,8 +70,9 @@ _REPORT_GROUPS = {
 }
 
 
-class _DuplicateRequest(Exception):
-    """A concurrent reserve with the same request_id won; undo this one and return that."""
+RESERVE_ATTEMPTS = 3
+"""Statements a reservation may take: a missing counter costs one more, a budget that
+changes period meanwhile another."""
 
 
 def _time(value: datetime | None) -> datetime | None:
@@ -112,13 +116,33 @@ class PostgresLedgerStore:
 
     # Prices
 
-    async def create_price(self, model: str, price: ModelPrice, now: datetime) -> Price:
-        row = await self._pool.fetchrow(
-            QUERIES["insert_price"], model, *records.price_columns(price), records.new_etag(), now
-        )
-        if row is None:
-            raise AlreadyExists(f"price {records.price_name(model)} exists already")
+    async def create_price(
+        self,
+        model: str,
+        price: ModelPrice,
+        now: datetime,
+        request_id: str = "",
+        request_hash: bytes = b"",
+    ) -> Price:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                QUERIES["insert_price"],
+                model,
+                *records.price_columns(price),
+                records.new_etag(),
+                now,
+            )
+            if row is None:
+                raise AlreadyExists(f"price {records.price_name(model)} exists already")
+            if request_id:
+                await connection.execute(
+                    QUERIES["insert_create_request"], "price", request_id, model, request_hash, now
+                )
         return records.price_from_row(row, _time)
+
+    async def created_by(self, kind: str, request_id: str) -> tuple[str, bytes] | None:
+        row = await self._pool.fetchrow(QUERIES["create_request_by_id"], kind, request_id)
+        return None if row is None else (row["resource"], bytes(row["request_hash"]))
 
     async def get_price(self, model: str) -> Price:
         row = await self._pool.fetchrow(QUERIES["price_of"], model)
@@ -151,7 +175,14 @@ class PostgresLedgerStore:
 
     # Budgets
 
-    async def create_budget(self, budget_id: str, spec: BudgetSpec, now: datetime) -> Budget:
+    async def create_budget(
+        self,
+        budget_id: str,
+        spec: BudgetSpec,
+        now: datetime,
+        request_id: str = "",
+        request_hash: bytes = b"",
+    ) -> Budget:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute(QUERIES["lock_usage_for_budget_change"])
             row = await connection.fetchrow(
@@ -164,8 +195,17 @@ class PostgresLedgerStore:
                 records.new_etag(),
                 now,
             )
-        if row is None:
-            raise AlreadyExists(f"budget {records.budget_name(budget_id)} exists already")
+            if row is None:
+                raise AlreadyExists(f"budget {records.budget_name(budget_id)} exists already")
+            if request_id:
+                await connection.execute(
+                    QUERIES["insert_create_request"],
+                    "budget",
+                    request_id,
+                    budget_id,
+                    request_hash,
+                    now,
+                )
         return records.budget_from_row(row, _time)
 
     async def get_budget(self, budget_id: str) -> Budget:
@@ -214,18 +254,53 @@ class PostgresLedgerStore:
     # Reservations
 
     async def reserve(self, request: ReservationRequest, now: datetime) -> Reservation:
-        if request.request_id:
-            existing = await self._by_request_id(request)
-            if existing is not None:
-                return existing
-        try:
-            async with self._pool.acquire() as connection, connection.transaction():
-                return await _reserve(connection, request, now)
-        except _DuplicateRequest:
-            found = await self._by_request_id(request)
-            if found is None:
-                raise Aborted("a reservation with this request_id vanished; retry") from None
-            return found
+        """One `reserve` statement decides and writes; a missing counter (a new window or
+        budget) is made and the statement asked once more."""
+        for _ in range(RESERVE_ATTEMPTS):
+            reservation_id = new_id()
+            rows = await self._pool.fetch(
+                QUERIES["reserve"],
+                reservation_id,
+                request.tenant,
+                request.principal,
+                request.job,
+                request.request_id,
+                request.request_hash,
+                *records.triple(request.amounts),
+                now + request.ttl,
+                now,
+            )
+            decision = rows[0]
+            if decision["repeated"]:
+                return await self._repeated(request)
+            if decision["found"] != decision["wanted"]:
+                await self._make_counters(request, now)
+                continue
+            if decision["made"]:
+                return _made_reservation(reservation_id, request, decision, now)
+            if decision["fits"]:
+                # A concurrent reserve with the same request_id inserted first.
+                return await self._repeated(request)
+            counters = [records.counter_from_row(row, _time) for row in rows]
+            raise next(
+                records.denial(c, request.amounts)
+                for c in counters
+                if records.overrun(c, request.amounts) is not None
+            )
+        raise Aborted("a budget changed while reserving; retry")
+
+    async def _repeated(self, request: ReservationRequest) -> Reservation:
+        """The reservation an earlier request with the same request_id made."""
+        found = await self._by_request_id(request)
+        if found is None:
+            raise Aborted("a reservation with this request_id vanished; retry")
+        return found
+
+    async def _make_counters(self, request: ReservationRequest, now: datetime) -> None:
+        """Make the current-window counters of the request's budgets that do not exist."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            keys = await _current_keys(connection, request.tenant, request.principal, now)
+            await _ensure_counters(connection, keys, [])
 
     async def _by_request_id(self, request: ReservationRequest) -> Reservation | None:
         row = await self._pool.fetchrow(
@@ -240,23 +315,30 @@ class PostgresLedgerStore:
     async def settle(
         self, reservation_id: str, entries: Sequence[UsageEntry], now: datetime
     ) -> Reservation:
+        """One transaction: lock the reservation (reading its holds and the prices it
+        needs with it), record the usage, move spent and reserved on the counters, end it."""
+        models = sorted({e.model for e in entries if e.cost_nanos is None and e.model})
         async with self._pool.acquire() as connection, connection.transaction():
-            row = await _reservation_for_update(connection, reservation_id)
+            row = await connection.fetchrow(
+                QUERIES["reservation_for_settle"], reservation_id, models
+            )
+            if row is None:
+                raise NotFound(f"reservation {records.reservation_name(reservation_id)} not found")
             settled_ids = records.settled_ids(entries)
             if row["state"] == Reservation.STATE_SETTLED:
                 records.check_settled_again(row, settled_ids)
                 return records.reservation_from_row(row, _time)
             records.check_tenants(row["tenant"], entries)
-            stored = await _record_all(connection, entries, now)
+            prices = {p[0]: parse_price(*p[1:]) for p in json.loads(row["model_prices"])}
+            stored = await _record_all(connection, entries, now, prices)
             spent = await _spent_deltas(connection, [r for r, new in stored if new])
-            reserved = await _held_deltas(connection, [row])
-            await _apply(connection, spent, reserved, [r["id"] for r, new in stored if new])
-            await connection.execute(QUERIES["delete_holds"], [reservation_id])
+            await _apply(
+                connection, spent, _holds_given_back(row), [r["id"] for r, new in stored if new]
+            )
             total = records.total_spent(r for r, _ in stored)
             ended = await connection.fetchrow(
-                QUERIES["end_reservation"],
+                QUERIES["settle_reservation"],
                 reservation_id,
-                Reservation.STATE_SETTLED,
                 now,
                 total.tokens,
                 total.cost_nanos,
@@ -299,39 +381,26 @@ class PostgresLedgerStore:
         ]
 
 
-async def _reserve(
-    connection: Connection, request: ReservationRequest, now: datetime
+def _made_reservation(
+    reservation_id: str, request: ReservationRequest, decision: Any, now: datetime
 ) -> Reservation:
-    keys = await _current_keys(connection, request.tenant, request.principal, now)
-    counters = await _lock_counters(connection, keys, [])
-    if len(counters) != len(keys):
-        raise Aborted("a budget changed while reserving; retry")
-    for counter in counters:
-        if records.overrun(counter, request.amounts) is not None:
-            raise records.denial(counter, request.amounts)
-    verdicts = {records.verdict(counter, request.amounts) for counter in counters}
-    warn = BudgetVerdict.BUDGET_VERDICT_WARN in verdicts
-    amounts = request.amounts
-    row = await connection.fetchrow(
-        QUERIES["insert_reservation"],
-        new_id(),
-        request.tenant,
-        request.principal,
-        request.job,
-        request.request_id,
-        request.request_hash,
-        amounts.tokens,
-        amounts.cost_nanos,
-        amounts.tool_calls,
-        BudgetVerdict.BUDGET_VERDICT_WARN if warn else BudgetVerdict.BUDGET_VERDICT_ALLOW,
-        json.dumps([key[0] for key in keys]),
-        now + request.ttl,
-        now,
-    )
-    if row is None:
-        raise _DuplicateRequest
-    await connection.executemany(QUERIES["insert_hold"], [(row["id"], *key) for key in keys])
-    await _add(connection, {}, {key: amounts for key in keys})
+    """The reservation the `reserve` statement inserted, from what was sent and decided."""
+    row = {
+        "id": reservation_id,
+        "tenant": request.tenant,
+        "principal": request.principal,
+        "job": request.job,
+        "state": Reservation.STATE_ACTIVE,
+        "budgets": decision["made_budgets"],
+        "verdict": decision["made_verdict"],
+        "request_id": request.request_id,
+        "tokens": request.amounts.tokens,
+        "cost_nanos": request.amounts.cost_nanos,
+        "tool_calls": request.amounts.tool_calls,
+        "expire_time": now + request.ttl,
+        "create_time": now,
+        "end_time": None,
+    }
     return records.reservation_from_row(row, _time)
 
 
@@ -373,11 +442,16 @@ async def _held_deltas(connection: Connection, reservations: Sequence[Any]) -> D
 
 
 async def _record_all(
-    connection: Connection, entries: Sequence[UsageEntry], now: datetime
+    connection: Connection,
+    entries: Sequence[UsageEntry],
+    now: datetime,
+    prices: dict[str, ModelPrice] | None = None,
 ) -> list[tuple[Any, bool]]:
     """Insert the records (sorted by id, so that concurrent batches wait in one order), as
     (row, inserted) in the entries' order; an id stored with another body is
-    RequestIdReused."""
+    RequestIdReused. A model call without a cost is priced from `prices` when given (read
+    by the caller in this transaction; a model missing from it has no price), else from
+    the prices table."""
     stored: dict[str, tuple[Any, bool]] = {}
     for entry in sorted(entries, key=lambda e: e.record_id):
         if entry.record_id in stored:
@@ -385,7 +459,11 @@ async def _record_all(
             continue
         cost = entry.cost_nanos
         if cost is None and entry.kind == UsageKind.USAGE_KIND_MODEL_CALL:
-            cost = await _priced(connection, entry)
+            cost = (
+                await _priced(connection, entry)
+                if prices is None
+                else _cost(prices.get(entry.model), entry)
+            )
         row = await connection.fetchrow(
             QUERIES["insert_usage"], *records.usage_columns(entry, cost, now, _db_time)
         )
@@ -402,7 +480,26 @@ async def _priced(connection: Connection, entry: UsageEntry) -> int | None:
     if row is None:
         return None
     price = parse_price(row["input_price"], row["output_price"], row["cached_input_price"])
+    return _cost(price, entry)
+
+
+def _cost(price: ModelPrice | None, entry: UsageEntry) -> int | None:
+    """The entry's cost in nano-dollars at `price`; None without one."""
+    if price is None:
+        return None
     return to_nanos(cost_of(price, records.entry_usage(entry)))
+
+
+def _holds_given_back(row: Any) -> Deltas:
+    """What a locked reservation row (from reservation_for_settle) holds, as negative
+    reserved deltas; nothing unless it is ACTIVE."""
+    deltas: Deltas = {}
+    if row["state"] != Reservation.STATE_ACTIVE:
+        return deltas
+    held = records.negated(Quantities(row["tokens"], row["cost_nanos"], row["tool_calls"]))
+    for key in zip(row["hold_budgets"], row["hold_periods"], row["hold_windows"], strict=True):
+        records.add_delta(deltas, key, held)
+    return deltas
 
 
 async def _spent_deltas(connection: Connection, rows: Sequence[Any]) -> Deltas:

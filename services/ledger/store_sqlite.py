@@ -100,14 +100,26 @@ class SqliteLedgerStore:
 
     # Prices
 
-    async def create_price(self, model: str, price: ModelPrice, now: datetime) -> Price:
+    async def create_price(
+        self,
+        model: str,
+        price: ModelPrice,
+        now: datetime,
+        request_id: str = "",
+        request_hash: bytes = b"",
+    ) -> Price:
         params = (model, *records.price_columns(price), records.new_etag(), _micros(now))
+        remember = ("price", request_id, model, request_hash, _micros(now))
         row = await self._db.transaction(
-            lambda connection: connection.execute(QUERIES["insert_price"], params).fetchone()
+            lambda connection: _create(connection, "insert_price", params, remember)
         )
         if row is None:
             raise AlreadyExists(f"price {records.price_name(model)} exists already")
         return records.price_from_row(row, _time)
+
+    async def created_by(self, kind: str, request_id: str) -> tuple[str, bytes] | None:
+        row = await self._db.fetchone(QUERIES["create_request_by_id"], (kind, request_id))
+        return None if row is None else (row["resource"], bytes(row["request_hash"]))
 
     async def get_price(self, model: str) -> Price:
         row = await self._db.fetchone(QUERIES["price_of"], (model,))
@@ -137,7 +149,14 @@ class SqliteLedgerStore:
 
     # Budgets
 
-    async def create_budget(self, budget_id: str, spec: BudgetSpec, now: datetime) -> Budget:
+    async def create_budget(
+        self,
+        budget_id: str,
+        spec: BudgetSpec,
+        now: datetime,
+        request_id: str = "",
+        request_hash: bytes = b"",
+    ) -> Budget:
         params = (
             budget_id,
             spec.description,
@@ -147,8 +166,9 @@ class SqliteLedgerStore:
             records.new_etag(),
             _micros(now),
         )
+        remember = ("budget", request_id, budget_id, request_hash, _micros(now))
         row = await self._db.transaction(
-            lambda connection: connection.execute(QUERIES["insert_budget"], params).fetchone()
+            lambda connection: _create(connection, "insert_budget", params, remember)
         )
         if row is None:
             raise AlreadyExists(f"budget {records.budget_name(budget_id)} exists already")
@@ -453,4 +473,15 @@ def _current(connection: sqlite3.Connection, query: str, key: str, etag: str, na
         raise NotFound(f"{name} not found")
     if etag and row["etag"] != etag:
         raise Aborted(f"{name} changed meanwhile (etag {etag!r} is stale)")
+    return row
+
+
+def _create(
+    connection: sqlite3.Connection, query: str, params: tuple[Any, ...], remember: tuple[Any, ...]
+) -> Any:
+    """Insert a price or budget (None when it exists) and, when the create came with a
+    request_id (remember[1]), the request that made it, in one transaction."""
+    row = connection.execute(QUERIES[query], params).fetchone()
+    if row is not None and remember[1]:
+        connection.execute(QUERIES["insert_create_request"], remember)
     return row

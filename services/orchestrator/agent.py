@@ -1,12 +1,16 @@
-"""The single-agent loop: one worker's run of one leased job, turn by turn, to its end."""
+"""The single-agent loop: one worker's run of one leased job, turn by turn, to its end or
+to an action it waits on. Tools, approvals, client tools and the exactly-once rules of
+tool calls are described in docs/actions.md."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,11 +18,22 @@ from decimal import Decimal
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
 from agentrt.jobs.v1 import jobs_pb2
+from agentrt.policy.v1 import policy_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from services.kit.events import EventChannel
 from services.kit.telemetry import current_trace_id
+from services.kit.tool_schema import parse_arguments
+from services.orchestrator.guards import (
+    AllowAll,
+    BudgetExceeded,
+    Hold,
+    NoBudgets,
+    PolicyGuard,
+    SpendGuard,
+)
+from services.orchestrator.policy import PolicyCheckFailed, policy_denied
 from services.orchestrator.ports import (
     FinalTurn,
     JobsPort,
@@ -26,7 +41,22 @@ from services.orchestrator.ports import (
     LeaseLost,
     ModelCallFailed,
     ModelPort,
+    ToolsPort,
     retry_delay,
+)
+from services.orchestrator.tools.runner import UnknownTool
+from services.orchestrator.waits import (
+    APPROVAL,
+    CLIENT_TOOL,
+    MODEL_APPROVAL,
+    Awaiting,
+    LoopState,
+    approval_refusal,
+    awaited_action,
+    client_answer,
+    model_action,
+    tool_action,
+    unanswered_calls,
 )
 
 log = logging.getLogger(__name__)
@@ -63,11 +93,27 @@ class Outcome:
     """The turn that gave the final answer, when it is not checkpointed yet."""
 
 
+WAITING = Outcome(JobState.JOB_STATE_WAITING)
+"""The run stops because the job waits on an action (its lease is given up)."""
+
+
+@dataclass(frozen=True)
+class ToolReply:
+    """The answer to one tool call, as the model reads it."""
+
+    text: str
+    ok: bool
+    seconds: float = 0.0
+    """How long the tool ran (0 when it did not run here)."""
+
+
 class RunEnd(enum.Enum):
     """Why a worker stopped running a job."""
 
     FINISHED = "finished"
     """FinishJob was accepted."""
+    WAITING = "waiting"
+    """The job waits on an action; RequireAction gave up its lease."""
     LEASE_LOST = "lease lost"
     """The job was cancelled, finished or taken over; nothing more was written."""
     ABANDONED = "abandoned"
@@ -90,9 +136,10 @@ def resume_point(
     lease: jobs_pb2.JobLease,
 ) -> tuple[int, list[common_pb2.Message], common_pb2.Usage]:
     """Turns done, the conversation and the usage a run starts from: the checkpoint's
-    after a takeover or a resumed action, the spec's on a first attempt."""
+    after a takeover or a resumed action, the spec's on a first attempt. (A checkpoint of
+    turn 0 exists when the first model call waited on an approval.)"""
     checkpoint = lease.checkpoint
-    if checkpoint.turn > 0:
+    if checkpoint.turn > 0 or checkpoint.messages:
         return checkpoint.turn, list(checkpoint.messages), _copy(checkpoint.usage)
     return 0, conversation_from_spec(lease.job.spec), common_pb2.Usage()
 
@@ -156,18 +203,21 @@ def model_call_key(job_name: str, turn: int) -> str:
     return f"{job_id(job_name)}:{turn}:0"
 
 
-def tool_unavailable_replies(calls: Sequence[common_pb2.ToolCall]) -> list[common_pb2.Message]:
-    """Tool messages answering each call with "not available", so that the model can
-    carry on without the tool."""
-    return [
-        common_pb2.Message(
-            role=common_pb2.ROLE_TOOL,
-            content=f"Error: the tool {call.name!r} is not available. Answer without it.",
-            tool_call_id=call.id,
-            name=call.name,
-        )
-        for call in calls
-    ]
+def model_record_id(job_name: str, turn: int) -> str:
+    """The ledger record of a turn's model call: the same after a takeover that repeats
+    the call, so that it is counted once."""
+    return f"{job_id(job_name)}.{turn}.model"
+
+
+def tool_record_id(job_name: str, call_id: str) -> str:
+    """The ledger record of one tool call of a job. A call id that is not a safe record
+    id part (the model chose it) is replaced by its hash."""
+    if not _SAFE_ID.fullmatch(call_id):
+        call_id = hashlib.sha256(call_id.encode()).hexdigest()[:32]
+    return f"{job_id(job_name)}.tool.{call_id}"
+
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class DeltaPublisher:
@@ -233,7 +283,14 @@ def output_delta_event(
 
 
 class AgentRun:
-    """Runs one leased job from where it stands to FinishJob.
+    """Runs one leased job from where it stands to FinishJob, or to an action it waits on.
+
+    Each turn asks the policy, reserves the worst case of the model call against the
+    budgets, calls the model, settles what it used and checkpoints the answer with its
+    tool calls before any of them runs. Each tool call is then checked (arguments, policy,
+    budget), run or handed to a person or the client as an action, and its result
+    checkpointed (with its tool.called event) as soon as it is known: a takeover resumes
+    with the next unanswered call and never runs an answered one again.
 
     Raises LeaseLost when the jobs service refuses the lease, and JobsUnavailable when it
     cannot be reached; in both cases nothing more is written for the job.
@@ -246,14 +303,23 @@ class AgentRun:
         model: ModelPort,
         events: EventChannel,
         retry: RetryPolicy = DEFAULT_RETRY,
+        *,
+        tools: ToolsPort,
+        policy: PolicyGuard | None = None,
+        spend: SpendGuard | None = None,
     ) -> None:
         self._job = lease.job
         self._lease_id = lease.lease_id
         self._jobs = jobs
         self._model = model
         self._retry = retry
+        self._tools = tools
+        self._policy: PolicyGuard = policy or AllowAll()
+        self._spend: SpendGuard = spend or NoBudgets()
         self._deltas = DeltaPublisher(events)
         self._turn, self._messages, self._usage = resume_point(lease)
+        self._state = LoopState.decode(lease.checkpoint.state)
+        self._offered: dict[str, common_pb2.ToolSpec] = {}
         self._max_turns = lease.job.spec.max_turns or DEFAULT_MAX_TURNS
         self._deadline = _monotonic_deadline(lease.job)
 
@@ -265,7 +331,9 @@ class AgentRun:
     def lease_id(self) -> str:
         return self._lease_id
 
-    async def run(self) -> None:
+    async def run(self) -> RunEnd:
+        """FINISHED once FinishJob was accepted, WAITING once the job waits on an action
+        (RequireAction gave up the lease)."""
         try:
             outcome = await self._outcome()
         except (LeaseLost, JobsUnavailable):
@@ -277,6 +345,8 @@ class AgentRun:
                 ErrorReason.ERROR_REASON_INTERNAL,
                 f"internal error; trace id {trace_id}" if trace_id else "internal error",
             )
+        if outcome.state == JobState.JOB_STATE_WAITING:
+            return RunEnd.WAITING
         await self._jobs.finish(
             self.name,
             self._lease_id,
@@ -286,6 +356,7 @@ class AgentRun:
             failure=outcome.failure,
             final_turn=outcome.final_turn,
         )
+        return RunEnd.FINISHED
 
     async def _outcome(self) -> Outcome:
         answer = final_answer(self._turn, self._messages)
@@ -294,6 +365,7 @@ class AgentRun:
         cut = asyncio.timeout(self._time_left())
         try:
             async with cut:
+                self._offered = {spec.name: spec for spec in await self._tools.offer(self._job)}
                 return await self._turns()
         except TimeoutError:
             if cut.expired():
@@ -303,37 +375,256 @@ class AgentRun:
             if self._deadline_passed():
                 return _timed_out()
             return _failed(error.reason, error.message)
+        except (BudgetExceeded, PolicyCheckFailed, UnknownTool) as error:
+            return Outcome(JobState.JOB_STATE_FAILED, failure=error.failure)
 
     async def _turns(self) -> Outcome:
-        for turn in range(self._turn + 1, self._max_turns + 1):
-            answer, usage = await self._model_turn(turn)
-            self._messages.append(answer)
-            self._messages.extend(tool_unavailable_replies(answer.tool_calls))
-            self._usage = add_usage(self._usage, usage)
-            checkpoint = jobs_pb2.Checkpoint(turn=turn, messages=self._messages, usage=self._usage)
-            if not answer.tool_calls:
-                return self._succeeded(answer, FinalTurn(checkpoint, answer, usage))
-            self._job = await self._jobs.checkpoint(
-                self.name, self._lease_id, checkpoint, answer, usage
-            )
-            self._turn = turn
-        return _failed(
-            ErrorReason.ERROR_REASON_MAX_TURNS_EXCEEDED,
-            f"no final answer after {self._max_turns} turns",
-            {"max_turns": str(self._max_turns)},
-        )
+        while True:
+            pending = unanswered_calls(self._messages) if self._turn > 0 else []
+            if pending:
+                if not await self._answer_calls(pending):
+                    return WAITING
+                continue
+            if self._turn >= self._max_turns:
+                return _failed(
+                    ErrorReason.ERROR_REASON_MAX_TURNS_EXCEEDED,
+                    f"no final answer after {self._max_turns} turns",
+                    {"max_turns": str(self._max_turns)},
+                )
+            outcome = await self._model_step(self._turn + 1)
+            if outcome is not None:
+                return outcome
 
-    async def _model_turn(self, turn: int) -> tuple[common_pb2.Message, common_pb2.Usage]:
+    async def _model_step(self, turn: int) -> Outcome | None:
+        """One model call and its checkpoint; an Outcome when the job ends or waits."""
+        refused = await self._model_allowed(turn)
+        if refused is not None:
+            return refused
         spec = self._job.spec
         request = engine_pb2.CompleteRequest(
             model=spec.model,
             messages=self._messages,
-            tools=spec.tools,
+            tools=list(self._offered.values()),
             params=spec.params,
             idempotency_key=model_call_key(self.name, turn),
             tenant=self._job.tenant,
             job=self.name,
         )
+        hold = await self._spend.reserve_model_call(self._job, self._usage, request)
+        try:
+            answer, usage = await self._model_turn(turn, request)
+        except BaseException:
+            await _release(self._spend, hold, "the model call failed")
+            raise
+        usage = await self._spend.settle_model_call(
+            self._job, hold, usage, model_record_id(self.name, turn)
+        )
+        self._messages.append(answer)
+        self._usage = add_usage(self._usage, usage)
+        self._state.awaiting = None
+        checkpoint = self._checkpoint(turn)
+        if not answer.tool_calls:
+            return self._succeeded(answer, FinalTurn(checkpoint, answer, usage))
+        # The calls are recorded before any runs: a takeover finds them and answers each
+        # one that has no result yet, instead of asking the model again.
+        self._job = await self._jobs.checkpoint(
+            self.name, self._lease_id, checkpoint, answer, usage
+        )
+        self._turn = turn
+        return None
+
+    async def _model_allowed(self, turn: int) -> Outcome | None:
+        """None when the policy lets the job call its model now (or a person approved
+        it); otherwise the job's end (DENY, or a rejected approval) or WAITING."""
+        model = self._job.spec.model
+        awaiting = self._state.awaiting
+        if awaiting is not None and awaiting.kind == MODEL_APPROVAL and awaiting.turn == turn:
+            action = await self._awaited(awaiting)
+            refusal = approval_refusal(action)
+            if refusal is None:
+                return None
+            return _failed(
+                ErrorReason.ERROR_REASON_POLICY_DENIED,
+                f"the call of model {model} needed approval and was {refusal}",
+                {"model": model, "action": action.name},
+            )
+        decision = await self._decide(
+            lambda: self._policy.check_model(self._job, model, self._counts())
+        )
+        if decision.verdict == policy_pb2.VERDICT_ALLOW:
+            return None
+        if decision.verdict == policy_pb2.VERDICT_REQUIRE_APPROVAL:
+            wait = Awaiting(MODEL_APPROVAL, turn=turn)
+            await self._require(wait, model_action(wait, model, decision), decision)
+            return WAITING
+        failure = policy_denied(decision)
+        failure.message = f"the call of model {model} was {failure.message}"
+        failure.metadata["model"] = model
+        return Outcome(JobState.JOB_STATE_FAILED, failure=failure)
+
+    async def _answer_calls(self, pending: Sequence[common_pb2.ToolCall]) -> bool:
+        """Answers the calls one by one, checkpointing each answer; False as soon as one
+        waits on an action."""
+        for call in pending:
+            reply = await self._answer(call)
+            if reply is None:
+                return False
+            await self._record(call, reply)
+        return True
+
+    async def _answer(self, call: common_pb2.ToolCall) -> ToolReply | None:
+        """The answer to one call, or None when the job now waits on an action for it."""
+        if self._state.running == call.id:
+            return await self._interrupted(call)
+        spec = self._offered.get(call.name)
+        if spec is None:
+            return ToolReply(
+                f"Error: there is no tool {call.name!r}; use one of the tools offered.", False
+            )
+        invalid = self._tools.validate(spec, call)
+        if invalid is not None:
+            return ToolReply(invalid.text, False)
+        arguments = parse_arguments(call.arguments)
+        awaiting = self._state.awaiting
+        if awaiting is not None and awaiting.kind != MODEL_APPROVAL and awaiting.call_id == call.id:
+            if awaiting.kind == CLIENT_TOOL:
+                return await self._client_reply(call, awaiting)
+            refusal = approval_refusal(await self._awaited(awaiting))
+            if refusal is not None:
+                return ToolReply(
+                    f"Error: the call was not run: it needed approval and was {refusal}.", False
+                )
+        else:
+            counts = self._counts()
+            decision = await self._decide(lambda: self._policy.check_tool(self._job, call, counts))
+            if decision.verdict == policy_pb2.VERDICT_DENY:
+                return ToolReply(f"Error: denied by policy: {decision.reason}", False)
+            if decision.verdict == policy_pb2.VERDICT_REQUIRE_APPROVAL:
+                await self._spend.check_tool_call(self._job, self._usage)
+                wait = Awaiting(APPROVAL, call.id, self._turn)
+                await self._require(wait, tool_action(wait, call, arguments, decision), decision)
+                return None
+        await self._spend.check_tool_call(self._job, self._usage)
+        if spec.kind == common_pb2.TOOL_KIND_CLIENT:
+            wait = Awaiting(CLIENT_TOOL, call.id, self._turn)
+            await self._require(wait, tool_action(wait, call, arguments), None)
+            return None
+        return await self._run_tool(call, spec)
+
+    async def _run_tool(self, call: common_pb2.ToolCall, spec: common_pb2.ToolSpec) -> ToolReply:
+        """Runs a built-in or plugin tool call and records it in the ledger. A tool that
+        is not idempotent is first checkpointed as running: if this worker dies before its
+        answer is checkpointed, the next one does not run it again."""
+        if not spec.idempotent:
+            self._state.running = call.id
+            self._job = await self._jobs.checkpoint(
+                self.name,
+                self._lease_id,
+                self._checkpoint(self._turn),
+                None,
+                None,
+                within_turn=True,
+            )
+        started = time.monotonic()
+        output = await self._tools.run(self._job, call, self._usage.tool_calls)
+        await self._spend.record_tool_call(self._job, call, tool_record_id(self.name, call.id))
+        self._count_tool_call(call)
+        return ToolReply(output.text, not output.is_error, time.monotonic() - started)
+
+    async def _interrupted(self, call: common_pb2.ToolCall) -> ToolReply:
+        """The answer to a call of a non-idempotent tool that started on a worker that
+        died before its answer was recorded: it is not run again (at most once), and the
+        model is told that its effect is unknown. It counts as a tool call."""
+        await self._spend.record_tool_call(self._job, call, tool_record_id(self.name, call.id))
+        self._count_tool_call(call)
+        return ToolReply(
+            f"Error: the call of {call.name!r} was interrupted (the worker running it "
+            "stopped) and is not run again, as the tool is not idempotent: it may or may "
+            "not have taken effect. Check before calling it again.",
+            False,
+        )
+
+    async def _client_reply(self, call: common_pb2.ToolCall, awaiting: Awaiting) -> ToolReply:
+        """The client's answer to a client tool call, from its resolved action."""
+        answer = client_answer(await self._awaited(awaiting))
+        if answer.answered:
+            await self._spend.record_tool_call(self._job, call, tool_record_id(self.name, call.id))
+            self._count_tool_call(call)
+        return ToolReply(answer.text, answer.ok)
+
+    def _count_tool_call(self, call: common_pb2.ToolCall) -> None:
+        self._usage.tool_calls += 1
+        counts = self._state.tool_counts
+        counts[call.name] = counts.get(call.name, 0) + 1
+
+    async def _record(self, call: common_pb2.ToolCall, reply: ToolReply) -> None:
+        """Adds the tool message and checkpoints it with the call's tool.called event."""
+        self._messages.append(
+            common_pb2.Message(
+                role=common_pb2.ROLE_TOOL, content=reply.text, tool_call_id=call.id, name=call.name
+            )
+        )
+        self._state.awaiting = None
+        self._state.running = ""
+        called = common_pb2.ToolCalled(call=call, ok=reply.ok, output=reply.text)
+        called.duration.FromNanoseconds(round(reply.seconds * 1e9))
+        self._job = await self._jobs.checkpoint(
+            self.name, self._lease_id, self._checkpoint(self._turn), None, None, [called]
+        )
+
+    async def _require(
+        self, awaiting: Awaiting, action: jobs_pb2.Action, decision: policy_pb2.Decision | None
+    ) -> None:
+        """Creates the action with the checkpoint to resume from; the job waits on it."""
+        self._state.awaiting = awaiting
+        timeout = None
+        if decision is not None and decision.approval_timeout.ToNanoseconds() > 0:
+            timeout = decision.approval_timeout.ToNanoseconds() / 1e9
+        created = await self._jobs.require_action(
+            self.name, self._lease_id, action, timeout, self._checkpoint(self._turn)
+        )
+        log.info("job %s: waiting on %s", self.name, created.name)
+
+    async def _awaited(self, awaiting: Awaiting) -> jobs_pb2.Action:
+        """The ended action the job waited on."""
+        actions = await self._jobs.list_actions(self._job.tenant, self.name)
+        action = awaited_action(actions, awaiting)
+        if action is None:
+            raise RuntimeError(f"job {self.name}: the action it waited on ({awaiting}) is gone")
+        return action
+
+    async def _decide(
+        self, check: Callable[[], Awaitable[policy_pb2.Decision]]
+    ) -> policy_pb2.Decision:
+        """The policy's decision, asked again after a pause while the policy service is
+        unavailable (within the job's deadline); raises PolicyCheckFailed once it gives up,
+        and never decides in its place (fail closed)."""
+        attempt = 1
+        while True:
+            try:
+                return await check()
+            except PolicyCheckFailed as error:
+                if not error.retryable or attempt >= self._retry.attempts:
+                    raise
+                log.info("job %s: policy check failed (%s); retrying", self.name, error)
+            await asyncio.sleep(retry_delay(self._retry.backoff, attempt))
+            attempt += 1
+
+    def _counts(self) -> policy_pb2.JobCounts:
+        return policy_pb2.JobCounts(
+            turns=self._turn,
+            tool_calls=self._usage.tool_calls,
+            tool_calls_per_tool=self._state.tool_counts,
+        )
+
+    def _checkpoint(self, turn: int) -> jobs_pb2.Checkpoint:
+        return jobs_pb2.Checkpoint(
+            turn=turn, messages=self._messages, usage=self._usage, state=self._state.encode()
+        )
+
+    async def _model_turn(
+        self, turn: int, request: engine_pb2.CompleteRequest
+    ) -> tuple[common_pb2.Message, common_pb2.Usage]:
         self._deltas.start_turn()
         attempt = 1
         while True:
@@ -398,7 +689,7 @@ class AgentRun:
 async def run_leased_job(run: AgentRun, jobs: JobsPort, heartbeat_seconds: float) -> RunEnd:
     """Runs the job while a heartbeat keeps its lease. When the lease is lost the run is
     cancelled at once, which also cuts its in-flight model stream."""
-    work = asyncio.create_task(run.run(), name=f"run {run.name}")
+    work: asyncio.Task[RunEnd] = asyncio.create_task(run.run(), name=f"run {run.name}")
     lost = False
 
     def on_lease_lost() -> None:
@@ -411,8 +702,7 @@ async def run_leased_job(run: AgentRun, jobs: JobsPort, heartbeat_seconds: float
         name=f"heartbeat {run.name}",
     )
     try:
-        await work
-        return RunEnd.FINISHED
+        return await work
     except LeaseLost:
         log.info("job %s: lease lost; leaving it", run.name)
         return RunEnd.LEASE_LOST
@@ -465,6 +755,17 @@ def _record_answer(span: trace.Span, final: engine_pb2.CompleteChunk) -> None:
     )
     if final.usage.cost:
         span.set_attribute("agentrt.usage.cost", final.usage.cost)
+
+
+async def _release(spend: SpendGuard, hold: Hold, reason: str) -> None:
+    """Gives back a model call's reservation, even when the run is being cancelled; a
+    release that fails is left to the ledger's expiry sweeper."""
+    try:
+        await asyncio.shield(spend.release(hold, reason))
+    except Exception:
+        log.warning("could not release the reservation %s", hold.reservation, exc_info=True)
+    except asyncio.CancelledError:
+        pass  # the shielded release goes on; the caller re-raises its own cancellation
 
 
 def _failed(

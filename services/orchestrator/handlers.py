@@ -10,6 +10,8 @@ from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.kit.errors import FieldInvalid
+from services.orchestrator.plugin_handlers import PluginRpcs
+from services.orchestrator.plugins import PluginRegistry
 from services.orchestrator.worker import PoolStatus, WorkerPool
 
 MAX_PAGE_SIZE = 500
@@ -17,12 +19,13 @@ MAX_PAGE_SIZE = 500
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class OrchestratorHandler(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    """ListWorkers answers from this process's pool. The plugin and tool RPCs are left to
-    the generated base class (UNIMPLEMENTED) until the tool runtime exists."""
+class OrchestratorHandler(PluginRpcs, orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    """ListWorkers answers from this process's pool; the plugin and tool RPCs (PluginRpcs)
+    from the plugin registry."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, plugins: PluginRegistry) -> None:
         self._pool = pool
+        self.plugins = plugins
 
     async def ListWorkers(
         self, request: orchestrator_pb2.ListWorkersRequest, context: Context

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -17,10 +18,13 @@ from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from services.kit.interceptors import LONG_LIVED
+from services.orchestrator.tools.base import ToolOutput
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MAX_ACTIONS_PAGE = 500
+"""The largest page ListActions serves."""
 DeltaSink = Callable[[str], Awaitable[None]]
 """Receives each piece of text of a streamed answer as it arrives."""
 
@@ -69,10 +73,30 @@ class JobsPort(Protocol):
         job: str,
         lease_id: str,
         checkpoint: jobs_pb2.Checkpoint,
-        message: common_pb2.Message,
-        turn_usage: common_pb2.Usage,
+        message: common_pb2.Message | None,
+        turn_usage: common_pb2.Usage | None,
+        tool_calls: Sequence[common_pb2.ToolCalled] = (),
+        within_turn: bool = False,
     ) -> jobs_pb2.Job:
-        """Records a completed turn; returns the job as it now is."""
+        """Records a completed turn, or with `tool_calls` or `within_turn` progress
+        within the turn (one tool.called event per tool call, in the same transaction);
+        returns the job as it now is."""
+        ...
+
+    async def require_action(
+        self,
+        job: str,
+        lease_id: str,
+        action: jobs_pb2.Action,
+        timeout: float | None,
+        checkpoint: jobs_pb2.Checkpoint,
+    ) -> jobs_pb2.Action:
+        """Creates a pending action with the checkpoint to resume from: the job becomes
+        WAITING and the lease is given up. `timeout` None means the service's default."""
+        ...
+
+    async def list_actions(self, tenant: str, job: str) -> list[jobs_pb2.Action]:
+        """Every action of the job, oldest first."""
         ...
 
     async def finish(
@@ -91,6 +115,27 @@ class JobsPort(Protocol):
 
     async def release(self, job: str, lease_id: str, reason: str) -> None:
         """Gives the job back to the queue."""
+        ...
+
+
+class ToolsPort(Protocol):
+    """The tools of a job (services.orchestrator.tools.runner.ToolRunner)."""
+
+    async def offer(self, job: jobs_pb2.Job) -> list[common_pb2.ToolSpec]:
+        """The specs of the tools the job's spec names, as the model is shown them.
+        Raises UnknownTool for a name no source serves."""
+        ...
+
+    def validate(self, spec: common_pb2.ToolSpec, call: common_pb2.ToolCall) -> ToolOutput | None:
+        """None when the call's arguments are valid against `spec`, else the error output
+        to give the model instead of running (or handing out) the call."""
+        ...
+
+    async def run(
+        self, job: jobs_pb2.Job, call: common_pb2.ToolCall, calls_so_far: int
+    ) -> ToolOutput:
+        """Runs a built-in or plugin tool call through the job's middleware chain; a
+        failure is a ToolOutput with is_error. Raises BudgetExceeded."""
         ...
 
 
@@ -159,8 +204,10 @@ class GrpcJobsPort:
         job: str,
         lease_id: str,
         checkpoint: jobs_pb2.Checkpoint,
-        message: common_pb2.Message,
-        turn_usage: common_pb2.Usage,
+        message: common_pb2.Message | None,
+        turn_usage: common_pb2.Usage | None,
+        tool_calls: Sequence[common_pb2.ToolCalled] = (),
+        within_turn: bool = False,
     ) -> jobs_pb2.Job:
         request = jobs_pb2.CheckpointJobRequest(
             name=job,
@@ -168,8 +215,40 @@ class GrpcJobsPort:
             checkpoint=checkpoint,
             message=message,
             turn_usage=turn_usage,
+            tool_calls=tool_calls,
+            within_turn=within_turn,
         )
         return await self._call(lambda: self._stub.CheckpointJob(request))
+
+    async def require_action(
+        self,
+        job: str,
+        lease_id: str,
+        action: jobs_pb2.Action,
+        timeout: float | None,
+        checkpoint: jobs_pb2.Checkpoint,
+    ) -> jobs_pb2.Action:
+        request = jobs_pb2.RequireActionRequest(
+            parent=job,
+            lease_id=lease_id,
+            action=action,
+            timeout=None if timeout is None else _duration(timeout),
+            checkpoint=checkpoint,
+        )
+        return await self._call(lambda: self._stub.RequireAction(request))
+
+    async def list_actions(self, tenant: str, job: str) -> list[jobs_pb2.Action]:
+        actions: list[jobs_pb2.Action] = []
+        token = ""
+        while True:
+            request = jobs_pb2.ListActionsRequest(
+                tenant=tenant, parent=job, page_size=MAX_ACTIONS_PAGE, page_token=token
+            )
+            page = await self._call(functools.partial(self._stub.ListActions, request))
+            actions.extend(page.actions)
+            token = page.next_page_token
+            if not token:
+                return actions
 
     async def finish(
         self,

@@ -20,7 +20,14 @@ from opentelemetry import trace
 from services.kit.infra import Infrastructure
 from services.orchestrator.agent import DEFAULT_RETRY, AgentRun, RetryPolicy, run_leased_job
 from services.orchestrator.config import OrchestratorConfig
-from services.orchestrator.ports import GrpcJobsPort, GrpcModelPort, LeaseLost, retry_delay
+from services.orchestrator.guards import AllowAll, NoBudgets, PolicyGuard, SpendGuard
+from services.orchestrator.ports import (
+    GrpcJobsPort,
+    GrpcModelPort,
+    LeaseLost,
+    ToolsPort,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentrt.orchestrator")
@@ -62,9 +69,18 @@ class WorkerPool:
         infra: Infrastructure,
         config: OrchestratorConfig,
         retry: RetryPolicy = DEFAULT_RETRY,
+        *,
+        tools: ToolsPort,
+        policy: PolicyGuard | None = None,
+        spend: SpendGuard | None = None,
     ) -> None:
+        """`tools` offers and runs the jobs' tools; `policy` and `spend` are asked before
+        every model and tool call (default: allow everything, no budgets)."""
         self._config = config
         self._retry = retry
+        self._tools = tools
+        self._policy: PolicyGuard = policy or AllowAll()
+        self._spend: SpendGuard = spend or NoBudgets()
         self._events = infra.events
         self._jobs = GrpcJobsPort(infra.channel("jobs"), config.worker_id, config.lease_seconds)
         self._model = GrpcModelPort(infra.channel("engine"))
@@ -183,7 +199,16 @@ class WorkerPool:
                 "agentrt.attempt": job.attempt,
             },
         ) as span:
-            run = AgentRun(lease, self._jobs, self._model, self._events, self._retry)
+            run = AgentRun(
+                lease,
+                self._jobs,
+                self._model,
+                self._events,
+                self._retry,
+                tools=self._tools,
+                policy=self._policy,
+                spend=self._spend,
+            )
             try:
                 end = await run_leased_job(run, self._jobs, self._config.heartbeat_seconds)
             except Exception as error:

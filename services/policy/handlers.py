@@ -13,8 +13,10 @@ from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 from google.protobuf.empty_pb2 import Empty
 
 from services.kit.errors import FieldInvalid, FieldRequired, NotFound
+from services.kit.events import Wakeups
 from services.kit.paging import page_size
 from services.policy.names import (
+    CHANGED_TOPIC,
     DEFAULT_POLICY_SET,
     check_policy_set_id,
     parse_policy_set_name,
@@ -38,11 +40,21 @@ def _utc_now() -> datetime:
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    """Policy set CRUD for operators (through the gateway), decisions for workers."""
+    """Policy set CRUD for operators (through the gateway), decisions for workers.
 
-    def __init__(self, store: PolicySetStore, clock: Callable[[], datetime] = _utc_now) -> None:
+    After every write it notifies `wakeups` on CHANGED_TOPIC, so that orchestrators drop
+    their cached sets at once instead of at their next revalidation.
+    """
+
+    def __init__(
+        self,
+        store: PolicySetStore,
+        clock: Callable[[], datetime] = _utc_now,
+        wakeups: Wakeups | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._wakeups = wakeups
 
     async def CreatePolicySet(
         self, request: policy_pb2.CreatePolicySetRequest, context: Context
@@ -65,6 +77,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             ),
             self._clock(),
         )
+        await self._announce_change(created.name)
         return created
 
     async def GetPolicySet(
@@ -89,12 +102,15 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         change = _change(policy_set, list(request.update_mask.paths))
         if change.rules is not None:
             validate_rules(change.rules)
-        return await self._store.update(policy_set_id, change, policy_set.etag, self._clock())
+        updated = await self._store.update(policy_set_id, change, policy_set.etag, self._clock())
+        await self._announce_change(updated.name)
+        return updated
 
     async def DeletePolicySet(
         self, request: policy_pb2.DeletePolicySetRequest, context: Context
     ) -> Empty:
         await self._store.delete(parse_policy_set_name(request.name), request.etag)
+        await self._announce_change(request.name)
         return Empty()
 
     async def EvaluatePolicy(
@@ -125,6 +141,17 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         return policy_pb2.EvaluatePolicyResponse(
             decision=decision, policy_version=policy_set.version, policy_set=name
         )
+
+    async def _announce_change(self, name: str) -> None:
+        """Tells the orchestrators that a set changed. The change is committed already, so
+        a failure to notify is only logged: orchestrators still see it at their next
+        revalidation by version (AGENTRT_POLICY_REVALIDATE_SECONDS)."""
+        if self._wakeups is None:
+            return
+        try:
+            await self._wakeups.notify(CHANGED_TOPIC)
+        except Exception as error:
+            log.warning("could not announce the change of %s: %s", name, error)
 
 
 def _check_request_id(request_id: str) -> None:

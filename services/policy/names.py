@@ -9,6 +9,10 @@ from services.kit.errors import FieldInvalid, NameInvalid
 DEFAULT_POLICY_SET = "default"
 """The id of the set that governs jobs naming none."""
 
+CHANGED_TOPIC = "policy.changed"
+"""The wake-up topic the policy service notifies after a policy set was created, updated
+or deleted, so that every orchestrator drops its cached sets (see docs/policy.md)."""
+
 _POLICY_SET_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _FORM = "policySets/{policy_set}"
 

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
 
 from agentrt.common.v1 import common_pb2
-from agentrt.errors import UnavailableError, error_from_rpc
+from agentrt.errors import AlreadyExistsError, UnavailableError, error_from_rpc
 from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2
+from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 
 if TYPE_CHECKING:
     from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
+    from agentrt.ledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+    from agentrt.orchestrator.v1.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
+    from agentrt.policy.v1.policy_pb2_grpc import PolicyServiceAsyncStub
 
 Job = jobs_pb2.Job
 JobSpec = jobs_pb2.JobSpec
@@ -32,6 +40,26 @@ JobPage: TypeAlias = tuple[list[jobs_pb2.Job], str]
 """One page of ListJobs: the jobs and the token of the next page ("" on the last one)."""
 ActionPage: TypeAlias = tuple[list[jobs_pb2.Action], str]
 """One page of ListActions: the actions and the token of the next page."""
+Budget = ledger_pb2.Budget
+UsageReportRow = ledger_pb2.UsageReportRow
+PolicySet = policy_pb2.PolicySet
+Plugin = orchestrator_pb2.Plugin
+
+BUDGET_PERIODS: Mapping[str, ledger_pb2.Budget.Period.ValueType] = {
+    "day": ledger_pb2.Budget.PERIOD_DAY,
+    "month": ledger_pb2.Budget.PERIOD_MONTH,
+    "total": ledger_pb2.Budget.PERIOD_TOTAL,
+}
+"""The budget periods by the words the CLI and `set_budget` take."""
+
+USAGE_DIMENSIONS: Mapping[str, ledger_pb2.UsageDimension.ValueType] = {
+    "tenant": ledger_pb2.USAGE_DIMENSION_TENANT,
+    "principal": ledger_pb2.USAGE_DIMENSION_PRINCIPAL,
+    "model": ledger_pb2.USAGE_DIMENSION_MODEL,
+    "day": ledger_pb2.USAGE_DIMENSION_DAY,
+    "job": ledger_pb2.USAGE_DIMENSION_JOB_TREE,
+}
+"""What a usage report can group by; "job" is a job with all its child jobs."""
 
 TERMINAL_STATES: frozenset[JobState] = frozenset(
     {
@@ -80,6 +108,20 @@ def job_name(job: str | jobs_pb2.Job) -> str:
     if not name:
         raise ValueError("a job name or id is required")
     return name if name.startswith("jobs/") else f"jobs/{name}"
+
+
+def resource_name(collection: str, name_or_id: str) -> str:
+    """ "budgets/monthly" for ("budgets", "monthly") or ("budgets", "budgets/monthly")."""
+    name = name_or_id.strip()
+    if not name:
+        raise ValueError(f"a name or id in {collection} is required")
+    return name if name.startswith(f"{collection}/") else f"{collection}/{name}"
+
+
+def is_action_name(action_or_token: str) -> bool:
+    """Whether the text names an action ("jobs/{job}/actions/{action}") rather than being
+    a resume token, which is base64url and never contains a '/'."""
+    return "/" in action_or_token
 
 
 def job_spec(
@@ -151,6 +193,7 @@ class Client:
         self._resume = resume or ResumePolicy()
         self._channel: grpc.aio.Channel | None = None
         self._stub: RuntimeServiceAsyncStub | None = None
+        self._admin_stubs: dict[str, Any] = {}
 
     async def __aenter__(self) -> Client:
         return self
@@ -169,17 +212,45 @@ class Client:
             await self._channel.close(None)
             self._channel = None
             self._stub = None
+            self._admin_stubs.clear()
 
-    @property
-    def _api(self) -> RuntimeServiceAsyncStub:
-        if self._stub is None:
+    def _open_channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
             if self._tls:
                 credentials = grpc.ssl_channel_credentials()
                 self._channel = grpc.aio.secure_channel(self._endpoint, credentials)
             else:
                 self._channel = grpc.aio.insecure_channel(self._endpoint)
-            self._stub = gateway_pb2_grpc.RuntimeServiceStub(self._channel)
+        return self._channel
+
+    @property
+    def _api(self) -> RuntimeServiceAsyncStub:
+        if self._stub is None:
+            self._stub = gateway_pb2_grpc.RuntimeServiceStub(self._open_channel())
         return self._stub
+
+    def _admin_stub(self, name: str, make: Callable[[grpc.aio.Channel], Any]) -> Any:
+        """A stub of an admin API, which the gateway forwards (docs/admin.md)."""
+        if name not in self._admin_stubs:
+            self._admin_stubs[name] = make(self._open_channel())
+        return self._admin_stubs[name]
+
+    @property
+    def _ledger(self) -> LedgerServiceAsyncStub:
+        stub: LedgerServiceAsyncStub = self._admin_stub("ledger", ledger_pb2_grpc.LedgerServiceStub)
+        return stub
+
+    @property
+    def _policy(self) -> PolicyServiceAsyncStub:
+        stub: PolicyServiceAsyncStub = self._admin_stub("policy", policy_pb2_grpc.PolicyServiceStub)
+        return stub
+
+    @property
+    def _orchestrator(self) -> OrchestratorServiceAsyncStub:
+        stub: OrchestratorServiceAsyncStub = self._admin_stub(
+            "orchestrator", orchestrator_pb2_grpc.OrchestratorServiceStub
+        )
+        return stub
 
     async def execute(
         self,
@@ -417,6 +488,245 @@ class Client:
         with _translated_errors():
             return await self._api.ResolveAction(request, **self._unary_options())
 
+    async def resolve(
+        self, action_or_token: str, outcome: Mapping[str, Any], *, request_id: str = ""
+    ) -> jobs_pb2.Action:
+        """Resolves a pending action given by its name ("jobs/{job}/actions/{action}") or
+        by its resume token, with `outcome`; see `resolve_action`."""
+        target = action_or_token.strip()
+        if is_action_name(target):
+            return await self.resolve_action(outcome, name=target, request_id=request_id)
+        return await self.resolve_action(outcome, resume_token=target, request_id=request_id)
+
+    async def approve(
+        self, action_or_token: str, *, reason: str = "", request_id: str = ""
+    ) -> jobs_pb2.Action:
+        """Approves a pending approval (by name or resume token): the job goes on and
+        makes the call it asked about."""
+        outcome: dict[str, Any] = {"approved": True}
+        if reason:
+            outcome["reason"] = reason
+        return await self.resolve(action_or_token, outcome, request_id=request_id)
+
+    async def reject(
+        self, action_or_token: str, *, reason: str = "", request_id: str = ""
+    ) -> jobs_pb2.Action:
+        """Rejects a pending approval (by name or resume token): the call is not made and
+        the model is told it was rejected, with `reason`."""
+        outcome: dict[str, Any] = {"approved": False}
+        if reason:
+            outcome["reason"] = reason
+        return await self.resolve(action_or_token, outcome, request_id=request_id)
+
+    # Admin APIs, forwarded by the gateway. Budgets and usage of its own tenant can be
+    # read with any key; everything else needs an admin key (`agentrt keys create
+    # --admin`; the dev key of `agentrt dev` is one). Raises PermissionDeniedError.
+
+    async def set_budget(
+        self,
+        budget_id: str,
+        *,
+        tenant: str,
+        principal: str = "",
+        period: str = "month",
+        tokens: int | None = None,
+        cost: str | None = None,
+        tool_calls: int | None = None,
+        warn_threshold: float | None = None,
+        description: str = "",
+    ) -> ledger_pb2.Budget:
+        """Creates the budget `budget_id`, or replaces its period, limits, warn threshold
+        and description when it exists. Limits left None are unlimited; `cost` is an
+        exact decimal string of US dollars ("25.00"); `period` is day, month or total.
+        A budget's tenant and principal never change (InvalidArgumentError)."""
+        if period not in BUDGET_PERIODS:
+            raise ValueError(f"period must be one of {', '.join(BUDGET_PERIODS)}, got {period!r}")
+        budget = ledger_pb2.Budget(
+            name=resource_name("budgets", budget_id),
+            description=description,
+            tenant=tenant,
+            principal=principal,
+            period=BUDGET_PERIODS[period],
+            limits=ledger_pb2.Amounts(tokens=tokens, cost=cost, tool_calls=tool_calls),
+            warn_threshold=warn_threshold,
+        )
+        create = ledger_pb2.CreateBudgetRequest(
+            budget_id=budget.name.removeprefix("budgets/"), budget=budget
+        )
+        with _translated_errors():
+            try:
+                return await self._ledger.CreateBudget(create, **self._unary_options())
+            except grpc.aio.AioRpcError as error:
+                if not isinstance(error_from_rpc(error), AlreadyExistsError):
+                    raise
+            update = ledger_pb2.UpdateBudgetRequest(
+                budget=budget, update_mask=field_mask_pb2.FieldMask(paths=["*"])
+            )
+            return await self._ledger.UpdateBudget(update, **self._unary_options())
+
+    async def get_budget(self, budget: str) -> ledger_pb2.Budget:
+        """The budget, by name ("budgets/{id}") or id. Raises NotFoundError."""
+        request = ledger_pb2.GetBudgetRequest(name=resource_name("budgets", budget))
+        with _translated_errors():
+            return await self._ledger.GetBudget(request, **self._unary_options())
+
+    async def list_budgets(self, *, tenant: str = "") -> builtins.list[ledger_pb2.Budget]:
+        """Every budget (of `tenant` when given; a tenant key sees its own tenant's only),
+        sorted by name."""
+        budgets: builtins.list[ledger_pb2.Budget] = []
+        token = ""
+        while True:
+            request = ledger_pb2.ListBudgetsRequest(tenant=tenant, page_size=500, page_token=token)
+            with _translated_errors():
+                page = await self._ledger.ListBudgets(request, **self._unary_options())
+            budgets += page.budgets
+            token = page.next_page_token
+            if not token:
+                return budgets
+
+    async def delete_budget(self, budget: str, *, etag: str = "") -> None:
+        """Deletes a budget; with `etag`, only if it is unchanged (AbortedError)."""
+        request = ledger_pb2.DeleteBudgetRequest(name=resource_name("budgets", budget), etag=etag)
+        with _translated_errors():
+            await self._ledger.DeleteBudget(request, **self._unary_options())
+
+    async def check_budget(
+        self,
+        *,
+        tenant: str = "",
+        principal: str = "",
+        tokens: int | None = None,
+        cost: str | None = None,
+        tool_calls: int | None = None,
+    ) -> ledger_pb2.CheckBudgetResponse:
+        """What the budgets say about spending these amounts now (ALLOW, WARN or DENY, and
+        what each budget has left); nothing is reserved. With a tenant key leave
+        `tenant` empty: the key's own tenant is checked."""
+        request = ledger_pb2.CheckBudgetRequest(
+            tenant=tenant,
+            principal=principal,
+            amounts=ledger_pb2.Amounts(tokens=tokens, cost=cost, tool_calls=tool_calls),
+        )
+        with _translated_errors():
+            return await self._ledger.CheckBudget(request, **self._unary_options())
+
+    async def usage_report(
+        self,
+        *,
+        start: datetime,
+        end: datetime | None = None,
+        group_by: Sequence[str] = ("tenant",),
+        tenant: str = "",
+        principal: str = "",
+        model: str = "",
+    ) -> builtins.list[ledger_pb2.UsageReportRow]:
+        """Usage summed per group between `start` and `end` (default now), every page.
+        `group_by` names dimensions of USAGE_DIMENSIONS (tenant, principal, model, day,
+        job); empty sums everything into one row. A tenant key reports on its own tenant."""
+        unknown = [name for name in group_by if name not in USAGE_DIMENSIONS]
+        if unknown:
+            choices = ", ".join(USAGE_DIMENSIONS)
+            raise ValueError(f"cannot group usage by {', '.join(unknown)}; one of {choices}")
+        request = ledger_pb2.GetUsageReportRequest(
+            start_time=_timestamp(start),
+            group_by=[USAGE_DIMENSIONS[name] for name in group_by],
+            tenant=tenant,
+            principal=principal,
+            model=model,
+            page_size=1000,
+        )
+        if end is not None:
+            request.end_time.CopyFrom(_timestamp(end))
+        rows: builtins.list[ledger_pb2.UsageReportRow] = []
+        while True:
+            with _translated_errors():
+                page = await self._ledger.GetUsageReport(request, **self._unary_options())
+            rows += page.rows
+            if not page.next_page_token:
+                return rows
+            request.page_token = page.next_page_token
+
+    async def create_policy_set(
+        self, policy_set_id: str, policy_set: policy_pb2.PolicySet, *, request_id: str = ""
+    ) -> policy_pb2.PolicySet:
+        """Creates a policy set. Raises AlreadyExistsError, InvalidArgumentError (with the
+        offending field in the error's metadata)."""
+        request = policy_pb2.CreatePolicySetRequest(
+            policy_set_id=policy_set_id, policy_set=policy_set, request_id=request_id
+        )
+        with _translated_errors():
+            return await self._policy.CreatePolicySet(request, **self._unary_options())
+
+    async def get_policy_set(self, policy_set: str) -> policy_pb2.PolicySet:
+        """The policy set, by name ("policySets/{id}") or id. Raises NotFoundError."""
+        request = policy_pb2.GetPolicySetRequest(name=resource_name("policySets", policy_set))
+        with _translated_errors():
+            return await self._policy.GetPolicySet(request, **self._unary_options())
+
+    async def list_policy_sets(self) -> builtins.list[policy_pb2.PolicySet]:
+        """Every policy set, sorted by name."""
+        sets: builtins.list[policy_pb2.PolicySet] = []
+        request = policy_pb2.ListPolicySetsRequest(page_size=500)
+        while True:
+            with _translated_errors():
+                page = await self._policy.ListPolicySets(request, **self._unary_options())
+            sets += page.policy_sets
+            if not page.next_page_token:
+                return sets
+            request.page_token = page.next_page_token
+
+    async def update_policy_set(
+        self, policy_set: policy_pb2.PolicySet, update_mask: Sequence[str] = ()
+    ) -> policy_pb2.PolicySet:
+        """Updates the set `policy_set.name` names: the fields in `update_mask`
+        ("description", "rules"; empty: those set). With `policy_set.etag` set (as read),
+        raises AbortedError (ETAG_MISMATCH) when someone changed the set meanwhile."""
+        request = policy_pb2.UpdatePolicySetRequest(
+            policy_set=policy_set, update_mask=field_mask_pb2.FieldMask(paths=list(update_mask))
+        )
+        with _translated_errors():
+            return await self._policy.UpdatePolicySet(request, **self._unary_options())
+
+    async def delete_policy_set(self, policy_set: str, *, etag: str = "") -> None:
+        """Deletes a policy set; with `etag`, only if it is unchanged (AbortedError)."""
+        request = policy_pb2.DeletePolicySetRequest(
+            name=resource_name("policySets", policy_set), etag=etag
+        )
+        with _translated_errors():
+            await self._policy.DeletePolicySet(request, **self._unary_options())
+
+    async def register_plugin(
+        self, plugin_id: str, manifest: orchestrator_pb2.PluginManifest, *, request_id: str = ""
+    ) -> orchestrator_pb2.Plugin:
+        """Registers a tool plugin; the orchestrator checks that its endpoint serves the
+        tools the manifest lists. Raises AlreadyExistsError, FailedPreconditionError
+        (TOOL_ERROR), UnavailableError (the endpoint cannot be reached)."""
+        request = orchestrator_pb2.RegisterPluginRequest(
+            plugin_id=plugin_id,
+            plugin=orchestrator_pb2.Plugin(manifest=manifest),
+            request_id=request_id,
+        )
+        with _translated_errors():
+            return await self._orchestrator.RegisterPlugin(request, **self._unary_options())
+
+    async def list_plugins(self) -> builtins.list[orchestrator_pb2.Plugin]:
+        """Every registered plugin, sorted by name."""
+        plugins: builtins.list[orchestrator_pb2.Plugin] = []
+        request = orchestrator_pb2.ListPluginsRequest(page_size=500)
+        while True:
+            with _translated_errors():
+                page = await self._orchestrator.ListPlugins(request, **self._unary_options())
+            plugins += page.plugins
+            if not page.next_page_token:
+                return plugins
+            request.page_token = page.next_page_token
+
+    async def delete_plugin(self, plugin: str) -> None:
+        """Unregisters a plugin; its tools disappear at once. Raises NotFoundError."""
+        request = orchestrator_pb2.DeletePluginRequest(name=resource_name("plugins", plugin))
+        with _translated_errors():
+            await self._orchestrator.DeletePlugin(request, **self._unary_options())
+
     def _unary_options(self) -> dict[str, Any]:
         return {"timeout": self._call_timeout, "metadata": self._metadata}
 
@@ -485,6 +795,14 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    if moment.tzinfo is None:
+        raise ValueError(f"a time must carry its time zone, got {moment.isoformat()}")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:

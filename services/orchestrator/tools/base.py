@@ -57,7 +57,7 @@ class ToolSource(Protocol):
 
     @property
     def name(self) -> str:
-        """"builtin", or the plugin's resource name "plugins/{plugin}"."""
+        """ "builtin", or the plugin's resource name "plugins/{plugin}"."""
         ...
 
     async def list_tools(self) -> Sequence[common_pb2.ToolSpec]:

@@ -181,3 +181,20 @@ async def test_the_store_refuses_to_open_on_an_unmigrated_database(
 ) -> None:
     with pytest.raises(UnmigratedDatabaseError):
         await open_key_store(store_config)
+
+
+async def test_an_admin_key_keeps_its_scope_and_others_stay_tenant_keys(
+    keys: ApiKeys, store: ApiKeyStore
+) -> None:
+    admin_record, admin_key = await keys.create("acme", "ops", admin=True)
+    tenant_record, tenant_key = await keys.create("acme", "app")
+
+    assert (admin_record.admin, tenant_record.admin) == (True, False)
+    assert await uncached(store).authenticate(admin_key) == Principal(
+        "acme", "ops", admin_record.key_id, admin=True
+    )
+    assert not (await uncached(store).authenticate(tenant_key)).admin
+    listed = {record.key_id: record.admin for record in await keys.list("acme")}
+    assert listed == {admin_record.key_id: True, tenant_record.key_id: False}
+    revoked = await keys.revoke(admin_record.key_id)
+    assert revoked.admin and revoked.revoked

@@ -7,9 +7,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from agentrt.common.v1.common_pb2 import ErrorReason, JobState, Message, Role, ToolSpec
+from agentrt.common.v1.common_pb2 import (
+    ErrorReason,
+    JobState,
+    Message,
+    Role,
+    ToolKind,
+    ToolSpec,
+)
 from agentrt.jobs.v1.jobs_pb2 import JobResult, JobSpec
 
 from services.jobs import states
@@ -75,6 +83,12 @@ def spec_with(change: Callable[[JobSpec], object]) -> JobSpec:
     return spec
 
 
+def client_tool(schema: dict[str, Any]) -> ToolSpec:
+    tool = ToolSpec(name="t", kind=ToolKind.TOOL_KIND_CLIENT)
+    tool.parameters.update(schema)
+    return tool
+
+
 BIG = "x" * (256 * 1024 + 1)
 MESSAGE = Message(role=Role.ROLE_USER, content="hello")
 
@@ -125,6 +139,46 @@ INVALID_SPECS = {
         "spec.labels['k']",
     ),
     "bad parent": (make_spec(parent="jobs/nope"), "NAME_INVALID", "spec.parent"),
+    "unknown tool kind": (
+        spec_with(lambda s: s.tools.append(ToolSpec(name="t", kind=9))),  # type: ignore[arg-type]
+        "FIELD_INVALID",
+        "spec.tools[0].kind",
+    ),
+    "client tool with a broken schema": (
+        spec_with(lambda s: s.tools.append(client_tool({"type": "object", "required": "x"}))),
+        "FIELD_INVALID",
+        "spec.tools[0].parameters",
+    ),
+    "client tool whose arguments are not an object": (
+        spec_with(lambda s: s.tools.append(client_tool({"type": "string"}))),
+        "FIELD_INVALID",
+        "spec.tools[0].parameters",
+    ),
+    "long tool call timeout": (
+        spec_with(lambda s: s.tool_options.call_timeout.FromSeconds(601)),
+        "FIELD_INVALID",
+        "spec.tool_options.call_timeout",
+    ),
+    "negative tool call timeout": (
+        spec_with(lambda s: s.tool_options.call_timeout.FromSeconds(-1)),
+        "FIELD_INVALID",
+        "spec.tool_options.call_timeout",
+    ),
+    "too many tool attempts": (
+        spec_with(lambda s: setattr(s.tool_options, "max_attempts", 11)),
+        "FIELD_INVALID",
+        "spec.tool_options.max_attempts",
+    ),
+    "negative tool attempts": (
+        spec_with(lambda s: setattr(s.tool_options, "max_attempts", -1)),
+        "FIELD_INVALID",
+        "spec.tool_options.max_attempts",
+    ),
+    "negative tool call limit": (
+        spec_with(lambda s: setattr(s.tool_options, "max_tool_calls", -1)),
+        "FIELD_INVALID",
+        "spec.tool_options.max_tool_calls",
+    ),
 }
 
 
@@ -160,6 +214,22 @@ async def test_invalid_request_fields_are_refused(
 
     assert raised.value.metadata["field"] == field
     assert await world.store.list_jobs("acme", JobFilter(), 10, "") == ([], "")
+
+
+async def test_tool_options_within_bounds_and_client_tool_schemas_are_accepted(
+    world: World,
+) -> None:
+    spec = make_spec()
+    spec.tool_options.call_timeout.FromSeconds(600)
+    spec.tool_options.max_attempts = 10
+    spec.tool_options.max_tool_calls = 0
+    spec.tools.append(client_tool({"type": "object", "properties": {"q": {"type": "string"}}}))
+    spec.tools.append(ToolSpec(name="any_object", kind=ToolKind.TOOL_KIND_CLIENT))
+
+    job, created = await world.manager.create_job("acme", "alice", spec, "req-1", "")
+
+    assert created and job.spec.tool_options == spec.tool_options
+    assert job.spec.tool_options.HasField("max_tool_calls")
 
 
 async def test_defaults_are_applied_before_the_request_is_hashed(world: World) -> None:

@@ -14,6 +14,8 @@ from agentrt.common.v1.common_pb2 import (
     Message,
     Role,
     RuntimeEvent,
+    ToolCall,
+    ToolCalled,
     Usage,
 )
 from agentrt.jobs.v1.jobs_pb2 import Checkpoint, Job, JobResult
@@ -265,6 +267,43 @@ async def test_a_checkpoint_records_the_turn_and_must_advance(store: JobStore) -
             )
         assert raised.value.metadata["field"] == "checkpoint.turn"
     assert await store.get_job(None, id_of(job)) == saved
+
+
+async def test_tool_calls_are_checkpointed_within_a_turn_with_their_events(
+    store: JobStore,
+) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    calls = [ToolCall(id="c1", name="calculator"), ToolCall(id="c2", name="lookup")]
+    message = Message(role=Role.ROLE_ASSISTANT, tool_calls=calls)
+    first = ToolCalled(call=calls[0], ok=True, output="42")
+    await store.checkpoint(
+        id_of(job), lease.lease_id, checkpoint(1), message, None, seconds(2), [first]
+    )
+    within = checkpoint(1, "after c2")
+    second = ToolCalled(call=calls[1], ok=False, output="denied by policy")
+
+    saved = await store.checkpoint(
+        id_of(job), lease.lease_id, within, None, None, seconds(3), [second]
+    )
+
+    assert saved.turns == 1
+    events = (await history(store, job))[-3:]
+    assert types(events) == ["TURN_COMPLETED", "TOOL_CALLED", "TOOL_CALLED"]
+    assert [e.tool_called for e in events[1:]] == [first, second]
+    with pytest.raises(FieldInvalid):
+        await store.checkpoint(
+            id_of(job), lease.lease_id, checkpoint(0), None, None, seconds(4), [second]
+        )
+    assert (await lease_after_expiry(store, job)).checkpoint == within
+
+
+async def lease_after_expiry(store: JobStore, job: Job) -> JobLease:
+    """The job leased again once its lease has long expired: with its latest checkpoint."""
+    batch = await store.lease_jobs("w2", 1, LEASE, seconds(100))
+    [lease] = batch.leases
+    assert lease.job.name == job.name
+    return lease
 
 
 async def test_finish_succeeded_keeps_the_result_and_usage(store: JobStore) -> None:
@@ -628,3 +667,25 @@ async def test_the_outbox_yields_every_event_once_in_each_jobs_order(store: JobS
         assert sequences == [1, 2, 3]
     assert await store.fetch_unpublished(100) == []
     assert len(await history(store, jobs[0])) == 3
+
+
+async def test_a_within_turn_checkpoint_keeps_the_turn_and_emits_nothing(
+    store: JobStore,
+) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    await store.checkpoint(id_of(job), lease.lease_id, checkpoint(1), None, None, seconds(2))
+    before = await history(store, job)
+    marked = checkpoint(1, "a tool is about to run")
+
+    saved = await store.checkpoint(
+        id_of(job), lease.lease_id, marked, None, None, seconds(3), within_turn=True
+    )
+
+    assert saved.turns == 1
+    assert await history(store, job) == before
+    with pytest.raises(FieldInvalid):
+        await store.checkpoint(
+            id_of(job), lease.lease_id, checkpoint(2), None, None, seconds(4), within_turn=True
+        )
+    assert (await lease_after_expiry(store, job)).checkpoint == marked

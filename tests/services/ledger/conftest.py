@@ -4,6 +4,7 @@ and the invariant every test ends with: counters agree with records and reservat
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,16 +129,57 @@ def storage_config(request: pytest.FixtureRequest, sqlite_path: Path) -> Storage
     return StorageConfig("sqlite", sqlite_path, None, "ledger")
 
 
+@dataclass
+class LedgerDatabases:
+    """The ledger databases a test used; each must satisfy the invariant at its end."""
+
+    configs: list[StorageConfig] = field(default_factory=list)
+
+    def track(self, config: StorageConfig) -> StorageConfig:
+        """Check `config`'s database when the test ends; returns it."""
+        if config not in self.configs:
+            self.configs.append(config)
+        return config
+
+
 @pytest.fixture
-async def store(storage_config: StorageConfig) -> AsyncIterator[LedgerStore]:
-    """A store on a fresh database; after the test, the ledger's invariant must hold."""
-    await migrate(storage_config, SQL_DIRECTORY)
+def _postgres_first(request: pytest.FixtureRequest) -> None:
+    """Sets up the test's PostgreSQL database (when it uses one) before ledger_databases,
+    so that it is dropped only after ledger_databases checked it."""
+    if _uses_postgres(request):
+        request.getfixturevalue("pg_dsn")
+
+
+@pytest.fixture(autouse=True)
+async def ledger_databases(_postgres_first: None) -> AsyncIterator[LedgerDatabases]:
+    """After every ledger test, in every ledger database it used (its fixtures and the test
+    itself track them), the counters equal the sum of the usage records and of the active
+    reservations' holds. Torn down after the stores and servers closed."""
+    used = LedgerDatabases()
+    yield used
+    for config in used.configs:
+        await check_invariant(config)
+
+
+def _uses_postgres(request: pytest.FixtureRequest) -> bool:
+    """Whether the test asks for pg_dsn, directly or through a "postgres" parameter."""
+    if "pg_dsn" in request.fixturenames:
+        return True
+    callspec = getattr(request.node, "callspec", None)
+    return callspec is not None and "postgres" in callspec.params.values()
+
+
+@pytest.fixture
+async def store(
+    storage_config: StorageConfig, ledger_databases: LedgerDatabases
+) -> AsyncIterator[LedgerStore]:
+    """A store on a fresh database, checked by `ledger_databases` after the test."""
+    await migrate(ledger_databases.track(storage_config), SQL_DIRECTORY)
     opened = await open_ledger_store(storage_config)
     try:
         yield opened
     finally:
         await opened.close()
-    await check_invariant(storage_config)
 
 
 async def check_invariant(config: StorageConfig) -> None:
@@ -184,7 +226,9 @@ async def _read_tables(config: StorageConfig) -> dict[str, list[Any]]:
             config.postgres_dsn, server_settings={"search_path": "ledger"}
         )
         try:
-            return {t: list(await connection.fetch(f"SELECT * FROM {t}")) for t in _TABLES}
+            # One snapshot: a sweeper still running cannot move rows between the reads.
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                return {t: list(await connection.fetch(f"SELECT * FROM {t}")) for t in _TABLES}
         finally:
             await connection.close()
     assert config.sqlite_path is not None

@@ -36,7 +36,7 @@ from services.kit.storage import migrate
 from services.ledger.server import create_unit
 from services.ledger.store import SQL_DIRECTORY
 from tests.services.kit.status import error_info
-from tests.services.ledger.conftest import check_invariant
+from tests.services.ledger.conftest import LedgerDatabases
 
 Stub: TypeAlias = "ledger_pb2_grpc.LedgerServiceAsyncStub"
 
@@ -57,7 +57,9 @@ def ledger_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
 
 @pytest.fixture
 async def ledger(
-    ledger_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    ledger_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    ledger_databases: LedgerDatabases,
 ) -> AsyncIterator[Stub]:
     """A stub of the ledger unit served by a real server, its sweeper every 0.1 s; after the
     test, the counters must agree with the records and reservations."""
@@ -65,7 +67,7 @@ async def ledger(
     infra = Infrastructure(
         RuntimeConfig.from_env(ledger_env), InMemoryEventChannel(), InMemoryWakeups()
     )
-    storage = infra.storage("ledger")
+    storage = ledger_databases.track(infra.storage("ledger"))
     await migrate(storage, SQL_DIRECTORY)
     unit = await create_unit(infra)
     server = Server("127.0.0.1:0", "ledger")
@@ -77,7 +79,6 @@ async def ledger(
         await server.stop(grace=1.0)
         await unit.close()
         await infra.close()
-    await check_invariant(storage)
 
 
 async def failure(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str]]:
@@ -188,6 +189,66 @@ async def test_usage_records_are_listed_with_filters_and_pages(ledger: Stub) -> 
 
 
 # Prices
+
+
+async def test_a_create_retried_with_its_request_id_returns_what_it_made(ledger: Stub) -> None:
+    price = Price(input_price_per_million="1", output_price_per_million="2")
+    create_price = ledger_pb2.CreatePriceRequest(price_id="m1", price=price, request_id="p-1")
+    budget = Budget(tenant="acme", period=Budget.PERIOD_DAY, limits=Amounts(tokens=10))
+    create_budget = ledger_pb2.CreateBudgetRequest(
+        budget_id="daily", budget=budget, request_id="b-1"
+    )
+    made_price, made_budget = await asyncio.gather(
+        ledger.CreatePrice(create_price), ledger.CreateBudget(create_budget)
+    )
+    # The retries race each other: every one gets what the first made.
+    prices = await asyncio.gather(*(ledger.CreatePrice(create_price) for _ in range(5)))
+    budgets = await asyncio.gather(*(ledger.CreateBudget(create_budget) for _ in range(5)))
+    assert set(p.etag for p in prices) == {made_price.etag}
+    assert set(b.etag for b in budgets) == {made_budget.etag}
+
+    # After a change, a retry gets the resource as it is now, not a conflict.
+    change = Price(name="prices/m1", output_price_per_million="3")
+    changed = await ledger.UpdatePrice(ledger_pb2.UpdatePriceRequest(price=change))
+    assert await ledger.CreatePrice(create_price) == changed
+
+
+async def test_a_request_id_reused_for_another_create_is_refused(ledger: Stub) -> None:
+    price = Price(input_price_per_million="1", output_price_per_million="2")
+    await ledger.CreatePrice(
+        ledger_pb2.CreatePriceRequest(price_id="m1", price=price, request_id="r-1")
+    )
+    other = Price(input_price_per_million="5", output_price_per_million="2")
+    budget = Budget(tenant="acme", period=Budget.PERIOD_DAY, limits=Amounts(tokens=10))
+    await ledger.CreateBudget(
+        ledger_pb2.CreateBudgetRequest(budget_id="daily", budget=budget, request_id="r-1")
+    )
+
+    refused = [
+        await failure(
+            ledger.CreatePrice(
+                ledger_pb2.CreatePriceRequest(price_id="m1", price=other, request_id="r-1")
+            )
+        ),
+        await failure(
+            ledger.CreatePrice(
+                ledger_pb2.CreatePriceRequest(price_id="m2", price=price, request_id="r-1")
+            )
+        ),
+        await failure(
+            ledger.CreateBudget(
+                ledger_pb2.CreateBudgetRequest(budget_id="other", budget=budget, request_id="r-1")
+            )
+        ),
+    ]
+    assert [(code, reason) for code, reason, _ in refused] == [(INVALID, "REQUEST_ID_REUSED")] * 3
+    # Another request_id for an existing price is a conflict, not a retry.
+    code, reason, _ = await failure(
+        ledger.CreatePrice(
+            ledger_pb2.CreatePriceRequest(price_id="m1", price=price, request_id="r-2")
+        )
+    )
+    assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS")
 
 
 async def test_prices_are_created_read_updated_and_deleted_with_etags(ledger: Stub) -> None:
@@ -440,6 +501,7 @@ async def test_a_reservation_is_admitted_then_one_past_the_limit_is_denied(ledge
         "budget": "budgets/daily",
         "dimension": "tokens",
         "limit": "1000",
+        "period": "per day",
         "overrun": "200",
     }
     code, reason, _ = await failure(reserve(ledger, 10, request_id="call-1"))

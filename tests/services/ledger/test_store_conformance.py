@@ -154,6 +154,7 @@ async def test_a_reservation_past_any_limit_is_denied_and_holds_nothing(
         "budget": "budgets/alice",
         "dimension": "cost",
         "limit": "0.5",
+        "period": "per day",
         "overrun": "0.05",
     }
     reserved = await status(store)

@@ -18,6 +18,10 @@ from services.kit.infra import Infrastructure, open_infrastructure
 from services.kit.server import Server
 from services.orchestrator.agent import RetryPolicy
 from services.orchestrator.config import OrchestratorConfig
+from services.orchestrator.guards import PolicyGuard, SpendGuard
+from services.orchestrator.ports import ToolsPort
+from services.orchestrator.tools.builtin import BuiltinTools
+from services.orchestrator.tools.runner import ToolRunner, static_sources
 from services.orchestrator.worker import WorkerPool
 from services.serve import migrate_all
 from services.units import create_unit
@@ -42,8 +46,13 @@ class System:
         concurrency: int = 4,
         lease_seconds: float = 1.0,
         heartbeat_seconds: float = 0.25,
+        *,
+        tools: ToolsPort | None = None,
+        policy: PolicyGuard | None = None,
+        spend: SpendGuard | None = None,
     ) -> WorkerPool:
-        """A pool (not started) with short leases and fast retries."""
+        """A pool (not started) with short leases and fast retries; its tools are the
+        built-in ones unless given."""
         config = OrchestratorConfig(
             concurrency=concurrency,
             lease_seconds=lease_seconds,
@@ -51,7 +60,14 @@ class System:
             lease_wait_seconds=0.5,
             worker_id=worker_id,
         )
-        pool = WorkerPool(self.infra, config, RetryPolicy(attempts=2, backoff=0.05))
+        pool = WorkerPool(
+            self.infra,
+            config,
+            RetryPolicy(attempts=2, backoff=0.05),
+            tools=tools or ToolRunner(static_sources(BuiltinTools())),
+            policy=policy,
+            spend=spend,
+        )
         self.pools.append(pool)
         return pool
 
@@ -113,15 +129,17 @@ async def seconds_until(done: Awaitable[None], within: float = WAIT) -> float:
 
 @pytest.fixture
 async def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[System]:
-    """The jobs and engine services on one in-process server, as `agentrt dev` runs them
-    (without its orchestrator unit: each test starts the pools it needs)."""
+    """The jobs, engine, policy and ledger services on one in-process server, as `agentrt
+    dev` runs them (without its orchestrator unit: each test starts the pools it needs)."""
     monkeypatch.setenv("AGENTRT_LOCAL_SLOW_CHUNK_DELAY", "0.05")
     server = Server("127.0.0.1:0", "orchestrator-tests")
     infra = await open_infrastructure(local_config(tmp_path, server.port))
     system = System(infra, jobs_pb2_grpc.JobServiceStub(infra.channel("jobs")))
     try:
-        await migrate_all(infra, ["jobs"])
-        await server.start([await create_unit("jobs", infra), await create_unit("engine", infra)])
+        await migrate_all(infra, ["jobs", "orchestrator", "policy", "ledger"])
+        await server.start(
+            [await create_unit(name, infra) for name in ("jobs", "engine", "policy", "ledger")]
+        )
         try:
             yield system
         finally:

@@ -15,8 +15,9 @@ from services.orchestrator.agent import (
     final_answer,
     history_sequence,
     model_call_key,
+    model_record_id,
     resume_point,
-    tool_unavailable_replies,
+    tool_record_id,
 )
 
 JOB = "jobs/0123456789abcdefghjkmnpqrs"
@@ -58,7 +59,7 @@ def test_takeover_resumes_from_the_checkpoint_not_the_spec() -> None:
             role=common_pb2.ROLE_ASSISTANT,
             tool_calls=[common_pb2.ToolCall(id="c1", name="search", arguments="{}")],
         ),
-        *tool_unavailable_replies([common_pb2.ToolCall(id="c1", name="search")]),
+        common_pb2.Message(role=common_pb2.ROLE_TOOL, content="[]", tool_call_id="c1"),
     ]
     lease = jobs_pb2.JobLease(
         job=jobs_pb2.Job(spec=jobs_pb2.JobSpec(prompt="hello", system_prompt="ignored now")),
@@ -80,17 +81,6 @@ def test_a_checkpointed_final_answer_is_not_asked_again() -> None:
     assert final_answer(1, [message(common_pb2.ROLE_USER, "q"), answer]) == answer
     # On a first attempt a trailing assistant message is the caller's, to be continued.
     assert final_answer(0, [message(common_pb2.ROLE_USER, "q"), answer]) is None
-
-
-def test_tool_calls_are_answered_as_unavailable_one_by_one() -> None:
-    replies = tool_unavailable_replies(
-        [common_pb2.ToolCall(id="a", name="search"), common_pb2.ToolCall(id="b", name="math")]
-    )
-    assert [(r.role, r.tool_call_id, r.name) for r in replies] == [
-        (common_pb2.ROLE_TOOL, "a", "search"),
-        (common_pb2.ROLE_TOOL, "b", "math"),
-    ]
-    assert all("not available" in r.content for r in replies)
 
 
 def test_usage_sums_across_turns_with_exact_cost() -> None:
@@ -177,3 +167,11 @@ async def _published(events: InMemoryEventChannel) -> list[common_pb2.RuntimeEve
             return published
         published.append(event)
     raise AssertionError("the marker was not delivered")
+
+
+def test_ledger_record_ids_are_stable_and_safe() -> None:
+    assert model_record_id(JOB, 3) == "0123456789abcdefghjkmnpqrs.3.model"
+    assert tool_record_id(JOB, "call_2_0") == "0123456789abcdefghjkmnpqrs.tool.call_2_0"
+    odd = tool_record_id(JOB, "call:x/y z")
+    assert odd == tool_record_id(JOB, "call:x/y z")
+    assert odd.startswith("0123456789abcdefghjkmnpqrs.tool.") and ":" not in odd

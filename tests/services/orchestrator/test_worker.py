@@ -148,13 +148,13 @@ class LogSignal(logging.Handler):
             self.seen.set()
 
 
-async def test_a_tool_call_is_answered_as_unavailable_and_the_model_recovers(
+async def test_a_builtin_tool_call_runs_and_its_result_reaches_the_model(
     system: System,
 ) -> None:
     job = await system.create_job(
-        prompt='call search {"q": "weather"}',
+        prompt='call calculator {"expression": "6 * 7"}',
         model="local",
-        tools=[E.ToolSpec(name="search", description="web search")],
+        tools=[E.ToolSpec(name="calculator")],
     )
     await system.pool("worker-a").start()
 
@@ -167,17 +167,40 @@ async def test_a_tool_call_is_answered_as_unavailable_and_the_model_recovers(
         E.ROLE_TOOL,
         E.ROLE_ASSISTANT,
     ]
-    assert [c.name for c in calls.tool_calls] == ["search"]
-    assert (reply.tool_call_id, reply.name) == (calls.tool_calls[0].id, "search")
-    assert "not available" in reply.content
-    assert "not available" in done.result.output
-    assert (done.turns, done.usage.model_calls) == (2, 2)
-    assert len(of_type(await system.history(job.name), E.EVENT_TYPE_TURN_COMPLETED)) == 2
+    assert [c.name for c in calls.tool_calls] == ["calculator"]
+    assert (reply.tool_call_id, reply.name, reply.content) == (
+        calls.tool_calls[0].id,
+        "calculator",
+        "42",
+    )
+    assert "42" in done.result.output
+    assert (done.turns, done.usage.model_calls, done.usage.tool_calls) == (2, 2, 1)
+    history = await system.history(job.name)
+    assert len(of_type(history, E.EVENT_TYPE_TURN_COMPLETED)) == 2
+    [called] = of_type(history, E.EVENT_TYPE_TOOL_CALLED)
+    assert called.tool_called.call == calls.tool_calls[0]
+    assert (called.tool_called.ok, called.tool_called.output) == (True, "42")
+
+
+async def test_a_tool_that_no_source_serves_fails_the_job(system: System) -> None:
+    job = await system.create_job(
+        prompt="call search {}", model="local", tools=[E.ToolSpec(name="search")]
+    )
+    await system.pool("worker-a").start()
+
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_FAILED
+    done = await system.get_job(job.name)
+    assert done.failure.reason == E.ERROR_REASON_TOOL_ERROR
+    assert done.failure.metadata["tool"] == "search"
+    assert done.turns == 0
 
 
 async def test_no_final_answer_within_max_turns_fails_the_job(system: System) -> None:
     job = await system.create_job(
-        prompt="call search {}", model="local", max_turns=1, tools=[E.ToolSpec(name="search")]
+        prompt='call calculator {"expression": "1"}',
+        model="local",
+        max_turns=1,
+        tools=[E.ToolSpec(name="calculator")],
     )
     await system.pool("worker-a").start()
 
@@ -320,12 +343,3 @@ async def test_the_unit_serves_its_worker_and_drains_on_stop(system: System) -> 
             await stub.ListWorkers(orchestrator_pb2.ListWorkersRequest(page_size=501))
         assert bad_page.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await system.get_job(job.name)).state == E.JOB_STATE_QUEUED
-
-
-async def test_the_tool_rpcs_answer_unimplemented_until_the_tool_runtime(
-    system: System,
-) -> None:
-    async with orchestrator_unit(system, concurrency=1) as stub:
-        with pytest.raises(grpc.aio.AioRpcError) as later:
-            await stub.ListTools(orchestrator_pb2.ListToolsRequest())
-        assert later.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -17,6 +17,7 @@ from agentrt.policy.v1.policy_pb2 import (
     ModelRule,
     PolicySet,
     Rule,
+    ScopeRule,
     ToolRule,
     Verdict,
 )
@@ -27,6 +28,7 @@ from services.kit.events import InMemoryEventChannel, InMemoryWakeups
 from services.kit.infra import Infrastructure
 from services.kit.server import Server
 from services.kit.storage import migrate
+from services.policy.names import CHANGED_TOPIC
 from services.policy.server import create_unit
 from services.policy.store import SQL_DIRECTORY
 from tests.services.kit.status import error_info
@@ -35,10 +37,27 @@ Stub: TypeAlias = "policy_pb2_grpc.PolicyServiceAsyncStub"
 
 
 @pytest.fixture
-async def policy(tmp_path: Path) -> AsyncIterator[Stub]:
-    """A stub of the policy unit served by a real server on SQLite, as `agentrt dev` would."""
-    config = RuntimeConfig.from_env({"AGENTRT_DATA_DIR": str(tmp_path)})
-    infra = Infrastructure(config, InMemoryEventChannel(), InMemoryWakeups())
+def wakeups() -> InMemoryWakeups:
+    """The wake-ups the policy unit announces its changes on."""
+    return InMemoryWakeups()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def policy_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The policy unit's environment: SQLite as `agentrt dev` runs it, or PostgreSQL, so
+    that every RPC's statuses (ABORTED on a stale etag among them) hold on both stores."""
+    env = {"AGENTRT_DATA_DIR": str(tmp_path)}
+    if request.param == "postgres":
+        env["AGENTRT_DATABASE_URL"] = request.getfixturevalue("pg_dsn")
+    return env
+
+
+@pytest.fixture
+async def policy(policy_env: dict[str, str], wakeups: InMemoryWakeups) -> AsyncIterator[Stub]:
+    """A stub of the policy unit served by a real server."""
+    env = policy_env
+    config = RuntimeConfig.from_env(env)
+    infra = Infrastructure(config, InMemoryEventChannel(), wakeups)
     await migrate(infra.storage("policy"), SQL_DIRECTORY)
     server = Server("127.0.0.1:0", "policy")
     await server.start([await create_unit(infra)])
@@ -189,6 +208,37 @@ async def test_concurrent_updates_with_one_etag_let_one_win(policy: Stub) -> Non
     assert sorted(code.name for code in codes) == ["ABORTED"] * 4 + ["OK"]
 
 
+async def test_every_write_is_announced_to_the_orchestrators(
+    policy: Stub, wakeups: InMemoryWakeups
+) -> None:
+    async def announced() -> bool:
+        # The in-process notify ran before the RPC answered, so it is kept already.
+        return await wakeups.wait(CHANGED_TOPIC, 0)
+
+    await wakeups.listen(CHANGED_TOPIC)
+    created = await create(policy)
+    assert await announced()
+    updated = await policy.UpdatePolicySet(
+        policy_pb2.UpdatePolicySetRequest(
+            policy_set=PolicySet(name=created.name, etag=created.etag, description="v2")
+        )
+    )
+    assert await announced()
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        await policy.UpdatePolicySet(
+            policy_pb2.UpdatePolicySetRequest(
+                policy_set=PolicySet(name=created.name, etag=created.etag, description="v3")
+            )
+        )
+    assert not await announced()
+
+    await policy.DeletePolicySet(
+        policy_pb2.DeletePolicySetRequest(name=created.name, etag=updated.etag)
+    )
+    assert await announced()
+
+
 # Validation
 
 
@@ -318,6 +368,40 @@ async def test_evaluation_decides_with_the_named_set(policy: Stub) -> None:
         evaluate(created.name, model="gpt-4o", counts=JobCounts(turns=3))
     )
     assert too_far.decision.matched_rule.rule_id == "limits"
+
+
+async def test_scope_rules_and_model_rules_decide_through_the_rpc(policy: Stub) -> None:
+    scope = Rule(
+        id="scope",
+        scope=ScopeRule(denied_tenants=["evil"], denied_principals=["mallory"]),
+    )
+    big = Rule(
+        id="big-models",
+        model=ModelRule(patterns=["gpt-4*"], verdict=Verdict.VERDICT_REQUIRE_APPROVAL),
+    )
+    local = Rule(id="no-local", model=ModelRule(patterns=["local"], verdict=Verdict.VERDICT_DENY))
+    created = await create(policy, "production", scope, big, local)
+
+    async def decided(request: policy_pb2.EvaluatePolicyRequest) -> tuple[int, str]:
+        response = await policy.EvaluatePolicy(request)
+        return response.decision.verdict, response.decision.matched_rule.rule_id
+
+    by_mallory = evaluate(created.name, tool="search")
+    by_mallory.principal = "mallory"
+    assert await decided(evaluate(created.name, model="gpt-4o", tenant="evil")) == (
+        Verdict.VERDICT_DENY,
+        "scope",
+    )
+    assert await decided(by_mallory) == (Verdict.VERDICT_DENY, "scope")
+    assert await decided(evaluate(created.name, model="gpt-4o")) == (
+        Verdict.VERDICT_REQUIRE_APPROVAL,
+        "big-models",
+    )
+    assert await decided(evaluate(created.name, model="local")) == (
+        Verdict.VERDICT_DENY,
+        "no-local",
+    )
+    assert await decided(evaluate(created.name, model="o1")) == (Verdict.VERDICT_ALLOW, "")
 
 
 async def test_evaluation_uses_the_new_rules_at_once_after_an_update(policy: Stub) -> None:

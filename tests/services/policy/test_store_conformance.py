@@ -165,7 +165,7 @@ async def test_update_with_a_stale_etag_is_aborted_and_changes_nothing(
     for stale in (created.etag, "not-an-etag", "7-0"):
         with pytest.raises(Aborted) as error:
             await store.update("production", PolicySetChange(description="v3"), stale, later(2))
-        assert error.value.reason_name == "ETAG_MISMATCH"
+        assert (error.value.code, error.value.reason_name) == ("ABORTED", "ETAG_MISMATCH")
     assert await store.get("production") == current
 
 

@@ -7,15 +7,17 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import grpc
 
-from agentrt.cli import admin, jobs
+from agentrt.cli import actions, admin, jobs, manage
 from agentrt.cli.console import CommandError, Console
 from agentrt.cli.render import parse_state
 from agentrt.cli.target import Target, resolve_target
-from agentrt.client import Client, job_name
+from agentrt.client import BUDGET_PERIODS, USAGE_DIMENSIONS, Client, job_name
 from agentrt.errors import AgentrtError
 
 EXIT_ERROR = 2
@@ -77,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(client_command=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_operator_commands(commands)
-    _add_client_commands(commands, _connection_options())
+    connection = _connection_options()
+    _add_client_commands(commands, connection)
+    _add_action_commands(commands, connection)
+    _add_admin_api_commands(commands, connection)
     return parser
 
 
@@ -103,6 +108,9 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     create = keys.add_parser("create", help="create a key (printed once)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--principal", required=True, help="who the key is for")
+    create.add_argument(
+        "--admin", action="store_true", help="an operator's key: may also call the admin APIs"
+    )
     create.set_defaults(run=admin.create_key)
     listing = keys.add_parser("list", help="list a tenant's keys")
     listing.add_argument("--tenant", required=True)
@@ -125,6 +133,10 @@ def _add_client_commands(
     run.add_argument("--max-turns", type=_count, default=0, help="model calls at most (8)")
     run.add_argument("--timeout", type=_seconds, help="seconds the job may take (600)")
     run.add_argument("--session", default="", help="a session to list the job under")
+    run.add_argument(
+        "--tool", action="append", default=[], help="a built-in or plugin tool (repeatable)"
+    )
+    run.add_argument("--policy", default="", help="the policy set (default: `default`)")
     run.add_argument("--json", action="store_true", help="print the finished job as JSON")
     run.set_defaults(client_command=jobs.run_job)
 
@@ -155,6 +167,122 @@ def _add_client_commands(
     watch.set_defaults(client_command=jobs.watch_job)
 
 
+def _add_action_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    connection: argparse.ArgumentParser,
+) -> None:
+    group = commands.add_parser("actions", help="list and answer the actions jobs wait on")
+    verbs = group.add_subparsers(dest="actions_command", required=True, metavar="ACTION")
+    listing = verbs.add_parser("list", parents=[connection], help="a job's actions")
+    listing.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
+    listing.add_argument("--pending", action="store_true", help="only those still pending")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(client_command=actions.list_actions)
+    target = "jobs/<job>/actions/<action>, or the action's resume token"
+    for verb, run, what in (
+        ("approve", actions.approve, "approve a pending approval"),
+        ("reject", actions.reject, "reject a pending approval (the model is told why)"),
+    ):
+        parser = verbs.add_parser(verb, parents=[connection], help=what)
+        parser.add_argument("action", type=_text, metavar="ACTION", help=target)
+        parser.add_argument("--reason", default="", help="why, recorded and shown to the model")
+        parser.set_defaults(client_command=run)
+    resolve = verbs.add_parser(
+        "resolve", parents=[connection], help="answer a client tool call or an input"
+    )
+    resolve.add_argument("action", type=_text, metavar="ACTION", help=target)
+    answer = resolve.add_mutually_exclusive_group(required=True)
+    answer.add_argument("--output", help='the answer, sent as {"output": OUTPUT}')
+    answer.add_argument("--json", help='the whole outcome, a JSON object, e.g. {"error": "no"}')
+    resolve.set_defaults(client_command=actions.resolve)
+
+
+def _add_admin_api_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    connection: argparse.ArgumentParser,
+) -> None:
+    budgets = commands.add_parser("budgets", help="set and show spending limits").add_subparsers(
+        dest="budgets_command", required=True, metavar="ACTION"
+    )
+    set_budget = budgets.add_parser(
+        "set", parents=[connection], help="create a budget or replace its limits (admin key)"
+    )
+    set_budget.add_argument(
+        "budget", type=_text, metavar="BUDGET", help="its id, e.g. acme-monthly"
+    )
+    set_budget.add_argument("--tenant", required=True, help="the tenant it limits")
+    set_budget.add_argument("--principal", default="", help="only this principal of it")
+    set_budget.add_argument("--period", choices=BUDGET_PERIODS, default="month", help="(month)")
+    set_budget.add_argument("--tokens", type=_count, help="tokens, input and output")
+    set_budget.add_argument("--cost", type=_dollars, help="US dollars, e.g. 25.00")
+    set_budget.add_argument("--tool-calls", type=_count, help="tool calls")
+    set_budget.add_argument("--warn", type=_fraction, help="warn from this fraction, e.g. 0.8")
+    set_budget.add_argument("--description", default="", help="what it is for")
+    set_budget.add_argument("--json", action="store_true", help="print the budget as JSON")
+    set_budget.set_defaults(client_command=manage.set_budget)
+    show = budgets.add_parser("show", parents=[connection], help="budgets and their spending")
+    show.add_argument("budget", nargs="?", default="", metavar="BUDGET", help="only this one")
+    show.add_argument("--tenant", default="", help="only this tenant's budgets")
+    show.add_argument("--json", action="store_true", help="print a JSON array")
+    show.set_defaults(client_command=manage.show_budgets)
+
+    usage = commands.add_parser("usage", help="what was spent").add_subparsers(
+        dest="usage_command", required=True, metavar="ACTION"
+    )
+    report = usage.add_parser("report", parents=[connection], help="usage summed by group")
+    report.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        help=f"group by {', '.join(USAGE_DIMENSIONS)} (comma-separated or repeated; tenant)",
+    )
+    window = report.add_mutually_exclusive_group()
+    window.add_argument("--since", type=_moment, help="from this UTC date or time")
+    window.add_argument("--days", type=_positive, default=30, help="the last N days (30)")
+    report.add_argument("--until", type=_moment, help="up to this UTC date or time (now)")
+    report.add_argument("--tenant", default="", help="only this tenant")
+    report.add_argument("--principal", default="", help="only this principal")
+    report.add_argument("--model", default="", help="only this model")
+    report.add_argument("--json", action="store_true", help="print the rows as JSON")
+    report.set_defaults(client_command=manage.usage_report)
+
+    policies = commands.add_parser("policies", help="policy sets (admin key)").add_subparsers(
+        dest="policies_command", required=True, metavar="ACTION"
+    )
+    listing = policies.add_parser("list", parents=[connection], help="every policy set")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(client_command=manage.list_policy_sets)
+    get = policies.add_parser("get", parents=[connection], help="one policy set, as JSON")
+    get.add_argument("policy_set", type=_text, metavar="POLICY_SET", help="e.g. production")
+    get.set_defaults(client_command=manage.get_policy_set)
+    apply = policies.add_parser(
+        "apply", parents=[connection], help="create or update a policy set from a file"
+    )
+    apply.add_argument("file", type=Path, metavar="FILE", help="a PolicySet as JSON (or YAML)")
+    apply.set_defaults(client_command=manage.apply_policy_set)
+
+    plugins = commands.add_parser("plugins", help="tool plugins (admin key)").add_subparsers(
+        dest="plugins_command", required=True, metavar="ACTION"
+    )
+    register = plugins.add_parser("register", parents=[connection], help="register a plugin")
+    register.add_argument("plugin", type=_text, metavar="PLUGIN", help="its id, e.g. weather")
+    register.add_argument(
+        "--address", required=True, help="host:port of its gRPC tool-provider server"
+    )
+    register.add_argument("--version", required=True, help="its version, e.g. 1.0.0")
+    register.add_argument(
+        "--tool", action="append", required=True, help="a tool it serves (repeatable)"
+    )
+    register.add_argument(
+        "--permission", action="append", default=[], help="what it needs (repeatable)"
+    )
+    register.add_argument("--description", default="", help="what it is for")
+    register.set_defaults(client_command=manage.register_plugin)
+    listing = plugins.add_parser("list", parents=[connection], help="registered plugins")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(client_command=manage.list_plugins)
+
+
 def _connection_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection")
@@ -174,6 +302,43 @@ def _job(text: str) -> str:
         return job_name(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+def _dollars(text: str) -> str:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected US dollars, e.g. 25.00, got {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative amount, got {text}")
+    return text.strip()
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, got {text}")
+    return value
+
+
+def _moment(text: str) -> datetime:
+    """A date ("2026-11-01") or ISO time; without a zone, UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date or time such as 2026-11-01 or 2026-11-01T09:30, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _state(text: str) -> int:

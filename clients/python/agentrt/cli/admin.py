@@ -52,11 +52,12 @@ def migrate(args: argparse.Namespace, console: Console) -> int:
 
 
 def create_key(args: argparse.Namespace, console: Console) -> int:
-    """`agentrt keys create`: prints a new API key, which is shown this once only."""
+    """`agentrt keys create [--admin]`: prints a new API key, which is shown this once
+    only; with --admin an operator's key, which may also call the admin APIs."""
     from services.gateway.admin import create_api_key
 
     key = _with_gateway_storage(
-        lambda storage: create_api_key(storage, args.tenant, args.principal)
+        lambda storage: create_api_key(storage, args.tenant, args.principal, admin=args.admin)
     )
     console.print(key)
     return 0
@@ -67,10 +68,11 @@ def list_keys(args: argparse.Namespace, console: Console) -> int:
     from services.gateway.admin import list_api_keys
 
     records = _with_gateway_storage(lambda storage: list_api_keys(storage, args.tenant))
-    rows = [("KEY ID", "PRINCIPAL", "CREATED", "REVOKED")] + [
+    rows = [("KEY ID", "PRINCIPAL", "SCOPE", "CREATED", "REVOKED")] + [
         (
             record.key_id,
             record.principal,
+            "admin" if record.admin else "tenant",
             _local(record.create_time),
             _local(record.revoke_time) if record.revoke_time else "-",
         )

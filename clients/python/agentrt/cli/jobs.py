@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from agentrt.cli import render
 from agentrt.cli.console import Console
-from agentrt.client import TERMINAL_STATES, Client
+from agentrt.client import TERMINAL_STATES, Client, job_spec
 from agentrt.common.v1 import common_pb2
 from agentrt.errors import FailedPreconditionError
 from agentrt.jobs.v1 import jobs_pb2
@@ -26,16 +26,21 @@ EXIT_INTERRUPTED = 130
 async def run_job(args: argparse.Namespace, client: Client, console: Console) -> int:
     """`agentrt run`: starts a job, shows its events live, then its answer; Ctrl-C cancels it."""
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    job = await client.execute(
+    spec = job_spec(
         prompt,
         model=args.model,
         system_prompt=args.system,
         max_turns=args.max_turns,
         session=args.session,
         timeout=args.timeout,
-        # Fixed here, so that an execution the CLI retries is recognised as the same one.
-        request_id=uuid.uuid4().hex,
     )
+    # Built-in or plugin tools, found by name; a policy set other than the default.
+    spec.tools.extend(common_pb2.ToolSpec(name=name) for name in args.tool)
+    if args.policy:
+        spec.policy.name = args.policy.removeprefix("policySets/")
+    # The request id is fixed here, so that an execution the CLI retries is recognised
+    # as the same one.
+    job = await client.execute_spec(spec, request_id=uuid.uuid4().hex)
     console.progress(f"{job.name} {render.state_name(job.state).lower()}")
     try:
         final, streamed = await follow_job(client, job.name, console, live_text=not args.json)

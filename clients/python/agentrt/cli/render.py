@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
+from agentrt.ledger.v1 import ledger_pb2
+from agentrt.orchestrator.v1 import orchestrator_pb2
+from agentrt.policy.v1 import policy_pb2
 
 EVENT_TYPES: Mapping[common_pb2.EventType.ValueType, str] = {
     common_pb2.EVENT_TYPE_JOB_CREATED: "job.created",
@@ -112,11 +116,15 @@ def job_table(jobs: Iterable[jobs_pb2.Job]) -> str:
     return table(rows)
 
 
-def table(rows: Sequence[Sequence[str]]) -> str:
-    """Rows of cells (the first one a header) as aligned columns."""
+def table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> str:
+    """Rows of cells (the first one a header) as aligned columns; the columns numbered in
+    `right` (numbers) are aligned on their right edge."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        "  ".join(
+            cell.rjust(width) if column in right else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
         for row in rows
     )
 
@@ -165,3 +173,166 @@ def as_json_line(message: Message) -> str:
 def _one_line(text: str, width: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def action_table(actions: Iterable[jobs_pb2.Action]) -> str:
+    """A job's actions as an aligned table: what each asks and where it is."""
+    rows = [("ACTION", "KIND", "STATE", "CREATED", "EXPIRES", "ASKS")] + [
+        (
+            action.name,
+            jobs_pb2.ActionKind.Name(action.kind).removeprefix("ACTION_KIND_").lower(),
+            jobs_pb2.Action.State.Name(action.state).removeprefix("STATE_"),
+            local_time(action.create_time),
+            local_time(action.expire_time),
+            _one_line(_compact_json(action.payload), 60),
+        )
+        for action in actions
+    ]
+    return table(rows)
+
+
+def _compact_json(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"), sort_keys=True)
+
+
+_DIMENSIONS = (("tokens", "TOKENS"), ("cost", "COST"), ("tool_calls", "TOOL CALLS"))
+
+
+def budget_table(
+    budgets: Iterable[ledger_pb2.Budget], statuses: Mapping[str, ledger_pb2.BudgetStatus]
+) -> str:
+    """Budgets as an aligned table: each limited dimension as "spent / limit" for the
+    current period (spent from `statuses` by budget name, "-" when unknown), then the
+    verdict of spending nothing more (ALLOW, WARN or DENY)."""
+    header = ("BUDGET", "TENANT", "PRINCIPAL", "PERIOD", *(label for _, label in _DIMENSIONS))
+    rows: list[tuple[str, ...]] = [(*header, "WARN AT", "STATUS")]
+    for budget in budgets:
+        status = statuses.get(budget.name)
+        rows.append(
+            (
+                budget.name.removeprefix("budgets/"),
+                budget.tenant,
+                budget.principal or "*",
+                ledger_pb2.Budget.Period.Name(budget.period).removeprefix("PERIOD_").lower(),
+                *(_spent_of(budget.limits, status, field) for field, _ in _DIMENSIONS),
+                f"{budget.warn_threshold:.0%}" if budget.HasField("warn_threshold") else "-",
+                _verdict(status.verdict) if status is not None else "-",
+            )
+        )
+    return table(rows, right={4, 5, 6, 7})
+
+
+def _spent_of(
+    limits: ledger_pb2.Amounts, status: ledger_pb2.BudgetStatus | None, field: str
+) -> str:
+    if not limits.HasField(field):  # type: ignore[arg-type]
+        return "-"
+    limit = _amount(limits, field)
+    spent = _amount(status.spent, field) if status is not None else "-"
+    return f"{spent} / {limit}"
+
+
+def _amount(amounts: ledger_pb2.Amounts, field: str) -> str:
+    if field == "cost":
+        return f"${amounts.cost or '0'}"
+    value: int = getattr(amounts, field)
+    return f"{value:,}"
+
+
+def _verdict(verdict: ledger_pb2.BudgetVerdict.ValueType) -> str:
+    return ledger_pb2.BudgetVerdict.Name(verdict).removeprefix("BUDGET_VERDICT_")
+
+
+_GROUP_COLUMNS = {
+    ledger_pb2.USAGE_DIMENSION_TENANT: "TENANT",
+    ledger_pb2.USAGE_DIMENSION_PRINCIPAL: "PRINCIPAL",
+    ledger_pb2.USAGE_DIMENSION_MODEL: "MODEL",
+    ledger_pb2.USAGE_DIMENSION_DAY: "DAY",
+    ledger_pb2.USAGE_DIMENSION_JOB_TREE: "JOB",
+}
+_USAGE_COLUMNS = ("MODEL CALLS", "TOOL CALLS", "INPUT", "OUTPUT", "TOKENS", "COST")
+
+
+def usage_table(
+    rows: Sequence[ledger_pb2.UsageReportRow],
+    group_by: Sequence[ledger_pb2.UsageDimension.ValueType],
+) -> str:
+    """A usage report as an aligned table: a column per dimension grouped by, then the
+    sums, numbers aligned right, and a TOTAL line when there is more than one row. The
+    cost is summed exactly; "-" means no record of the group had a price."""
+    lines: list[tuple[str, ...]] = [(*(_GROUP_COLUMNS[d] for d in group_by), *_USAGE_COLUMNS)]
+    lines += [(*(_group_value(row, d) for d in group_by), *_usage_cells(row.usage)) for row in rows]
+    if len(rows) > 1:
+        total = _sum_usage(row.usage for row in rows)
+        labels = ("TOTAL", *([""] * (len(group_by) - 1))) if group_by else ()
+        lines.append((*labels, *_usage_cells(total)))
+    first_number = len(group_by)
+    return table(lines, right=set(range(first_number, first_number + len(_USAGE_COLUMNS))))
+
+
+def _group_value(
+    row: ledger_pb2.UsageReportRow, dimension: ledger_pb2.UsageDimension.ValueType
+) -> str:
+    if dimension == ledger_pb2.USAGE_DIMENSION_DAY:
+        return datetime.fromtimestamp(row.day.seconds, UTC).strftime("%Y-%m-%d")
+    if dimension == ledger_pb2.USAGE_DIMENSION_JOB_TREE:
+        return job_id(row.root_job) or "-"
+    value: str = getattr(row, _GROUP_COLUMNS[dimension].lower())
+    return value or "-"
+
+
+def _usage_cells(usage: common_pb2.Usage) -> tuple[str, ...]:
+    return (
+        f"{usage.model_calls:,}",
+        f"{usage.tool_calls:,}",
+        f"{usage.input_tokens:,}",
+        f"{usage.output_tokens:,}",
+        f"{usage.total_tokens:,}",
+        f"${usage.cost}" if usage.cost else "-",
+    )
+
+
+def _sum_usage(usages: Iterable[common_pb2.Usage]) -> common_pb2.Usage:
+    total = common_pb2.Usage()
+    cost: Decimal | None = None
+    for usage in usages:
+        total.model_calls += usage.model_calls
+        total.tool_calls += usage.tool_calls
+        total.input_tokens += usage.input_tokens
+        total.output_tokens += usage.output_tokens
+        total.total_tokens += usage.total_tokens
+        if usage.cost:
+            cost = (cost or Decimal(0)) + Decimal(usage.cost)
+    if cost is not None:
+        total.cost = str(cost)
+    return total
+
+
+def policy_set_table(policy_sets: Iterable[policy_pb2.PolicySet]) -> str:
+    """Policy sets as an aligned table."""
+    rows = [("POLICY SET", "VERSION", "RULES", "UPDATED", "DESCRIPTION")] + [
+        (
+            policy_set.name.removeprefix("policySets/"),
+            str(policy_set.version),
+            str(len(policy_set.rules)),
+            local_time(policy_set.update_time),
+            _one_line(policy_set.description, 50),
+        )
+        for policy_set in policy_sets
+    ]
+    return table(rows, right={1, 2})
+
+
+def plugin_table(plugins: Iterable[orchestrator_pb2.Plugin]) -> str:
+    """Registered plugins as an aligned table."""
+    rows = [("PLUGIN", "VERSION", "STATE", "ENDPOINT", "TOOLS")] + [
+        (
+            plugin.name.removeprefix("plugins/"),
+            plugin.manifest.version,
+            orchestrator_pb2.Plugin.State.Name(plugin.state).removeprefix("STATE_"),
+            plugin.manifest.endpoint,
+            ", ".join(plugin.manifest.tools),
+        )
+        for plugin in plugins
+    ]
+    return table(rows)

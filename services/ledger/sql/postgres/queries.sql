@@ -184,3 +184,141 @@ RETURNING *;
 
 -- name: delete_holds
 DELETE FROM reservation_holds WHERE reservation_id = ANY ($1::text[]);
+
+-- name: insert_create_request
+-- Remembers that request $2 of kind $1 created $3; a request_id made by a concurrent
+-- create of the same resource is left as it is.
+INSERT INTO create_requests (kind, request_id, resource, request_hash, create_time)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (kind, request_id) DO NOTHING;
+
+-- name: create_request_by_id
+SELECT resource, request_hash FROM create_requests WHERE kind = $1 AND request_id = $2;
+
+-- name: reserve
+-- The whole reservation in one statement, so that no round trip separates the decision
+-- from the write: it locks the current-window counters of every budget of tenant $2 that
+-- applies to principal $3 (in key order, waiting for concurrent writers and then seeing
+-- their committed values), decides on those locked values whether amounts $7..$9 fit
+-- under every limit, and only if they all fit inserts reservation $1 (request_id $5,
+-- request_hash $6, expiring at $10, made at $11), its holds, and adds the amounts to the
+-- counters. Nothing is written when a counter is missing (the caller makes it and asks
+-- again), when one does not fit, or when request_id $5 was used before by the tenant.
+-- One row per locked counter (as it was before this reservation), or one row of NULL
+-- counter columns when none is; every row carries the decision.
+WITH applicable AS (
+    SELECT b.id, b.period,
+           CASE b.period
+               WHEN 1 THEN date_trunc('day', $11::timestamptz, 'UTC')
+               WHEN 2 THEN date_trunc('month', $11::timestamptz, 'UTC')
+               ELSE '1970-01-01 00:00:00+00'::timestamptz
+           END AS window_start,
+           b.limit_tokens, b.limit_cost_nanos, b.limit_tool_calls, b.warn_threshold
+    FROM budgets b
+    WHERE b.tenant = $2 AND (b.principal = '' OR b.principal = $3)
+),
+locked AS (
+    SELECT c.*
+    FROM budget_counters c
+    WHERE (c.budget_id, c.period, c.window_start) IN (
+        SELECT id, period, window_start FROM applicable
+    )
+    ORDER BY c.budget_id, c.period, c.window_start
+    FOR UPDATE
+),
+counters AS (
+    SELECT l.*, a.limit_tokens, a.limit_cost_nanos, a.limit_tool_calls, a.warn_threshold,
+           (a.limit_tokens IS NULL
+               OR l.spent_tokens + l.reserved_tokens + $7 <= a.limit_tokens)
+           AND (a.limit_cost_nanos IS NULL
+               OR l.spent_cost_nanos + l.reserved_cost_nanos + $8 <= a.limit_cost_nanos)
+           AND (a.limit_tool_calls IS NULL
+               OR l.spent_tool_calls + l.reserved_tool_calls + $9 <= a.limit_tool_calls)
+           AS fits,
+           a.warn_threshold IS NOT NULL AND (
+               (a.limit_tokens IS NOT NULL AND l.spent_tokens + l.reserved_tokens + $7
+                   >= a.warn_threshold * a.limit_tokens)
+               OR (a.limit_cost_nanos IS NOT NULL AND l.spent_cost_nanos
+                   + l.reserved_cost_nanos + $8 >= a.warn_threshold * a.limit_cost_nanos)
+               OR (a.limit_tool_calls IS NOT NULL AND l.spent_tool_calls
+                   + l.reserved_tool_calls + $9 >= a.warn_threshold * a.limit_tool_calls)
+           ) AS warns
+    FROM locked l
+    JOIN applicable a
+        ON a.id = l.budget_id AND a.period = l.period AND a.window_start = l.window_start
+),
+decision AS (
+    SELECT (SELECT count(*) FROM applicable) AS wanted,
+           (SELECT count(*) FROM counters) AS found,
+           coalesce((SELECT bool_and(fits) FROM counters), true) AS fits,
+           coalesce((SELECT bool_or(warns) FROM counters), false) AS warns,
+           EXISTS (
+               SELECT 1 FROM reservations WHERE $5 <> '' AND tenant = $2 AND request_id = $5
+           ) AS repeated
+),
+inserted AS (
+    INSERT INTO reservations (
+        id, tenant, principal, job, request_id, request_hash, tokens, cost_nanos, tool_calls,
+        state, verdict, budgets, expire_time, create_time
+    )
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 1,
+           CASE WHEN d.warns THEN 2 ELSE 1 END,
+           (SELECT coalesce(json_agg(id ORDER BY id), '[]')::text FROM applicable),
+           $10, $11
+    FROM decision d
+    WHERE d.wanted = d.found AND d.fits AND NOT d.repeated
+    ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
+    RETURNING *
+),
+holds AS (
+    INSERT INTO reservation_holds (reservation_id, budget_id, period, window_start)
+    SELECT i.id, c.budget_id, c.period, c.window_start
+    FROM inserted i CROSS JOIN counters c
+),
+added AS (
+    UPDATE budget_counters bc
+    SET reserved_tokens = bc.reserved_tokens + $7,
+        reserved_cost_nanos = bc.reserved_cost_nanos + $8,
+        reserved_tool_calls = bc.reserved_tool_calls + $9
+    FROM counters c, inserted i
+    WHERE bc.budget_id = c.budget_id AND bc.period = c.period
+        AND bc.window_start = c.window_start
+)
+SELECT d.wanted, d.found, d.fits, d.repeated,
+       (SELECT count(*) FROM inserted) AS made,
+       (SELECT verdict FROM inserted) AS made_verdict,
+       (SELECT budgets FROM inserted) AS made_budgets,
+       c.*
+FROM decision d
+LEFT JOIN counters c ON true
+ORDER BY c.budget_id, c.period, c.window_start;
+
+-- name: reservation_for_settle
+-- Reservation $1, locked, with the counters it holds (three arrays in one order) and the
+-- prices of models $2 (a JSON list of [model, input, output, cached input]): what a settle
+-- needs, in one round trip.
+SELECT r.*,
+       ARRAY(SELECT h.budget_id FROM reservation_holds h
+             WHERE h.reservation_id = r.id ORDER BY h.budget_id) AS hold_budgets,
+       ARRAY(SELECT h.period FROM reservation_holds h
+             WHERE h.reservation_id = r.id ORDER BY h.budget_id) AS hold_periods,
+       ARRAY(SELECT h.window_start FROM reservation_holds h
+             WHERE h.reservation_id = r.id ORDER BY h.budget_id) AS hold_windows,
+       (SELECT coalesce(json_agg(json_build_array(
+                   p.model, p.input_price, p.output_price, p.cached_input_price)), '[]')
+        FROM prices p WHERE p.model = ANY ($2::text[]))::text AS model_prices
+FROM reservations r
+WHERE r.id = $1
+FOR UPDATE OF r;
+
+-- name: settle_reservation
+-- Drops reservation $1's holds and moves it to SETTLED at $2 with what was settled
+-- ($3..$6).
+WITH dropped AS (
+    DELETE FROM reservation_holds WHERE reservation_id = $1
+)
+UPDATE reservations
+SET state = 2, end_time = $2, settled_tokens = $3, settled_cost_nanos = $4,
+    settled_tool_calls = $5, settled_records = $6
+WHERE id = $1
+RETURNING *;

@@ -149,3 +149,12 @@ RETURNING *;
 
 -- name: delete_holds
 DELETE FROM reservation_holds WHERE reservation_id IN (SELECT value FROM json_each(?));
+
+-- name: insert_create_request
+-- Remembers that request ?2 of kind ?1 created ?3.
+INSERT INTO create_requests (kind, request_id, resource, request_hash, create_time)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (kind, request_id) DO NOTHING;
+
+-- name: create_request_by_id
+SELECT resource, request_hash FROM create_requests WHERE kind = ?1 AND request_id = ?2;

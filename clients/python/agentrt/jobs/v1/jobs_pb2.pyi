@@ -205,6 +205,7 @@ class JobSpec(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     PARENT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    TOOL_OPTIONS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The first user message. Either prompt or messages is required."""
     system_prompt: _builtins.str
@@ -249,6 +250,12 @@ class JobSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels; keys and values up to 63 characters, 64 labels."""
 
+    @_builtins.property
+    def tool_options(self) -> Global___ToolOptions:
+        """How the job's built-in and plugin tool calls are run: timeout, retries
+        and a tool-call limit. Unset means the defaults below.
+        """
+
     def __init__(
         self,
         *,
@@ -265,14 +272,62 @@ class JobSpec(_message.Message):
         session: _builtins.str = ...,
         parent: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tool_options: Global___ToolOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "params", b"params", "policy", b"policy", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "params", b"params", "policy", b"policy", "timeout", b"timeout", "tool_options", b"tool_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tool_options", b"tool_options", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class ToolOptions(_message.Message):
+    """How the orchestrator runs a job's tool calls (built-in and plugin tools;
+    client tools run in the caller, which sets its own limits). Set by the
+    caller with the JobSpec; every field is optional.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    MAX_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """Attempts in all (the first included) of a call to a tool that declares
+    itself idempotent, when an attempt fails for a passing reason (timeout,
+    tool unreachable). Other tools are tried once. 0 means the default (3);
+    at most 10.
+    """
+    max_tool_calls: _builtins.int
+    """Tool calls the job may make in all. When both this and
+    budget.max_tool_calls are set, the smaller applies; unset means no limit
+    from these options. At least 0 (0: the job may not call tools).
+    """
+    @_builtins.property
+    def call_timeout(self) -> _duration_pb2.Duration:
+        """How long one attempt of one tool call may take before it is cut off and
+        reported to the model as failed. 0 or unset means the default (30
+        seconds); at most 10 minutes.
+        """
+
+    def __init__(
+        self,
+        *,
+        call_timeout: _duration_pb2.Duration | None = ...,
+        max_attempts: _builtins.int = ...,
+        max_tool_calls: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tool_calls", b"_max_tool_calls", "call_timeout", b"call_timeout", "max_tool_calls", b"max_tool_calls"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tool_calls", b"_max_tool_calls", "call_timeout", b"call_timeout", "max_attempts", b"max_attempts", "max_tool_calls", b"max_tool_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tool_calls: _TypeAlias = _typing.Literal["max_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__max_tool_calls: _TypeAlias = _typing.Literal["_max_tool_calls", b"_max_tool_calls"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tool_calls) -> _WhichOneofReturnType__max_tool_calls | None: ...
+
+Global___ToolOptions: _TypeAlias = ToolOptions  # noqa: Y015
 
 @_typing.final
 class JobResult(_message.Message):
@@ -685,10 +740,17 @@ class CheckpointJobRequest(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     TURN_USAGE_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    WITHIN_TURN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"jobs/{job}"."""
     lease_id: _builtins.str
     """The lease."""
+    within_turn: _builtins.bool
+    """The checkpoint records progress within the stored turn without tool calls
+    (e.g. that a tool call is about to run): its turn must equal the stored
+    one, and no job.turn.completed is emitted.
+    """
     @_builtins.property
     def checkpoint(self) -> Global___Checkpoint:
         """The progress; its turn must be greater than the stored one."""
@@ -701,6 +763,15 @@ class CheckpointJobRequest(_message.Message):
     def turn_usage(self) -> _common_pb2.Usage:
         """Usage of the turn."""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolCalled]:
+        """Tool calls that finished since the previous checkpoint (run, refused or
+        answered by a client), in order: each becomes a tool.called event in the
+        same transaction as the checkpoint. A checkpoint that carries tool calls
+        may keep the stored turn instead of advancing it: it records progress
+        within the turn (and emits no job.turn.completed).
+        """
+
     def __init__(
         self,
         *,
@@ -709,10 +780,12 @@ class CheckpointJobRequest(_message.Message):
         checkpoint: Global___Checkpoint | None = ...,
         message: _common_pb2.Message | None = ...,
         turn_usage: _common_pb2.Usage | None = ...,
+        tool_calls: _abc.Iterable[_common_pb2.ToolCalled] | None = ...,
+        within_turn: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "message", b"message", "turn_usage", b"turn_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "lease_id", b"lease_id", "message", b"message", "name", b"name", "turn_usage", b"turn_usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "lease_id", b"lease_id", "message", b"message", "name", b"name", "tool_calls", b"tool_calls", "turn_usage", b"turn_usage", "within_turn", b"within_turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

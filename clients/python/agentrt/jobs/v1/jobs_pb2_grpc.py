@@ -182,11 +182,13 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckpointJob(self, request, context):
-        """Records the agent's progress after a turn; a takeover resumes from the
-        latest checkpoint. Emits job.turn.completed.
+        """Records the agent's progress after a turn, or within one (tool calls
+        that finished); a takeover resumes from the latest checkpoint. Emits
+        job.turn.completed when the turn advances and tool.called per tool call.
         Caller: orchestrator.
         Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
-        (FIELD_INVALID when the turn does not advance).
+        (FIELD_INVALID when the turn does not advance, or goes back with
+        tool_calls).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -82,11 +82,13 @@ class JobServiceStub:
     taken over, or the job was cancelled or finished; metadata["state"]).
     """
     CheckpointJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CheckpointJobRequest, _jobs_pb2.Job]
-    """Records the agent's progress after a turn; a takeover resumes from the
-    latest checkpoint. Emits job.turn.completed.
+    """Records the agent's progress after a turn, or within one (tool calls
+    that finished); a takeover resumes from the latest checkpoint. Emits
+    job.turn.completed when the turn advances and tool.called per tool call.
     Caller: orchestrator.
     Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
-    (FIELD_INVALID when the turn does not advance).
+    (FIELD_INVALID when the turn does not advance, or goes back with
+    tool_calls).
     """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.Job]
     """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT.
@@ -183,11 +185,13 @@ class JobServiceAsyncStub(JobServiceStub):
     taken over, or the job was cancelled or finished; metadata["state"]).
     """
     CheckpointJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CheckpointJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
-    """Records the agent's progress after a turn; a takeover resumes from the
-    latest checkpoint. Emits job.turn.completed.
+    """Records the agent's progress after a turn, or within one (tool calls
+    that finished); a takeover resumes from the latest checkpoint. Emits
+    job.turn.completed when the turn advances and tool.called per tool call.
     Caller: orchestrator.
     Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
-    (FIELD_INVALID when the turn does not advance).
+    (FIELD_INVALID when the turn does not advance, or goes back with
+    tool_calls).
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT.
@@ -323,11 +327,13 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.CheckpointJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
-        """Records the agent's progress after a turn; a takeover resumes from the
-        latest checkpoint. Emits job.turn.completed.
+        """Records the agent's progress after a turn, or within one (tool calls
+        that finished); a takeover resumes from the latest checkpoint. Emits
+        job.turn.completed when the turn advances and tool.called per tool call.
         Caller: orchestrator.
         Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
-        (FIELD_INVALID when the turn does not advance).
+        (FIELD_INVALID when the turn does not advance, or goes back with
+        tool_calls).
         """
 
     @_abc_1.abstractmethod

@@ -13,9 +13,12 @@ forwarding (prices, budgets, records, reports). The ledger trusts the
 tenant it is given.
 
 Money is an exact decimal string of US dollars, never a float: digits
-with at most one '.', e.g. "2.50" or "0.000125". Prices have at most 12
-digits after the point; costs are kept exactly (at most 18). Periods
-follow UTC: a day starts at 00:00, a month on its first day at 00:00.
+with at most one '.', e.g. "2.50" or "0.000125". Prices keep up to 12
+digits after the point. Costs are kept as whole nano-dollars (1e-9 USD):
+a cost sent with more digits (at most 18 after the point are accepted)
+is rounded half to even to 9, and a computed cost is rounded once, after
+summing its input, cached input and output parts. Periods follow UTC: a
+day starts at 00:00, a month on its first day at 00:00.
 """
 
 from agentrt.common.v1 import common_pb2 as _common_pb2
@@ -284,7 +287,8 @@ class Amounts(_message.Message):
     tokens: _builtins.int
     """Tokens, input and output."""
     cost: _builtins.str
-    """Cost in US dollars, exact decimal string. May be negative only in a
+    """Cost in US dollars, exact decimal string with at most 9 digits after
+    the point (see the top of this file). May be negative only in a
     remaining amount, after usage exceeded its reservation.
     """
     tool_calls: _builtins.int
@@ -433,7 +437,9 @@ class Reservation(_message.Message):
         STATE_SETTLED: Reservation._State.ValueType  # 2
         """Replaced by the usage really made. Terminal."""
         STATE_RELEASED: Reservation._State.ValueType  # 3
-        """Given back unused. Terminal."""
+        """Given back unused. Can still be settled, when the call turns out to
+        have used something after all.
+        """
         STATE_EXPIRED: Reservation._State.ValueType  # 4
         """Reached its expire_time while ACTIVE and stopped counting; can
         still be settled.
@@ -449,7 +455,9 @@ class Reservation(_message.Message):
     STATE_SETTLED: Reservation.State.ValueType  # 2
     """Replaced by the usage really made. Terminal."""
     STATE_RELEASED: Reservation.State.ValueType  # 3
-    """Given back unused. Terminal."""
+    """Given back unused. Can still be settled, when the call turns out to
+    have used something after all.
+    """
     STATE_EXPIRED: Reservation.State.ValueType  # 4
     """Reached its expire_time while ACTIVE and stopped counting; can
     still be settled.
@@ -723,7 +731,10 @@ class CreatePriceRequest(_message.Message):
     price_id: _builtins.str
     """The model id, which becomes the {model} part of the name."""
     request_id: _builtins.str
-    """Idempotency key; up to 128 printable characters."""
+    """Idempotency key; up to 128 printable characters. A retry with the same
+    key and body returns the price it created (as it is now); the same key
+    with another body is REQUEST_ID_REUSED.
+    """
     @_builtins.property
     def price(self) -> Global___Price:
         """The price; its name, etag and times are ignored."""
@@ -891,7 +902,10 @@ class CreateBudgetRequest(_message.Message):
     budget_id: _builtins.str
     """The {budget} part of the name."""
     request_id: _builtins.str
-    """Idempotency key; up to 128 printable characters."""
+    """Idempotency key; up to 128 printable characters. A retry with the same
+    key and body returns the budget it created (as it is now); the same key
+    with another body is REQUEST_ID_REUSED.
+    """
     @_builtins.property
     def budget(self) -> Global___Budget:
         """The budget; its name, etag and times are ignored."""

@@ -276,8 +276,8 @@ class LedgerServiceServicer:
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
         REQUEST_ID_REUSED), RESOURCE_EXHAUSTED (BUDGET_EXCEEDED; metadata
         "budget" (its name), "dimension" ("tokens", "cost" or "tool_calls"),
-        "limit", and "overrun" (how far the reservation would go past the
-        limit)).
+        "limit", "period" ("per day", "per month" or "in total"), and
+        "overrun" (how far the reservation would go past the limit)).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,15 +286,19 @@ class LedgerServiceServicer:
     def SettleReservation(self, request, context):
         """Records the usage that the call really made, in one transaction, and
         releases the rest of the reservation. The usage is recorded in full
-        even when it exceeds the reservation. An EXPIRED reservation can still
-        be settled, since its usage was spent. Settling a SETTLED reservation
-        again with the same record ids returns it unchanged.
+        even when it exceeds the reservation. A RELEASED or EXPIRED
+        reservation can still be settled (it holds nothing any more; the
+        usage is recorded and it becomes SETTLED), since its usage was really
+        spent, e.g. by a worker whose release raced the answer, or one that
+        outlived the reservation's ttl. Settling a SETTLED reservation again
+        with the same record ids returns it unchanged; a record id recorded
+        before (by RecordUsage or another settle) is counted once.
         Caller: orchestrator, after each model call.
         Errors: INVALID_ARGUMENT (NAME_INVALID, and the errors of RecordUsage
         for each record; metadata["field"] names it, e.g.
         "usage_records[1].usage_record.usage.cost"), NOT_FOUND (NOT_FOUND),
-        FAILED_PRECONDITION (ILLEGAL_TRANSITION for a RELEASED reservation, or
-        a SETTLED one with other records; metadata["state"]).
+        FAILED_PRECONDITION (ILLEGAL_TRANSITION for a SETTLED reservation
+        settled again with other records; metadata["state"]).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -13,9 +13,12 @@ forwarding (prices, budgets, records, reports). The ledger trusts the
 tenant it is given.
 
 Money is an exact decimal string of US dollars, never a float: digits
-with at most one '.', e.g. "2.50" or "0.000125". Prices have at most 12
-digits after the point; costs are kept exactly (at most 18). Periods
-follow UTC: a day starts at 00:00, a month on its first day at 00:00.
+with at most one '.', e.g. "2.50" or "0.000125". Prices keep up to 12
+digits after the point. Costs are kept as whole nano-dollars (1e-9 USD):
+a cost sent with more digits (at most 18 after the point are accepted)
+is rounded half to even to 9, and a computed cost is rounded once, after
+summing its input, cached input and output parts. Periods follow UTC: a
+day starts at 00:00, a month on its first day at 00:00.
 """
 
 from agentrt.ledger.v1 import ledger_pb2 as _ledger_pb2
@@ -146,21 +149,25 @@ class LedgerServiceStub:
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
     REQUEST_ID_REUSED), RESOURCE_EXHAUSTED (BUDGET_EXCEEDED; metadata
     "budget" (its name), "dimension" ("tokens", "cost" or "tool_calls"),
-    "limit", and "overrun" (how far the reservation would go past the
-    limit)).
+    "limit", "period" ("per day", "per month" or "in total"), and
+    "overrun" (how far the reservation would go past the limit)).
     """
     SettleReservation: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SettleReservationRequest, _ledger_pb2.Reservation]
     """Records the usage that the call really made, in one transaction, and
     releases the rest of the reservation. The usage is recorded in full
-    even when it exceeds the reservation. An EXPIRED reservation can still
-    be settled, since its usage was spent. Settling a SETTLED reservation
-    again with the same record ids returns it unchanged.
+    even when it exceeds the reservation. A RELEASED or EXPIRED
+    reservation can still be settled (it holds nothing any more; the
+    usage is recorded and it becomes SETTLED), since its usage was really
+    spent, e.g. by a worker whose release raced the answer, or one that
+    outlived the reservation's ttl. Settling a SETTLED reservation again
+    with the same record ids returns it unchanged; a record id recorded
+    before (by RecordUsage or another settle) is counted once.
     Caller: orchestrator, after each model call.
     Errors: INVALID_ARGUMENT (NAME_INVALID, and the errors of RecordUsage
     for each record; metadata["field"] names it, e.g.
     "usage_records[1].usage_record.usage.cost"), NOT_FOUND (NOT_FOUND),
-    FAILED_PRECONDITION (ILLEGAL_TRANSITION for a RELEASED reservation, or
-    a SETTLED one with other records; metadata["state"]).
+    FAILED_PRECONDITION (ILLEGAL_TRANSITION for a SETTLED reservation
+    settled again with other records; metadata["state"]).
     """
     ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseReservationRequest, _ledger_pb2.Reservation]
     """Releases a reservation whose call was not made or failed without
@@ -281,21 +288,25 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
     REQUEST_ID_REUSED), RESOURCE_EXHAUSTED (BUDGET_EXCEEDED; metadata
     "budget" (its name), "dimension" ("tokens", "cost" or "tool_calls"),
-    "limit", and "overrun" (how far the reservation would go past the
-    limit)).
+    "limit", "period" ("per day", "per month" or "in total"), and
+    "overrun" (how far the reservation would go past the limit)).
     """
     SettleReservation: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SettleReservationRequest, _ledger_pb2.Reservation]  # type: ignore[assignment]
     """Records the usage that the call really made, in one transaction, and
     releases the rest of the reservation. The usage is recorded in full
-    even when it exceeds the reservation. An EXPIRED reservation can still
-    be settled, since its usage was spent. Settling a SETTLED reservation
-    again with the same record ids returns it unchanged.
+    even when it exceeds the reservation. A RELEASED or EXPIRED
+    reservation can still be settled (it holds nothing any more; the
+    usage is recorded and it becomes SETTLED), since its usage was really
+    spent, e.g. by a worker whose release raced the answer, or one that
+    outlived the reservation's ttl. Settling a SETTLED reservation again
+    with the same record ids returns it unchanged; a record id recorded
+    before (by RecordUsage or another settle) is counted once.
     Caller: orchestrator, after each model call.
     Errors: INVALID_ARGUMENT (NAME_INVALID, and the errors of RecordUsage
     for each record; metadata["field"] names it, e.g.
     "usage_records[1].usage_record.usage.cost"), NOT_FOUND (NOT_FOUND),
-    FAILED_PRECONDITION (ILLEGAL_TRANSITION for a RELEASED reservation, or
-    a SETTLED one with other records; metadata["state"]).
+    FAILED_PRECONDITION (ILLEGAL_TRANSITION for a SETTLED reservation
+    settled again with other records; metadata["state"]).
     """
     ReleaseReservation: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseReservationRequest, _ledger_pb2.Reservation]  # type: ignore[assignment]
     """Releases a reservation whose call was not made or failed without
@@ -497,8 +508,8 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
         REQUEST_ID_REUSED), RESOURCE_EXHAUSTED (BUDGET_EXCEEDED; metadata
         "budget" (its name), "dimension" ("tokens", "cost" or "tool_calls"),
-        "limit", and "overrun" (how far the reservation would go past the
-        limit)).
+        "limit", "period" ("per day", "per month" or "in total"), and
+        "overrun" (how far the reservation would go past the limit)).
         """
 
     @_abc_1.abstractmethod
@@ -509,15 +520,19 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.Reservation, _abc.Awaitable[_ledger_pb2.Reservation]]:
         """Records the usage that the call really made, in one transaction, and
         releases the rest of the reservation. The usage is recorded in full
-        even when it exceeds the reservation. An EXPIRED reservation can still
-        be settled, since its usage was spent. Settling a SETTLED reservation
-        again with the same record ids returns it unchanged.
+        even when it exceeds the reservation. A RELEASED or EXPIRED
+        reservation can still be settled (it holds nothing any more; the
+        usage is recorded and it becomes SETTLED), since its usage was really
+        spent, e.g. by a worker whose release raced the answer, or one that
+        outlived the reservation's ttl. Settling a SETTLED reservation again
+        with the same record ids returns it unchanged; a record id recorded
+        before (by RecordUsage or another settle) is counted once.
         Caller: orchestrator, after each model call.
         Errors: INVALID_ARGUMENT (NAME_INVALID, and the errors of RecordUsage
         for each record; metadata["field"] names it, e.g.
         "usage_records[1].usage_record.usage.cost"), NOT_FOUND (NOT_FOUND),
-        FAILED_PRECONDITION (ILLEGAL_TRANSITION for a RELEASED reservation, or
-        a SETTLED one with other records; metadata["state"]).
+        FAILED_PRECONDITION (ILLEGAL_TRANSITION for a SETTLED reservation
+        settled again with other records; metadata["state"]).
         """
 
     @_abc_1.abstractmethod

@@ -107,8 +107,10 @@ class PolicyServiceServicer:
 
     def UpdatePolicySet(self, request, context):
         """Updates the fields of a policy set named in update_mask; `rules` is
-        replaced as a whole. Increments its version, so later evaluations use
-        the new rules at once.
+        replaced as a whole. Increments its version: EvaluatePolicy uses the new
+        rules at once; orchestrators, which cache policy sets, use them once the
+        change notice reaches them, and within AGENTRT_POLICY_REVALIDATE_SECONDS
+        if it is lost.
         Caller: operators, through the gateway.
         Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID as in
         CreatePolicySet, or for a path in update_mask that is unknown or not

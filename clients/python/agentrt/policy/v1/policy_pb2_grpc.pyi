@@ -78,8 +78,10 @@ class PolicyServiceStub:
     """
     UpdatePolicySet: _grpc.UnaryUnaryMultiCallable[_policy_pb2.UpdatePolicySetRequest, _policy_pb2.PolicySet]
     """Updates the fields of a policy set named in update_mask; `rules` is
-    replaced as a whole. Increments its version, so later evaluations use
-    the new rules at once.
+    replaced as a whole. Increments its version: EvaluatePolicy uses the new
+    rules at once; orchestrators, which cache policy sets, use them once the
+    change notice reaches them, and within AGENTRT_POLICY_REVALIDATE_SECONDS
+    if it is lost.
     Caller: operators, through the gateway.
     Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID as in
     CreatePolicySet, or for a path in update_mask that is unknown or not
@@ -130,8 +132,10 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """
     UpdatePolicySet: _aio.UnaryUnaryMultiCallable[_policy_pb2.UpdatePolicySetRequest, _policy_pb2.PolicySet]  # type: ignore[assignment]
     """Updates the fields of a policy set named in update_mask; `rules` is
-    replaced as a whole. Increments its version, so later evaluations use
-    the new rules at once.
+    replaced as a whole. Increments its version: EvaluatePolicy uses the new
+    rules at once; orchestrators, which cache policy sets, use them once the
+    change notice reaches them, and within AGENTRT_POLICY_REVALIDATE_SECONDS
+    if it is lost.
     Caller: operators, through the gateway.
     Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID as in
     CreatePolicySet, or for a path in update_mask that is unknown or not
@@ -203,8 +207,10 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.PolicySet, _abc.Awaitable[_policy_pb2.PolicySet]]:
         """Updates the fields of a policy set named in update_mask; `rules` is
-        replaced as a whole. Increments its version, so later evaluations use
-        the new rules at once.
+        replaced as a whole. Increments its version: EvaluatePolicy uses the new
+        rules at once; orchestrators, which cache policy sets, use them once the
+        change notice reaches them, and within AGENTRT_POLICY_REVALIDATE_SECONDS
+        if it is lost.
         Caller: operators, through the gateway.
         Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID as in
         CreatePolicySet, or for a path in update_mask that is unknown or not

@@ -165,10 +165,11 @@ def call_usage(reported: common_pb2.Usage) -> common_pb2.Usage:
 
 def add_usage(total: common_pb2.Usage, part: common_pb2.Usage) -> common_pb2.Usage:
     """The sum of two usages. The cost is summed exactly and stays empty while no part
-    of it is known."""
+    of it is known. It is written in fixed-point notation, as the contract wants
+    ("0.00000032", never str()'s "3.2E-7"), since the budget checks parse it back."""
     cost = ""
     if total.cost or part.cost:
-        cost = str(Decimal(total.cost or "0") + Decimal(part.cost or "0"))
+        cost = format(Decimal(total.cost or "0") + Decimal(part.cost or "0"), "f")
     return common_pb2.Usage(
         input_tokens=total.input_tokens + part.input_tokens,
         output_tokens=total.output_tokens + part.output_tokens,

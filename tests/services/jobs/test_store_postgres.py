@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -28,6 +29,16 @@ async def replicas(pg_dsn: str) -> AsyncIterator[tuple[PostgresJobStore, Postgre
         await second.close()
 
 
+async def eventually_locks(store: PostgresJobStore, timeout: float = 20.0) -> bool:
+    """Whether `store` takes the relay lock within `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await store.try_lock_relay():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 async def test_only_one_replica_relays_at_a_time(
     replicas: tuple[PostgresJobStore, PostgresJobStore],
 ) -> None:
@@ -41,7 +52,8 @@ async def test_only_one_replica_relays_at_a_time(
     assert len(await first.fetch_unpublished(10)) == 1
 
     await first.close()
-    assert await second.try_lock_relay()
+    # Closing sends the session's end; the server releases its lock once the backend exits.
+    assert await eventually_locks(second)
     assert len(await second.fetch_unpublished(10)) == 1
 
 
@@ -63,7 +75,7 @@ async def test_the_lock_passes_on_when_the_relays_connection_dies(
     finally:
         await admin.close()
 
-    assert await second.try_lock_relay()
+    assert await eventually_locks(second)
     assert len(await second.fetch_unpublished(10)) == 1
     try:
         rows = await first.fetch_unpublished(10)

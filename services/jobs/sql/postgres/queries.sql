@@ -19,7 +19,7 @@ SELECT id, event_seq, $14 FROM job
 RETURNING job_id;
 
 -- name: job_by_request_id
-SELECT * FROM jobs WHERE tenant = $1 AND request_id = $2;
+SELECT * FROM jobs WHERE tenant = $1 AND request_id = $2 AND request_id <> '';
 
 -- name: get_job
 -- $2 is the tenant, or NULL for an internal caller that sees every tenant.

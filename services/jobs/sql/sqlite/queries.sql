@@ -14,7 +14,7 @@ VALUES (
 );
 
 -- name: job_by_request_id
-SELECT * FROM jobs WHERE tenant = :tenant AND request_id = :request_id;
+SELECT * FROM jobs WHERE tenant = :tenant AND request_id = :request_id AND request_id <> '';
 
 -- name: get_job
 -- :tenant is NULL for an internal caller that sees every tenant.

@@ -156,7 +156,7 @@ INSERT INTO reservation_holds (reservation_id, budget_id, period, window_start)
 VALUES ($1, $2, $3, $4);
 
 -- name: reservation_by_request_id
-SELECT * FROM reservations WHERE tenant = $1 AND request_id = $2;
+SELECT * FROM reservations WHERE tenant = $1 AND request_id = $2 AND request_id <> '';
 
 -- name: reservation_for_update
 SELECT * FROM reservations WHERE id = $1 FOR UPDATE;
@@ -253,7 +253,7 @@ decision AS (
            coalesce((SELECT bool_and(fits) FROM counters), true) AS fits,
            coalesce((SELECT bool_or(warns) FROM counters), false) AS warns,
            EXISTS (
-               SELECT 1 FROM reservations WHERE $5 <> '' AND tenant = $2 AND request_id = $5
+               SELECT 1 FROM reservations WHERE $5 <> '' AND tenant = $2 AND request_id = $5 AND request_id <> ''
            ) AS repeated
 ),
 inserted AS (

@@ -125,7 +125,7 @@ INSERT INTO reservation_holds (reservation_id, budget_id, period, window_start)
 VALUES (?, ?, ?, ?);
 
 -- name: reservation_by_request_id
-SELECT * FROM reservations WHERE tenant = ? AND request_id = ?;
+SELECT * FROM reservations WHERE tenant = ? AND request_id = ? AND request_id <> '';
 
 -- name: reservation_by_id
 SELECT * FROM reservations WHERE id = ?;

@@ -129,10 +129,20 @@ def hash_resume_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def new_resume_token() -> str:
+    """A fresh resume token. One that would begin with '-' is drawn again, so that a command
+    line takes every token as an argument, never as an option (`agentrt actions approve
+    <token>`); that leaves about 255.98 of the 256 random bits."""
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
+
+
 def new_record(job_id: str, tenant: str, new: NewAction, now: datetime) -> tuple[ActionRecord, str]:
     """A new PENDING action of the tenant's job and its resume token (which only the caller
     of RequireAction ever sees; the record holds its hash)."""
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = new_resume_token()
     action = ActionRecord(
         id=new_id(),
         job_id=job_id,

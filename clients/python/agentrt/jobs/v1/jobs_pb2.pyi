@@ -1009,8 +1009,8 @@ class Action(_message.Message):
     state: Global___Action.State.ValueType
     """Where the action is."""
     resume_token: _builtins.str
-    """The resume token: 256 random bits, base64url. Returned only by
-    RequireAction; stored hashed.
+    """The resume token: 256 random bits, base64url (43 characters, never
+    beginning with '-'). Returned only by RequireAction; stored hashed.
     """
     resolved_by: _builtins.str
     """The principal that resolved it."""

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from services.kit.storage import StorageConfig, require_migrated
+from services.kit.storage import StorageConfig, open_store
 
 SQL_DIRECTORY = Path(__file__).resolve().parent / "sql"
 """The gateway's `sql/` folder: migrations and named queries per backend."""
@@ -68,14 +68,10 @@ class ApiKeyStore(Protocol):
 
 async def open_key_store(config: StorageConfig) -> ApiKeyStore:
     """The configured backend's store; UnmigratedDatabaseError unless `agentrt migrate` ran."""
-    await require_migrated(config, SQL_DIRECTORY)
-    # Imported here: the backends import this module for the record and the contract.
-    if config.backend == "postgres":
-        from services.gateway.store_postgres import PostgresApiKeyStore
-
-        assert config.postgres_dsn is not None
-        return await PostgresApiKeyStore.open(config.postgres_dsn, config.schema)
-    from services.gateway.store_sqlite import SqliteApiKeyStore
-
-    assert config.sqlite_path is not None
-    return await SqliteApiKeyStore.open(config.sqlite_path)
+    store: ApiKeyStore = await open_store(
+        config,
+        SQL_DIRECTORY,
+        "services.gateway.store_postgres:PostgresApiKeyStore",
+        "services.gateway.store_sqlite:SqliteApiKeyStore",
+    )
+    return store

@@ -26,7 +26,7 @@ from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, Checkpoint, Job, JobRes
 from google.protobuf.struct_pb2 import Struct
 
 from services.jobs.states import State
-from services.kit.storage import StorageConfig, require_migrated
+from services.kit.storage import StorageConfig, open_store
 
 SQL_DIRECTORY = Path(__file__).resolve().parent / "sql"
 """The jobs service's `sql/` folder: migrations and named queries per backend."""
@@ -335,14 +335,10 @@ class JobStore(ActionStore, ActionJobs, Protocol):
 
 async def open_job_store(config: StorageConfig) -> JobStore:
     """The configured backend's store; UnmigratedDatabaseError unless `agentrt migrate` ran."""
-    await require_migrated(config, SQL_DIRECTORY)
-    # Imported here: the backends import this module for the value types.
-    if config.backend == "postgres":
-        from services.jobs.store_postgres import PostgresJobStore
-
-        assert config.postgres_dsn is not None
-        return await PostgresJobStore.open(config.postgres_dsn, config.schema)
-    from services.jobs.store_sqlite import SqliteJobStore
-
-    assert config.sqlite_path is not None
-    return await SqliteJobStore.open(config.sqlite_path)
+    store: JobStore = await open_store(
+        config,
+        SQL_DIRECTORY,
+        "services.jobs.store_postgres:PostgresJobStore",
+        "services.jobs.store_sqlite:SqliteJobStore",
+    )
+    return store

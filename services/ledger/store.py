@@ -26,7 +26,7 @@ from agentrt.ledger.v1.ledger_pb2 import (
     UsageReportRow,
 )
 
-from services.kit.storage import StorageConfig, require_migrated
+from services.kit.storage import StorageConfig, open_store
 from services.ledger.money import ModelPrice
 from services.ledger.records import BudgetSpec, Quantities, ReservationRequest, UsageEntry
 
@@ -183,14 +183,10 @@ class LedgerStore(Protocol):
 
 async def open_ledger_store(config: StorageConfig) -> LedgerStore:
     """The configured backend's store; UnmigratedDatabaseError unless `agentrt migrate` ran."""
-    await require_migrated(config, SQL_DIRECTORY)
-    # Imported here: the backends import this module for its values.
-    if config.backend == "postgres":
-        from services.ledger.store_postgres import PostgresLedgerStore
-
-        assert config.postgres_dsn is not None
-        return await PostgresLedgerStore.open(config.postgres_dsn, config.schema)
-    from services.ledger.store_sqlite import SqliteLedgerStore
-
-    assert config.sqlite_path is not None
-    return await SqliteLedgerStore.open(config.sqlite_path)
+    store: LedgerStore = await open_store(
+        config,
+        SQL_DIRECTORY,
+        "services.ledger.store_postgres:PostgresLedgerStore",
+        "services.ledger.store_sqlite:SqliteLedgerStore",
+    )
+    return store

@@ -17,7 +17,7 @@ from typing import Protocol
 from agentrt.policy.v1.policy_pb2 import PolicySet, Rule
 
 from services.kit.errors import Aborted, FieldInvalid, NotFound
-from services.kit.storage import StorageConfig, require_migrated
+from services.kit.storage import StorageConfig, open_store
 from services.policy.names import policy_set_name
 
 SQL_DIRECTORY = Path(__file__).resolve().parent / "sql"
@@ -175,14 +175,10 @@ def etag_mismatch(policy_set_id: str, etag: str) -> Aborted:
 
 async def open_policy_store(config: StorageConfig) -> PolicySetStore:
     """The configured backend's store; UnmigratedDatabaseError unless `agentrt migrate` ran."""
-    await require_migrated(config, SQL_DIRECTORY)
-    # Imported here: the backends import this module for the contract and helpers.
-    if config.backend == "postgres":
-        from services.policy.store_postgres import PostgresPolicySetStore
-
-        assert config.postgres_dsn is not None
-        return await PostgresPolicySetStore.open(config.postgres_dsn, config.schema)
-    from services.policy.store_sqlite import SqlitePolicySetStore
-
-    assert config.sqlite_path is not None
-    return await SqlitePolicySetStore.open(config.sqlite_path)
+    store: PolicySetStore = await open_store(
+        config,
+        SQL_DIRECTORY,
+        "services.policy.store_postgres:PostgresPolicySetStore",
+        "services.policy.store_sqlite:SqlitePolicySetStore",
+    )
+    return store

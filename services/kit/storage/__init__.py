@@ -8,6 +8,7 @@ from services.kit.storage.backends import (
     UnmigratedDatabaseError,
     migrate,
     migrations_directory,
+    open_store,
     pending_migrations,
     require_migrated,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "migrate_postgres",
     "migrate_sqlite",
     "migrations_directory",
+    "open_store",
     "pending_migrations",
     "pending_postgres_migrations",
     "pending_sqlite_migrations",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from services.kit.storage.migrations import (
     Migration,
@@ -89,3 +90,26 @@ async def require_migrated(config: StorageConfig, sql_directory: Path) -> None:
             f"the {config.backend} database ({where}) lacks {len(pending)} migration(s): "
             f"{names}; run `agentrt migrate` first"
         )
+
+
+async def open_store(
+    config: StorageConfig, sql_directory: Path, postgres_class: str, sqlite_class: str
+) -> Any:
+    """Opens a service's store on the configured backend, once its migrations have run
+    (UnmigratedDatabaseError otherwise: `agentrt migrate` applies them).
+
+    The backends are named "module:Class" and imported only here, when needed: each backend
+    module imports its service's store module (for the contract and the shared helpers),
+    which calls this, so neither can import the other at the top. The classes open with
+    `open(dsn, schema)` and `open(path)`; the caller states the store type it returns."""
+    await require_migrated(config, sql_directory)
+    if config.backend == "postgres":
+        assert config.postgres_dsn is not None
+        return await _backend_class(postgres_class).open(config.postgres_dsn, config.schema)
+    assert config.sqlite_path is not None
+    return await _backend_class(sqlite_class).open(config.sqlite_path)
+
+
+def _backend_class(qualified: str) -> Any:
+    module, _, name = qualified.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -17,7 +17,7 @@ from agentrt.orchestrator.v1.orchestrator_pb2 import Plugin, PluginManifest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.kit.errors import AlreadyExists, NotFound
-from services.kit.storage import StorageConfig, require_migrated
+from services.kit.storage import StorageConfig, open_store
 from services.orchestrator.plugins.names import plugin_name
 
 SQL_DIRECTORY = Path(__file__).resolve().parent.parent / "sql"
@@ -143,14 +143,10 @@ def already_exists(plugin_id: str) -> AlreadyExists:
 
 async def open_plugin_store(config: StorageConfig) -> PluginStore:
     """The configured backend's store; UnmigratedDatabaseError unless `agentrt migrate` ran."""
-    await require_migrated(config, SQL_DIRECTORY)
-    # Imported here: the backends import this module for the contract and helpers.
-    if config.backend == "postgres":
-        from services.orchestrator.plugins.store_postgres import PostgresPluginStore
-
-        assert config.postgres_dsn is not None
-        return await PostgresPluginStore.open(config.postgres_dsn, config.schema)
-    from services.orchestrator.plugins.store_sqlite import SqlitePluginStore
-
-    assert config.sqlite_path is not None
-    return await SqlitePluginStore.open(config.sqlite_path)
+    store: PluginStore = await open_store(
+        config,
+        SQL_DIRECTORY,
+        "services.orchestrator.plugins.store_postgres:PostgresPluginStore",
+        "services.orchestrator.plugins.store_sqlite:SqlitePluginStore",
+    )
+    return store

@@ -38,9 +38,9 @@ from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget, UsageKind, UsageRecord
 
 from services.kit.ids import new_id
 from services.kit.loop import run_main
+from services.kit.money import parse_price
 from services.kit.storage import StorageConfig, migrate
 from services.ledger import records
-from services.ledger.money import parse_price
 from services.ledger.records import ReservationRequest
 from services.ledger.store import SQL_DIRECTORY
 from services.ledger.store_postgres import PostgresLedgerStore

@@ -14,6 +14,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from services.jobs.store import NewAction, NewJob
 from services.kit.errors import FieldInvalid, FieldRequired, MessageTooLarge
+from services.kit.money import parse_amount
 from services.kit.names import parse_job_name
 from services.kit.tool_schema import schema_problem
 
@@ -136,6 +137,7 @@ def normalize_spec(spec: JobSpec, limits: JobLimits) -> JobSpec:
         _check_message(message, f"spec.messages[{index}]", limits)
     _check_tools(spec)
     _check_tool_options(spec, limits)
+    _check_budget(spec)
     _check_labels(spec, limits)
     if len(spec.session) > limits.max_session_chars:
         raise FieldInvalid("spec.session", f"at most {limits.max_session_chars} characters")
@@ -146,6 +148,20 @@ def normalize_spec(spec: JobSpec, limits: JobLimits) -> JobSpec:
     normalized.max_turns = _max_turns(spec.max_turns, limits)
     normalized.timeout.FromTimedelta(_timeout(spec, limits))
     return normalized
+
+
+def _check_budget(spec: JobSpec) -> None:
+    """The job's limits, checked here so that a malformed one is refused at creation
+    instead of failing the job at its first model call."""
+    budget = spec.budget
+    for field in ("max_tokens", "max_tool_calls", "max_turns"):
+        if budget.HasField(field) and getattr(budget, field) < 0:
+            raise FieldInvalid(f"spec.budget.{field}", "must not be negative")
+    if budget.HasField("max_cost"):
+        parse_amount(budget.max_cost, "spec.budget.max_cost")
+    runtime = budget.max_runtime
+    if runtime.seconds < 0 or runtime.nanos < 0:
+        raise FieldInvalid("spec.budget.max_runtime", "must not be negative")
 
 
 def required(value: object, field: str) -> None:

@@ -24,9 +24,9 @@ from services.kit.errors import (
     RequestIdReused,
 )
 from services.kit.ids import is_valid_id
+from services.kit.money import ModelPrice, parse_price
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.ledger import records
-from services.ledger.money import ModelPrice, parse_price
 from services.ledger.store import LedgerStore, ReportQuery
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -33,7 +33,7 @@ from services.kit.errors import (
     RequestIdReused,
     ResourceExhausted,
 )
-from services.ledger.money import ModelPrice, from_nanos, parse_amount, to_nanos
+from services.kit.money import ModelPrice, from_nanos, parse_amount, to_nanos
 
 Row = Any
 """A database row indexed by column name: a sqlite3.Row or an asyncpg.Record."""

@@ -26,8 +26,8 @@ from agentrt.ledger.v1.ledger_pb2 import (
     UsageReportRow,
 )
 
+from services.kit.money import ModelPrice
 from services.kit.storage import StorageConfig, open_store
-from services.ledger.money import ModelPrice
 from services.ledger.records import BudgetSpec, Quantities, ReservationRequest, UsageEntry
 
 SQL_DIRECTORY = Path(__file__).resolve().parent / "sql"

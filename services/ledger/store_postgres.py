@@ -42,9 +42,9 @@ from services.kit.errors import (
     RequestIdReused,
 )
 from services.kit.ids import new_id
+from services.kit.money import ModelPrice, cost_of, parse_price, to_nanos
 from services.kit.storage import create_pool, load_queries
 from services.ledger import records
-from services.ledger.money import ModelPrice, cost_of, parse_price, to_nanos
 from services.ledger.records import (
     BudgetSpec,
     Counter,
@@ -281,6 +281,12 @@ class PostgresLedgerStore:
             if decision["fits"]:
                 # A concurrent reserve with the same request_id inserted first.
                 return await self._repeated(request)
+            if request.request_id:
+                # A retry that waited on the counters while its first try committed sees
+                # its own amounts in them and would not fit: the first try's answer holds.
+                earlier = await self._by_request_id(request)
+                if earlier is not None:
+                    return earlier
             counters = [records.counter_from_row(row, _time) for row in rows]
             raise next(
                 records.denial(c, request.amounts)

@@ -27,9 +27,9 @@ from agentrt.ledger.v1.ledger_pb2 import (
 
 from services.kit.errors import Aborted, AlreadyExists, IllegalTransition, NotFound, RequestIdReused
 from services.kit.ids import new_id
+from services.kit.money import ModelPrice, cost_of, parse_price, to_nanos
 from services.kit.storage import SqliteDatabase, load_queries
 from services.ledger import records
-from services.ledger.money import ModelPrice, cost_of, parse_price, to_nanos
 from services.ledger.records import (
     BudgetSpec,
     Counter,

@@ -210,12 +210,13 @@ def model_record_id(job_name: str, turn: int) -> str:
     return f"{job_id(job_name)}.{turn}.model"
 
 
-def tool_record_id(job_name: str, call_id: str) -> str:
-    """The ledger record of one tool call of a job. A call id that is not a safe record
-    id part (the model chose it) is replaced by its hash."""
+def tool_record_id(job_name: str, turn: int, call_id: str) -> str:
+    """The ledger record of one tool call of a job. Call ids are unique only within a turn
+    (a provider that sends none gets `call_0` in every turn), so the turn is part of it. A
+    call id that is not a safe record id part (the model chose it) is replaced by its hash."""
     if not _SAFE_ID.fullmatch(call_id):
         call_id = hashlib.sha256(call_id.encode()).hexdigest()[:32]
-    return f"{job_id(job_name)}.tool.{call_id}"
+    return f"{job_id(job_name)}.{turn}.tool.{call_id}"
 
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -528,7 +529,9 @@ class AgentRun:
             )
         started = time.monotonic()
         output = await self._tools.run(self._job, call, self._usage.tool_calls)
-        await self._spend.record_tool_call(self._job, call, tool_record_id(self.name, call.id))
+        await self._spend.record_tool_call(
+            self._job, call, tool_record_id(self.name, self._turn, call.id)
+        )
         self._count_tool_call(call)
         return ToolReply(output.text, not output.is_error, time.monotonic() - started)
 
@@ -536,7 +539,9 @@ class AgentRun:
         """The answer to a call of a non-idempotent tool that started on a worker that
         died before its answer was recorded: it is not run again (at most once), and the
         model is told that its effect is unknown. It counts as a tool call."""
-        await self._spend.record_tool_call(self._job, call, tool_record_id(self.name, call.id))
+        await self._spend.record_tool_call(
+            self._job, call, tool_record_id(self.name, self._turn, call.id)
+        )
         self._count_tool_call(call)
         return ToolReply(
             f"Error: the call of {call.name!r} was interrupted (the worker running it "
@@ -549,7 +554,9 @@ class AgentRun:
         """The client's answer to a client tool call, from its resolved action."""
         answer = client_answer(await self._awaited(awaiting))
         if answer.answered:
-            await self._spend.record_tool_call(self._job, call, tool_record_id(self.name, call.id))
+            await self._spend.record_tool_call(
+                self._job, call, tool_record_id(self.name, self._turn, call.id)
+            )
             self._count_tool_call(call)
         return ToolReply(answer.text, answer.ok)
 

@@ -42,7 +42,7 @@ from services.engine.convert import message_from_proto, tools_from_proto
 from services.engine.tokens import estimate_message_tokens, estimate_tool_tokens
 from services.kit.config import ConfigError, env_float, env_int, env_str
 from services.kit.infra import Infrastructure
-from services.ledger.money import (
+from services.kit.money import (
     ModelPrice,
     cost_of,
     from_nanos,
@@ -423,7 +423,9 @@ class LedgerSpend:
                 found.cached_input_price_per_million,
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
+            # INVALID_ARGUMENT: a model id the ledger cannot name as a price (one with a
+            # '/', as vLLM's "org/model"), so it can have none.
+            if error.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise
             value = None
         until = time.monotonic() + self._config.price_cache_seconds

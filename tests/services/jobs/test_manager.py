@@ -179,6 +179,31 @@ INVALID_SPECS = {
         "FIELD_INVALID",
         "spec.tool_options.max_tool_calls",
     ),
+    "a cost limit that is not an amount": (
+        spec_with(lambda s: setattr(s.budget, "max_cost", "$5")),
+        "FIELD_INVALID",
+        "spec.budget.max_cost",
+    ),
+    "a cost limit in exponent form": (
+        spec_with(lambda s: setattr(s.budget, "max_cost", "1e2")),
+        "FIELD_INVALID",
+        "spec.budget.max_cost",
+    ),
+    "a negative cost limit": (
+        spec_with(lambda s: setattr(s.budget, "max_cost", "-1")),
+        "FIELD_INVALID",
+        "spec.budget.max_cost",
+    ),
+    "a negative token limit": (
+        spec_with(lambda s: setattr(s.budget, "max_tokens", -1)),
+        "FIELD_INVALID",
+        "spec.budget.max_tokens",
+    ),
+    "a negative runtime limit": (
+        spec_with(lambda s: s.budget.max_runtime.FromSeconds(-1)),
+        "FIELD_INVALID",
+        "spec.budget.max_runtime",
+    ),
 }
 
 

@@ -19,8 +19,8 @@ from services.kit.errors import (
     RequestIdReused,
     ResourceExhausted,
 )
+from services.kit.money import parse_price
 from services.kit.storage import StorageConfig
-from services.ledger.money import parse_price
 from services.ledger.records import Quantities
 from services.ledger.store import LedgerStore, ReportQuery
 from tests.services.ledger.conftest import (

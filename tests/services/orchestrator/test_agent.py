@@ -171,7 +171,8 @@ async def _published(events: InMemoryEventChannel) -> list[common_pb2.RuntimeEve
 
 def test_ledger_record_ids_are_stable_and_safe() -> None:
     assert model_record_id(JOB, 3) == "0123456789abcdefghjkmnpqrs.3.model"
-    assert tool_record_id(JOB, "call_2_0") == "0123456789abcdefghjkmnpqrs.tool.call_2_0"
-    odd = tool_record_id(JOB, "call:x/y z")
-    assert odd == tool_record_id(JOB, "call:x/y z")
-    assert odd.startswith("0123456789abcdefghjkmnpqrs.tool.") and ":" not in odd
+    assert tool_record_id(JOB, 2, "call_0") == "0123456789abcdefghjkmnpqrs.2.tool.call_0"
+    assert tool_record_id(JOB, 3, "call_0") != tool_record_id(JOB, 2, "call_0")
+    odd = tool_record_id(JOB, 2, "call:x/y z")
+    assert odd == tool_record_id(JOB, 2, "call:x/y z")
+    assert odd.startswith("0123456789abcdefghjkmnpqrs.2.tool.") and ":" not in odd

@@ -141,20 +141,6 @@ RETURNING *;
 -- name: delete_budget
 DELETE FROM budgets WHERE id = $1;
 
--- name: insert_reservation
--- Returns no row when the tenant has a reservation with this request_id.
-INSERT INTO reservations (
-    id, tenant, principal, job, request_id, request_hash, tokens, cost_nanos, tool_calls,
-    state, verdict, budgets, expire_time, create_time
-)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $12, $13)
-ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
-RETURNING *;
-
--- name: insert_hold
-INSERT INTO reservation_holds (reservation_id, budget_id, period, window_start)
-VALUES ($1, $2, $3, $4);
-
 -- name: reservation_by_request_id
 SELECT * FROM reservations WHERE tenant = $1 AND request_id = $2 AND request_id <> '';
 

@@ -8,7 +8,7 @@ import pytest
 from agentrt.common.v1.common_pb2 import Usage
 
 from services.kit.errors import FieldInvalid
-from services.ledger.money import cost_of, from_nanos, parse_amount, parse_price, to_nanos
+from services.kit.money import cost_of, from_nanos, parse_amount, parse_price, to_nanos
 
 
 @pytest.mark.parametrize(

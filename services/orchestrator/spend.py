@@ -100,6 +100,8 @@ class LedgerHold(Hold):
 
     model: str = ""
     """The model called; empty for a tool call's hold."""
+    priced: bool = False
+    """Whether the model had a price when reserving, so that settling need not ask."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class LedgerSpend:
             reservation=reservation.name,
             amounts={"tokens": str(worst.tokens), "cost": amounts.cost},
             model=model,
+            priced=price is not None,
         )
 
     async def settle_model_call(
@@ -250,7 +253,11 @@ class LedgerSpend:
         record.model = model
         if usage.cost:
             record.usage.cost = usage.cost
-        cost = await self._settle_or_record(hold.reservation, record_id, record)
+        if isinstance(hold, LedgerHold) and hold.model:
+            had_price = hold.priced
+        else:
+            had_price = await self._cached_price(model) is not None
+        cost = await self._settle_or_record(hold.reservation, record_id, record, had_price)
         priced = common_pb2.Usage()
         priced.CopyFrom(usage)
         priced.total_tokens = usage.input_tokens + usage.output_tokens
@@ -308,7 +315,7 @@ class LedgerSpend:
         reservation = holds.popleft()[0] if holds else ""
         if holds is not None and not holds:
             del self._tool_holds[job.name]
-        await self._settle_or_record(reservation, record_id, record)
+        await self._settle_or_record(reservation, record_id, record, priced=False)
 
     # The job's own budget
 
@@ -454,9 +461,10 @@ class LedgerSpend:
             raise _tenant_denial(error) from error
 
     async def _settle_or_record(
-        self, reservation: str, record_id: str, record: ledger_pb2.UsageRecord
+        self, reservation: str, record_id: str, record: ledger_pb2.UsageRecord, priced: bool
     ) -> str:
-        """Settle `reservation` with the record (RecordUsage without one); the cost."""
+        """Settle `reservation` with the record (RecordUsage without one); the cost, which
+        a settlement reports only when the call was `priced`."""
         usage = ledger_pb2.RecordUsageRequest(usage_record_id=record_id, usage_record=record)
         retry = self._config.settle_retry_seconds
         if not reservation:
@@ -464,10 +472,7 @@ class LedgerSpend:
             return str(stored.usage.cost)
         request = ledger_pb2.SettleReservationRequest(name=reservation, usage_records=[usage])
         settled = await self._call("settle", self._stub.SettleReservation, request, retry)
-        if record.kind == ledger_pb2.USAGE_KIND_MODEL_CALL:
-            price = await self._cached_price(record.model)
-            return str(settled.settled.cost) if price is not None else ""
-        return ""
+        return str(settled.settled.cost) if priced else ""
 
     async def _cached_price(self, model: str) -> ModelPrice | None:
         """The price known when reserving; asked again only when the cache lost it."""

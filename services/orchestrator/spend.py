@@ -100,8 +100,9 @@ class LedgerHold(Hold):
 
     model: str = ""
     """The model called; empty for a tool call's hold."""
-    priced: bool = False
-    """Whether the model had a price when reserving, so that settling need not ask."""
+    priced: bool | None = None
+    """Whether the model had a price when reserving, so that settling need not ask;
+    None when not known (the price is then asked for)."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class LedgerSpend:
         record.model = model
         if usage.cost:
             record.usage.cost = usage.cost
-        if isinstance(hold, LedgerHold) and hold.model:
+        if isinstance(hold, LedgerHold) and hold.priced is not None:
             had_price = hold.priced
         else:
             had_price = await self._cached_price(model) is not None

@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import grpc
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
@@ -47,34 +44,15 @@ from services.ledger.store_postgres import PostgresLedgerStore
 from services.orchestrator.spend import LedgerSpend, SpendConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.main_path import pg_database
 from tests.services.ledger.ledger_processes import ledger_processes
 
-PG_ADMIN = os.environ.get("AGENTRT_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 WARM_UP = 200
 TENANT = "bench"
 USAGE = common_pb2.Usage(input_tokens=900, output_tokens=300)
 
 Timed = Callable[[int], Awaitable[tuple[float, float]]]
 """One reserve + settle, numbered; returns the seconds each half took."""
-
-
-@contextmanager
-def pg_database() -> Iterator[str]:
-    """A fresh database, dropped at the end."""
-    name = f"agentrt_bench_{secrets.token_hex(4)}"
-
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(PG_ADMIN)
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 async def prepare(dsn: str) -> None:

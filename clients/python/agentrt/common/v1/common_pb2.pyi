@@ -257,6 +257,18 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """"tool.called": a tool call finished (successfully or not)."""
     EVENT_TYPE_USAGE_RECORDED: _EventType.ValueType  # 15
     """"usage.recorded": usage was charged to the job."""
+    EVENT_TYPE_CHILD_CREATED: _EventType.ValueType  # 16
+    """"job.child.created": the job created a child job (in the parent's
+    history).
+    """
+    EVENT_TYPE_CHILD_FINISHED: _EventType.ValueType  # 17
+    """"job.child.finished": a child job of the job ended (in the parent's
+    history, written in the child's ending transaction).
+    """
+    EVENT_TYPE_NODE_STARTED: _EventType.ValueType  # 18
+    """"workflow.node.started": a node of the job's workflow started."""
+    EVENT_TYPE_NODE_FINISHED: _EventType.ValueType  # 19
+    """"workflow.node.finished": a node of the job's workflow finished."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """Kinds of runtime event. The type string of an event is the lowercase
@@ -299,6 +311,18 @@ EVENT_TYPE_TOOL_CALLED: EventType.ValueType  # 14
 """"tool.called": a tool call finished (successfully or not)."""
 EVENT_TYPE_USAGE_RECORDED: EventType.ValueType  # 15
 """"usage.recorded": usage was charged to the job."""
+EVENT_TYPE_CHILD_CREATED: EventType.ValueType  # 16
+""""job.child.created": the job created a child job (in the parent's
+history).
+"""
+EVENT_TYPE_CHILD_FINISHED: EventType.ValueType  # 17
+""""job.child.finished": a child job of the job ended (in the parent's
+history, written in the child's ending transaction).
+"""
+EVENT_TYPE_NODE_STARTED: EventType.ValueType  # 18
+""""workflow.node.started": a node of the job's workflow started."""
+EVENT_TYPE_NODE_FINISHED: EventType.ValueType  # 19
+""""workflow.node.finished": a node of the job's workflow finished."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _JobState:
@@ -690,6 +714,8 @@ class RuntimeEvent(_message.Message):
     PARENT_JOB_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     JOB_STATE_FIELD_NUMBER: _builtins.int
+    ROOT_JOB_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     OUTPUT_DELTA_FIELD_NUMBER: _builtins.int
     TURN_COMPLETED_FIELD_NUMBER: _builtins.int
     JOB_SUCCEEDED_FIELD_NUMBER: _builtins.int
@@ -698,6 +724,7 @@ class RuntimeEvent(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     TOOL_CALLED_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    CHILD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique and ordered within its job: "<job id>.<sequence>" for events kept
     in the job's history, "<job id>.<sequence>.<n>" for transient ones that
@@ -719,6 +746,12 @@ class RuntimeEvent(_message.Message):
     """The W3C trace id of the trace the job runs in, hex."""
     job_state: Global___JobState.ValueType
     """The job's state after the event."""
+    root_job: _builtins.str
+    """The root job of the job's tree, "jobs/{job}": the job itself for a
+    top-level job, so that a consumer groups a whole tree by this field.
+    """
+    node: _builtins.str
+    """For a child job's events: the node of its parent's workflow it runs."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened."""
@@ -755,6 +788,10 @@ class RuntimeEvent(_message.Message):
     def usage(self) -> Global___Usage:
         """For usage.recorded."""
 
+    @_builtins.property
+    def child(self) -> Global___ChildEvent:
+        """For job.child.created and job.child.finished."""
+
     def __init__(
         self,
         *,
@@ -767,6 +804,8 @@ class RuntimeEvent(_message.Message):
         parent_job: _builtins.str = ...,
         trace_id: _builtins.str = ...,
         job_state: Global___JobState.ValueType = ...,
+        root_job: _builtins.str = ...,
+        node: _builtins.str = ...,
         output_delta: Global___OutputDelta | None = ...,
         turn_completed: Global___TurnCompleted | None = ...,
         job_succeeded: Global___JobSucceeded | None = ...,
@@ -775,16 +814,55 @@ class RuntimeEvent(_message.Message):
         action: Global___ActionEvent | None = ...,
         tool_called: Global___ToolCalled | None = ...,
         usage: Global___Usage | None = ...,
+        child: Global___ChildEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "failure", b"failure", "job_succeeded", b"job_succeeded", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "job_succeeded", b"job_succeeded", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "node", b"node", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "root_job", b"root_job", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage", "child"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___RuntimeEvent: _TypeAlias = RuntimeEvent  # noqa: Y015
+
+@_typing.final
+class ChildEvent(_message.Message):
+    """Payload of job.child.created and job.child.finished, kept in the
+    parent's history.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILD_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    child: _builtins.str
+    """The child job, "jobs/{job}"."""
+    node: _builtins.str
+    """The node of the parent's workflow the child runs."""
+    state: Global___JobState.ValueType
+    """The child's state: QUEUED when created, terminal when finished."""
+    @_builtins.property
+    def failure(self) -> Global___Failure:
+        """Why the child failed, was cancelled or timed out."""
+
+    def __init__(
+        self,
+        *,
+        child: _builtins.str = ...,
+        node: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        failure: Global___Failure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child", b"child", "failure", b"failure", "node", b"node", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildEvent: _TypeAlias = ChildEvent  # noqa: Y015
 
 @_typing.final
 class OutputDelta(_message.Message):

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentrt/gateway/v1/gateway.proto\x12\x12\x61gentrt.gateway.v1\x1a\x1e\x61gentrt/common/v1/common.proto\x1a\x1a\x61gentrt/jobs/v1/jobs.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x0e\x45xecuteRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x18.agentrt.jobs.v1.JobSpecB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x0fWatchJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"#\n\rGetJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe5\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x06states\x18\x03 \x03(\x0e\x32\x1b.agentrt.common.v1.JobState\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.agentrt.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x10\x43\x61ncelJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x80\x01\n\x12ListActionsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06states\x18\x02 \x03(\x0e\x32\x1d.agentrt.jobs.v1.Action.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"X\n\x13ListActionsResponse\x12(\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x17.agentrt.jobs.v1.Action\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x14ResolveActionRequest\x12\x16\n\x0cresume_token\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12.\n\x07outcome\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x08\n\x06target2\x98\x05\n\x0eRuntimeService\x12\x43\n\x07\x45xecute\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x14.agentrt.jobs.v1.Job\x12V\n\rExecuteStream\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent0\x01\x12R\n\x08WatchJob\x12#.agentrt.gateway.v1.WatchJobRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent0\x01\x12\x41\n\x06GetJob\x12!.agentrt.gateway.v1.GetJobRequest\x1a\x14.agentrt.jobs.v1.Job\x12U\n\x08ListJobs\x12#.agentrt.gateway.v1.ListJobsRequest\x1a$.agentrt.gateway.v1.ListJobsResponse\x12G\n\tCancelJob\x12$.agentrt.gateway.v1.CancelJobRequest\x1a\x14.agentrt.jobs.v1.Job\x12^\n\x0bListActions\x12&.agentrt.gateway.v1.ListActionsRequest\x1a\'.agentrt.gateway.v1.ListActionsResponse\x12R\n\rResolveAction\x12(.agentrt.gateway.v1.ResolveActionRequest\x1a\x17.agentrt.jobs.v1.ActionBK\n\x16\x64\x65v.agentrt.gateway.v1P\x01Z/agentrt.dev/gen/go/agentrt/gateway/v1;gatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentrt/gateway/v1/gateway.proto\x12\x12\x61gentrt.gateway.v1\x1a\x1e\x61gentrt/common/v1/common.proto\x1a\x1a\x61gentrt/jobs/v1/jobs.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x0e\x45xecuteRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x18.agentrt.jobs.v1.JobSpecB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x0fWatchJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"#\n\rGetJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x83\x02\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x06states\x18\x03 \x03(\x0e\x32\x1b.agentrt.common.v1.JobState\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06parent\x18\x07 \x01(\t\x12\x0c\n\x04root\x18\x08 \x01(\t\"O\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.agentrt.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x10\x43\x61ncelJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x80\x01\n\x12ListActionsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06states\x18\x02 \x03(\x0e\x32\x1d.agentrt.jobs.v1.Action.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"X\n\x13ListActionsResponse\x12(\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x17.agentrt.jobs.v1.Action\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x14ResolveActionRequest\x12\x16\n\x0cresume_token\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12.\n\x07outcome\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x08\n\x06target2\x98\x05\n\x0eRuntimeService\x12\x43\n\x07\x45xecute\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x14.agentrt.jobs.v1.Job\x12V\n\rExecuteStream\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent0\x01\x12R\n\x08WatchJob\x12#.agentrt.gateway.v1.WatchJobRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent0\x01\x12\x41\n\x06GetJob\x12!.agentrt.gateway.v1.GetJobRequest\x1a\x14.agentrt.jobs.v1.Job\x12U\n\x08ListJobs\x12#.agentrt.gateway.v1.ListJobsRequest\x1a$.agentrt.gateway.v1.ListJobsResponse\x12G\n\tCancelJob\x12$.agentrt.gateway.v1.CancelJobRequest\x1a\x14.agentrt.jobs.v1.Job\x12^\n\x0bListActions\x12&.agentrt.gateway.v1.ListActionsRequest\x1a\'.agentrt.gateway.v1.ListActionsResponse\x12R\n\rResolveAction\x12(.agentrt.gateway.v1.ResolveActionRequest\x1a\x17.agentrt.jobs.v1.ActionBK\n\x16\x64\x65v.agentrt.gateway.v1P\x01Z/agentrt.dev/gen/go/agentrt/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,17 +56,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_start=359
   _globals['_GETJOBREQUEST']._serialized_end=394
   _globals['_LISTJOBSREQUEST']._serialized_start=397
-  _globals['_LISTJOBSREQUEST']._serialized_end=626
-  _globals['_LISTJOBSRESPONSE']._serialized_start=628
-  _globals['_LISTJOBSRESPONSE']._serialized_end=707
-  _globals['_CANCELJOBREQUEST']._serialized_start=709
-  _globals['_CANCELJOBREQUEST']._serialized_end=763
-  _globals['_LISTACTIONSREQUEST']._serialized_start=766
-  _globals['_LISTACTIONSREQUEST']._serialized_end=894
-  _globals['_LISTACTIONSRESPONSE']._serialized_start=896
-  _globals['_LISTACTIONSRESPONSE']._serialized_end=984
-  _globals['_RESOLVEACTIONREQUEST']._serialized_start=987
-  _globals['_RESOLVEACTIONREQUEST']._serialized_end=1127
-  _globals['_RUNTIMESERVICE']._serialized_start=1130
-  _globals['_RUNTIMESERVICE']._serialized_end=1794
+  _globals['_LISTJOBSREQUEST']._serialized_end=656
+  _globals['_LISTJOBSRESPONSE']._serialized_start=658
+  _globals['_LISTJOBSRESPONSE']._serialized_end=737
+  _globals['_CANCELJOBREQUEST']._serialized_start=739
+  _globals['_CANCELJOBREQUEST']._serialized_end=793
+  _globals['_LISTACTIONSREQUEST']._serialized_start=796
+  _globals['_LISTACTIONSREQUEST']._serialized_end=924
+  _globals['_LISTACTIONSRESPONSE']._serialized_start=926
+  _globals['_LISTACTIONSRESPONSE']._serialized_end=1014
+  _globals['_RESOLVEACTIONREQUEST']._serialized_start=1017
+  _globals['_RESOLVEACTIONREQUEST']._serialized_end=1157
+  _globals['_RUNTIMESERVICE']._serialized_start=1160
+  _globals['_RUNTIMESERVICE']._serialized_end=1824
 # @@protoc_insertion_point(module_scope)

@@ -115,12 +115,20 @@ class ListJobsRequest(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_AFTER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_BEFORE_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many jobs; 0 means 50; at most 500."""
     page_token: _builtins.str
     """From a previous response."""
     session: _builtins.str
     """Only jobs of this session."""
+    parent: _builtins.str
+    """Only the children of this job, "jobs/{job}"."""
+    root: _builtins.str
+    """Only the jobs of this job's tree, "jobs/{job}" (the root itself
+    included).
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.JobState.ValueType]:
         """Only jobs in these states."""
@@ -142,10 +150,12 @@ class ListJobsRequest(_message.Message):
         session: _builtins.str = ...,
         create_time_after: _timestamp_pb2.Timestamp | None = ...,
         create_time_before: _timestamp_pb2.Timestamp | None = ...,
+        parent: _builtins.str = ...,
+        root: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "session", b"session", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "root", b"root", "session", b"session", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,6 +82,8 @@ class Job(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"jobs/{job}", where {job} is 26 lowercase letters and digits."""
     tenant: _builtins.str
@@ -100,6 +102,14 @@ class Job(_message.Message):
     """The id of the last event in the job's history."""
     trace_id: _builtins.str
     """The W3C trace id of the trace that created the job, hex."""
+    root: _builtins.str
+    """The root job of the job's tree, "jobs/{job}": the job itself for a
+    top-level job.
+    """
+    depth: _builtins.int
+    """How deep the job is in its tree: 0 for a top-level job, its parent's
+    depth + 1 for a child.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """What to run."""
@@ -157,10 +167,12 @@ class Job(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         last_event_id: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        root: _builtins.str = ...,
+        depth: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "failure", b"failure", "result", b"result", "spec", b"spec", "start_time", b"start_time", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "failure", b"failure", "last_event_id", b"last_event_id", "name", b"name", "principal", b"principal", "request_id", b"request_id", "result", b"result", "spec", b"spec", "start_time", b"start_time", "state", b"state", "tenant", b"tenant", "trace_id", b"trace_id", "turns", b"turns", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "deadline", b"deadline", "depth", b"depth", "end_time", b"end_time", "failure", b"failure", "last_event_id", b"last_event_id", "name", b"name", "principal", b"principal", "request_id", b"request_id", "result", b"result", "root", b"root", "spec", b"spec", "start_time", b"start_time", "state", b"state", "tenant", b"tenant", "trace_id", b"trace_id", "turns", b"turns", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,6 +218,8 @@ class JobSpec(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     TOOL_OPTIONS_FIELD_NUMBER: _builtins.int
+    ORCHESTRATION_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The first user message. Either prompt or messages is required."""
     system_prompt: _builtins.str
@@ -220,6 +234,10 @@ class JobSpec(_message.Message):
     """A conversation bucket chosen by the caller, for listing."""
     parent: _builtins.str
     """The parent job, for a child job: "jobs/{job}"."""
+    node: _builtins.str
+    """For a child job: the node of its parent's workflow it runs, e.g.
+    "review" or "map[3]". Up to 128 printable characters.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]:
         """A whole conversation to continue, instead of or before the prompt."""
@@ -256,6 +274,12 @@ class JobSpec(_message.Message):
         and a tool-call limit. Unset means the defaults below.
         """
 
+    @_builtins.property
+    def orchestration(self) -> Global___OrchestrationConfig:
+        """How the job's workflow runs its child jobs; unset means the defaults.
+        A child's limits are its root's.
+        """
+
     def __init__(
         self,
         *,
@@ -273,14 +297,115 @@ class JobSpec(_message.Message):
         parent: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tool_options: Global___ToolOptions | None = ...,
+        orchestration: Global___OrchestrationConfig | None = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "params", b"params", "policy", b"policy", "timeout", b"timeout", "tool_options", b"tool_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "orchestration", b"orchestration", "params", b"params", "policy", b"policy", "timeout", b"timeout", "tool_options", b"tool_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tool_options", b"tool_options", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "node", b"node", "orchestration", b"orchestration", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tool_options", b"tool_options", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class OrchestrationConfig(_message.Message):
+    """How a job's workflow creates and runs child jobs (the seed's
+    OrchestrationConfig). Every field is optional.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _ChildFailure:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ChildFailureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[OrchestrationConfig._ChildFailure.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CHILD_FAILURE_UNSPECIFIED: OrchestrationConfig._ChildFailure.ValueType  # 0
+        """The default: FAIL_FAST."""
+        CHILD_FAILURE_FAIL_FAST: OrchestrationConfig._ChildFailure.ValueType  # 1
+        """The parent fails at once and cancels its unfinished children."""
+        CHILD_FAILURE_CONTINUE: OrchestrationConfig._ChildFailure.ValueType  # 2
+        """The parent goes on; the failed node's output is its failure."""
+
+    class ChildFailure(_ChildFailure, metaclass=_ChildFailureEnumTypeWrapper):
+        """What a failed child does to its parent."""
+
+    CHILD_FAILURE_UNSPECIFIED: OrchestrationConfig.ChildFailure.ValueType  # 0
+    """The default: FAIL_FAST."""
+    CHILD_FAILURE_FAIL_FAST: OrchestrationConfig.ChildFailure.ValueType  # 1
+    """The parent fails at once and cancels its unfinished children."""
+    CHILD_FAILURE_CONTINUE: OrchestrationConfig.ChildFailure.ValueType  # 2
+    """The parent goes on; the failed node's output is its failure."""
+
+    MAX_CHILD_JOBS_FIELD_NUMBER: _builtins.int
+    MAX_DEPTH_FIELD_NUMBER: _builtins.int
+    CHILD_TIMEOUT_FIELD_NUMBER: _builtins.int
+    INHERIT_BUDGETS_FIELD_NUMBER: _builtins.int
+    PROPAGATE_CANCELLATION_FIELD_NUMBER: _builtins.int
+    PARALLEL_EXECUTION_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    ON_CHILD_FAILURE_FIELD_NUMBER: _builtins.int
+    max_child_jobs: _builtins.int
+    """Child jobs one job may create in all. 0 means the default (10); at most
+    1000. More fail the parent (RESOURCE_EXHAUSTED at creation when the
+    spec shows them, FAILED at run time).
+    """
+    max_depth: _builtins.int
+    """How deep the tree may grow below the root. 0 means the default (5); at
+    most 10.
+    """
+    inherit_budgets: _builtins.bool
+    """Whether the tree spends from the root's BudgetSpec (one account for the
+    whole tree). Unset means true.
+    """
+    propagate_cancellation: _builtins.bool
+    """Whether cancelling a job cancels its descendants. Unset means true."""
+    parallel_execution: _builtins.bool
+    """Whether independent children run at once. Unset means true."""
+    max_parallel: _builtins.int
+    """Children of one job RUNNING at once. 0 means the default (5); at most
+    100.
+    """
+    on_child_failure: Global___OrchestrationConfig.ChildFailure.ValueType
+    """What a failed child does to its parent."""
+    @_builtins.property
+    def child_timeout(self) -> _duration_pb2.Duration:
+        """How long one child may take; 0 means the child's own timeout. Never past
+        its parent's deadline.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_child_jobs: _builtins.int = ...,
+        max_depth: _builtins.int = ...,
+        child_timeout: _duration_pb2.Duration | None = ...,
+        inherit_budgets: _builtins.bool | None = ...,
+        propagate_cancellation: _builtins.bool | None = ...,
+        parallel_execution: _builtins.bool | None = ...,
+        max_parallel: _builtins.int = ...,
+        on_child_failure: Global___OrchestrationConfig.ChildFailure.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_inherit_budgets", b"_inherit_budgets", "_parallel_execution", b"_parallel_execution", "_propagate_cancellation", b"_propagate_cancellation", "child_timeout", b"child_timeout", "inherit_budgets", b"inherit_budgets", "parallel_execution", b"parallel_execution", "propagate_cancellation", b"propagate_cancellation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_inherit_budgets", b"_inherit_budgets", "_parallel_execution", b"_parallel_execution", "_propagate_cancellation", b"_propagate_cancellation", "child_timeout", b"child_timeout", "inherit_budgets", b"inherit_budgets", "max_child_jobs", b"max_child_jobs", "max_depth", b"max_depth", "max_parallel", b"max_parallel", "on_child_failure", b"on_child_failure", "parallel_execution", b"parallel_execution", "propagate_cancellation", b"propagate_cancellation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__inherit_budgets: _TypeAlias = _typing.Literal["inherit_budgets"]  # noqa: Y015
+    _WhichOneofArgType__inherit_budgets: _TypeAlias = _typing.Literal["_inherit_budgets", b"_inherit_budgets"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_execution: _TypeAlias = _typing.Literal["parallel_execution"]  # noqa: Y015
+    _WhichOneofArgType__parallel_execution: _TypeAlias = _typing.Literal["_parallel_execution", b"_parallel_execution"]  # noqa: Y015
+    _WhichOneofReturnType__propagate_cancellation: _TypeAlias = _typing.Literal["propagate_cancellation"]  # noqa: Y015
+    _WhichOneofArgType__propagate_cancellation: _TypeAlias = _typing.Literal["_propagate_cancellation", b"_propagate_cancellation"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__inherit_budgets) -> _WhichOneofReturnType__inherit_budgets | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_execution) -> _WhichOneofReturnType__parallel_execution | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__propagate_cancellation) -> _WhichOneofReturnType__propagate_cancellation | None: ...
+
+Global___OrchestrationConfig: _TypeAlias = OrchestrationConfig  # noqa: Y015
 
 @_typing.final
 class ToolOptions(_message.Message):
@@ -474,6 +599,8 @@ class ListJobsRequest(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_AFTER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_BEFORE_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """The tenant the caller acts for."""
     page_size: _builtins.int
@@ -482,6 +609,12 @@ class ListJobsRequest(_message.Message):
     """From a previous ListJobsResponse."""
     session: _builtins.str
     """Only jobs of this session."""
+    parent: _builtins.str
+    """Only the children of this job, "jobs/{job}"."""
+    root: _builtins.str
+    """Only the jobs of this job's tree, "jobs/{job}" (the root itself
+    included).
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.JobState.ValueType]:
         """Only jobs in these states."""
@@ -504,10 +637,12 @@ class ListJobsRequest(_message.Message):
         session: _builtins.str = ...,
         create_time_after: _timestamp_pb2.Timestamp | None = ...,
         create_time_before: _timestamp_pb2.Timestamp | None = ...,
+        parent: _builtins.str = ...,
+        root: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "session", b"session", "states", b"states", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "root", b"root", "session", b"session", "states", b"states", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1244,6 +1379,74 @@ class ResolveActionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___ResolveActionRequest: _TypeAlias = ResolveActionRequest  # noqa: Y015
+
+@_typing.final
+class AwaitChildrenRequest(_message.Message):
+    """Request for JobService.AwaitChildren."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The parent job, "jobs/{job}"."""
+    lease_id: _builtins.str
+    """The lease on it."""
+    @_builtins.property
+    def children(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The children to wait for, "jobs/{job}", each seen unfinished."""
+
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint:
+        """The checkpoint to resume from."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        children: _abc.Iterable[_builtins.str] | None = ...,
+        checkpoint: Global___Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "children", b"children", "lease_id", b"lease_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AwaitChildrenRequest: _TypeAlias = AwaitChildrenRequest  # noqa: Y015
+
+@_typing.final
+class AwaitChildrenResponse(_message.Message):
+    """Response of JobService.AwaitChildren."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    waiting: _builtins.bool
+    """True when the job now waits (its lease is gone); false when one of the
+    children had already ended and the caller keeps its lease.
+    """
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The parent job after the call."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        waiting: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AwaitChildrenResponse: _TypeAlias = AwaitChildrenResponse  # noqa: Y015
 
 @_typing.final
 class CancelActionRequest(_message.Message):

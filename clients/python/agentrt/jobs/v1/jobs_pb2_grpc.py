@@ -110,6 +110,11 @@ class JobServiceStub:
                 request_serializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.CancelActionRequest.SerializeToString,
                 response_deserializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.Action.FromString,
                 _registered_method=True)
+        self.AwaitChildren = channel.unary_unary(
+                '/agentrt.jobs.v1.JobService/AwaitChildren',
+                request_serializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.AwaitChildrenRequest.SerializeToString,
+                response_deserializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.AwaitChildrenResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -273,6 +278,22 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AwaitChildren(self, request, context):
+        """Parks a leased parent job until one of the given children ends: the
+        job becomes WAITING holding no worker, with the checkpoint given, and
+        the ending transaction of any of those children queues it again
+        (job.child.finished, then job.requeued). When one of them has already
+        ended, nothing is parked: the job keeps its lease and the response says
+        so, so a child's end is never missed.
+        Caller: orchestrator.
+        Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
+        (FIELD_REQUIRED, NAME_INVALID, FIELD_INVALID for a job that is not a
+        child of this one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -350,6 +371,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelAction,
                     request_deserializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.CancelActionRequest.FromString,
                     response_serializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.Action.SerializeToString,
+            ),
+            'AwaitChildren': grpc.unary_unary_rpc_method_handler(
+                    servicer.AwaitChildren,
+                    request_deserializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.AwaitChildrenRequest.FromString,
+                    response_serializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.AwaitChildrenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -758,6 +784,33 @@ class JobService:
             '/agentrt.jobs.v1.JobService/CancelAction',
             agentrt_dot_jobs_dot_v1_dot_jobs__pb2.CancelActionRequest.SerializeToString,
             agentrt_dot_jobs_dot_v1_dot_jobs__pb2.Action.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AwaitChildren(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.jobs.v1.JobService/AwaitChildren',
+            agentrt_dot_jobs_dot_v1_dot_jobs__pb2.AwaitChildrenRequest.SerializeToString,
+            agentrt_dot_jobs_dot_v1_dot_jobs__pb2.AwaitChildrenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -137,6 +137,18 @@ class JobServiceStub:
     Caller: gateway, orchestrator.
     Errors: FAILED_PRECONDITION (ACTION_NOT_PENDING), NOT_FOUND.
     """
+    AwaitChildren: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.AwaitChildrenRequest, _jobs_pb2.AwaitChildrenResponse]
+    """Parks a leased parent job until one of the given children ends: the
+    job becomes WAITING holding no worker, with the checkpoint given, and
+    the ending transaction of any of those children queues it again
+    (job.child.finished, then job.requeued). When one of them has already
+    ended, nothing is parked: the job keeps its lease and the response says
+    so, so a child's end is never missed.
+    Caller: orchestrator.
+    Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
+    (FIELD_REQUIRED, NAME_INVALID, FIELD_INVALID for a job that is not a
+    child of this one).
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -239,6 +251,18 @@ class JobServiceAsyncStub(JobServiceStub):
     """Cancels a pending action; the job is queued again and the agent is told.
     Caller: gateway, orchestrator.
     Errors: FAILED_PRECONDITION (ACTION_NOT_PENDING), NOT_FOUND.
+    """
+    AwaitChildren: _aio.UnaryUnaryMultiCallable[_jobs_pb2.AwaitChildrenRequest, _jobs_pb2.AwaitChildrenResponse]  # type: ignore[assignment]
+    """Parks a leased parent job until one of the given children ends: the
+    job becomes WAITING holding no worker, with the checkpoint given, and
+    the ending transaction of any of those children queues it again
+    (job.child.finished, then job.requeued). When one of them has already
+    ended, nothing is parked: the job keeps its lease and the response says
+    so, so a child's end is never missed.
+    Caller: orchestrator.
+    Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
+    (FIELD_REQUIRED, NAME_INVALID, FIELD_INVALID for a job that is not a
+    child of this one).
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -429,6 +453,24 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Cancels a pending action; the job is queued again and the agent is told.
         Caller: gateway, orchestrator.
         Errors: FAILED_PRECONDITION (ACTION_NOT_PENDING), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def AwaitChildren(
+        self,
+        request: _jobs_pb2.AwaitChildrenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.AwaitChildrenResponse, _abc.Awaitable[_jobs_pb2.AwaitChildrenResponse]]:
+        """Parks a leased parent job until one of the given children ends: the
+        job becomes WAITING holding no worker, with the checkpoint given, and
+        the ending transaction of any of those children queues it again
+        (job.child.finished, then job.requeued). When one of them has already
+        ended, nothing is parked: the job keeps its lease and the response says
+        so, so a child's end is never missed.
+        Caller: orchestrator.
+        Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
+        (FIELD_REQUIRED, NAME_INVALID, FIELD_INVALID for a job that is not a
+        child of this one).
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

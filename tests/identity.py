@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -74,3 +77,26 @@ class Issuer:
         """A token with alg "none" and no signature."""
         header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa-1"}).encode())
         return f"{header}.{_b64(json.dumps(self.claims(**claims)).encode())}."
+
+
+@asynccontextmanager
+async def serving_jwks(issuer: Issuer, requested: list[str] | None = None) -> AsyncIterator[str]:
+    """The issuer's JWKS (as it is at each request) served over HTTP by this process on a
+    free port; yields its URL. Each request's path is appended to `requested`."""
+
+    async def serve(request: web.Request) -> web.Response:
+        if requested is not None:
+            requested.append(request.path)
+        return web.json_response(issuer.jwks())
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/.well-known/jwks.json"
+    finally:
+        await runner.cleanup()

@@ -8,12 +8,11 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from agentrt.common.v1.common_pb2 import ErrorReason
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from services.gateway.auth import KeysAndTokens
@@ -24,7 +23,7 @@ from services.gateway.tokens import JwtConfig, TokenVerifier
 from services.kit.config import ConfigError
 from services.kit.errors import Unauthenticated, Unavailable
 from services.kit.storage import StorageConfig, migrate
-from tests.identity import AUDIENCE, ISSUER, Issuer
+from tests.identity import AUDIENCE, ISSUER, Issuer, serving_jwks
 
 ENV = {"AGENTRT_JWT_ISSUER": ISSUER, "AGENTRT_JWT_AUDIENCE": AUDIENCE}
 
@@ -220,35 +219,12 @@ async def test_a_jwks_never_read_makes_calls_unavailable(tmp_path: Path) -> None
         await verifier.authenticate(Issuer().token())
 
 
-@pytest.fixture
-async def jwks_url(issuer: Issuer) -> AsyncIterator[tuple[str, list[str]]]:
-    """The issuer's JWKS served over HTTP on a free port; and the paths requested."""
+async def test_a_jwks_url_is_read_once_and_cached(issuer: Issuer) -> None:
     requested: list[str] = []
-
-    async def serve(request: web.Request) -> web.Response:
-        requested.append(request.path)
-        return web.json_response(issuer.jwks())
-
-    app = web.Application()
-    app.router.add_get("/.well-known/jwks.json", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/.well-known/jwks.json", requested
-    finally:
-        await runner.cleanup()
-
-
-async def test_a_jwks_url_is_read_once_and_cached(
-    issuer: Issuer, jwks_url: tuple[str, list[str]]
-) -> None:
-    url, requested = jwks_url
-    verifier = TokenVerifier(config(url))
-    for kid in ("rsa-1", "ec-1", "rsa-1"):
-        assert (await verifier.authenticate(issuer.token(kid))).tenant == "acme"
+    async with serving_jwks(issuer, requested) as url:
+        verifier = TokenVerifier(config(url))
+        for kid in ("rsa-1", "ec-1", "rsa-1"):
+            assert (await verifier.authenticate(issuer.token(kid))).tenant == "acme"
     assert requested == ["/.well-known/jwks.json"]
 
 

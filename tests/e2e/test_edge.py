@@ -24,13 +24,14 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 20.0
 LIMIT = 64 * 1024
 """The edge's request size limit in these tests."""
+APP = "http://app.example"
+"""The one origin whose pages may call the edge in these tests."""
 
 
 @pytest.fixture
 async def edge(system: LocalSystem, tmp_path: Path) -> AsyncIterator[Edge]:
-    async with running_edge(
-        system.endpoint, tmp_path / "edge", {"AGENTRT_EDGE_MAX_REQUEST_BYTES": str(LIMIT)}
-    ) as running:
+    settings = {"AGENTRT_EDGE_MAX_REQUEST_BYTES": str(LIMIT), "AGENTRT_EDGE_CORS_ORIGINS": APP}
+    async with running_edge(system.endpoint, tmp_path / "edge", settings) as running:
         yield running
 
 
@@ -124,7 +125,7 @@ async def test_a_job_runs_over_grpc_web(system: LocalSystem, edge: Edge) -> None
         **bearer(system),
         "content-type": "application/grpc-web+proto",
         "x-grpc-web": "1",
-        "origin": "http://app.example",
+        "origin": APP,
     }
     request = gateway_pb2.ExecuteRequest(spec=jobs_pb2.JobSpec(prompt="from a browser"))
     async with httpx.AsyncClient(base_url=edge.url, headers=headers, timeout=TIMEOUT) as http:
@@ -140,6 +141,26 @@ async def test_a_job_runs_over_grpc_web(system: LocalSystem, edge: Edge) -> None
     assert events[0].type == EventType.EVENT_TYPE_JOB_CREATED
     assert events[-1].type == EventType.EVENT_TYPE_JOB_SUCCEEDED
     assert events[0].tenant == "dev"
+    assert reply.headers["access-control-allow-origin"] == APP
+    assert "grpc-status" in reply.headers["access-control-expose-headers"]
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [(APP, True), ("http://evil.example", False)])
+async def test_browsers_of_the_allowed_origins_pass_the_preflight(
+    edge: Edge, origin: str, allowed: bool
+) -> None:
+    async with httpx.AsyncClient(base_url=edge.url, timeout=TIMEOUT) as http:
+        preflight = await http.options(
+            "/agentrt.gateway.v1.RuntimeService/Execute",
+            headers={
+                "origin": origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type, x-grpc-web",
+            },
+        )
+    assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed
+    if allowed:
+        assert "authorization" in preflight.headers["access-control-allow-headers"]
 
 
 async def test_the_edge_refuses_an_oversized_request(system: LocalSystem, edge: Edge) -> None:

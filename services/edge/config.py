@@ -69,25 +69,30 @@ class EdgeConfig:
             max_connections=env_int("AGENTRT_EDGE_MAX_CONNECTIONS", 10_000, env, minimum=1),
             unary_timeout=env_float("AGENTRT_EDGE_UNARY_TIMEOUT_SECONDS", 60.0, env, 0.001),
             stream_timeout=env_float("AGENTRT_EDGE_STREAM_TIMEOUT_SECONDS", 3600.0, env, 0.001),
-            tls_cert_file=_existing("AGENTRT_EDGE_TLS_CERT_FILE", cert),
-            tls_key_file=_existing("AGENTRT_EDGE_TLS_KEY_FILE", key),
+            tls_cert_file=_absolute(cert),
+            tls_key_file=_absolute(key),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
-            descriptors=_existing(
-                "AGENTRT_EDGE_DESCRIPTORS", env_str("AGENTRT_EDGE_DESCRIPTORS", "", env)
-            )
-            or DESCRIPTORS,
+            descriptors=_absolute(env_str("AGENTRT_EDGE_DESCRIPTORS", "", env)) or DESCRIPTORS,
             log_level=_log_level(env_str("AGENTRT_EDGE_LOG_LEVEL", "warning", env)),
         )
 
+    def check_files(self) -> None:
+        """ConfigError naming the variable of a file Envoy would fail to read here. Not
+        part of reading the configuration: a configuration printed for another machine
+        (a container) names files that exist only there."""
+        files = {
+            "AGENTRT_EDGE_TLS_CERT_FILE": self.tls_cert_file,
+            "AGENTRT_EDGE_TLS_KEY_FILE": self.tls_key_file,
+            "AGENTRT_EDGE_DESCRIPTORS": self.descriptors,
+        }
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: no such file: {str(path)!r}")
 
-def _existing(name: str, value: str) -> Path | None:
+
+def _absolute(value: str) -> Path | None:
     """The file named by `value`, made absolute (Envoy may run elsewhere); None if empty."""
-    if not value:
-        return None
-    path = Path(value).resolve()
-    if not path.is_file():
-        raise ConfigError(f"{name}: no such file: {value!r}")
-    return path
+    return Path(value).absolute() if value else None
 
 
 _LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")

@@ -117,6 +117,7 @@ def run_edge(config_file: Path) -> None:
     """Renders the configuration from the environment into `config_file` and replaces this
     process with Envoy, so that signals (SIGTERM: drain and stop) reach Envoy itself."""
     config = EdgeConfig.from_env()
+    config.check_files()
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(render(config))
     command = envoy_command(envoy_binary(), config_file, config.log_level)

@@ -34,8 +34,11 @@ async def running_edge(
     workdir: Path,
     extra: Mapping[str, str] = {},
     verify: ssl.SSLContext | bool = False,
+    ready_path: str = "/ready",
 ) -> AsyncIterator[Edge]:
-    """`agentrt edge` in front of `gateway` on free ports, once its /ready answers 200.
+    """`agentrt edge` in front of `gateway` on free ports, once `ready_path` on its port
+    answers 200 (`/ready`: Envoy is up and the gateway passes its health check); a
+    `ready_path` starting with `admin:` is asked of the admin interface instead.
 
     Waits without blocking the event loop, which may be serving the gateway itself."""
     port, admin = free_ports(2)
@@ -53,7 +56,7 @@ async def running_edge(
         f"{scheme}://127.0.0.1:{port}", f"127.0.0.1:{port}", f"http://127.0.0.1:{admin}", log
     )
     try:
-        await _wait_ready(edge, process, verify)
+        await _wait_ready(edge, process, verify, ready_path)
         yield edge
     finally:
         process.send_signal(signal.SIGTERM)
@@ -80,14 +83,19 @@ def _start(env: dict[str, str], workdir: Path, port: int) -> tuple[subprocess.Po
 
 
 async def _wait_ready(
-    edge: Edge, process: subprocess.Popen[bytes], verify: ssl.SSLContext | bool
+    edge: Edge, process: subprocess.Popen[bytes], verify: ssl.SSLContext | bool, path: str
 ) -> None:
+    url = (
+        f"{edge.admin_url}{path.removeprefix('admin:')}"
+        if path.startswith("admin:")
+        else (f"{edge.url}{path}")
+    )
     async with httpx.AsyncClient(verify=verify, timeout=1.0) as client:
         for _ in range(300):
             if process.poll() is not None:
                 raise RuntimeError(f"the edge exited: {edge.log.read_text()}")
             try:
-                if (await client.get(f"{edge.url}/ready")).status_code == 200:
+                if (await client.get(url)).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

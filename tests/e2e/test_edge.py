@@ -18,6 +18,7 @@ from agentrt.jobs.v1 import jobs_pb2
 from services.dev import LocalSystem
 from tests.certificates import self_signed
 from tests.e2e.edge import Edge, grpc_web_frame, grpc_web_frames, running_edge
+from tests.e2e.processes import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -261,3 +262,16 @@ async def test_streams_have_their_own_timeout(system: LocalSystem, tmp_path: Pat
         events = await slow_stream(edge, system)
     assert events, "the stream started"
     assert events[-1]["type"] != "EVENT_TYPE_JOB_SUCCEEDED", "and was cut at its timeout"
+
+
+async def test_the_edge_is_not_ready_while_no_gateway_answers(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    async with (
+        running_edge(nowhere, tmp_path / "edge", ready_path="admin:/ready") as edge,
+        httpx.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        assert (await http.get(f"{edge.admin_url}/ready")).status_code == 200  # Envoy is live
+        ready = await http.get(f"{edge.url}/ready")
+        assert ready.status_code == 503, "but not ready: no gateway passes its health check"
+        call = await http.get(f"{edge.url}/v1/jobs", headers={"authorization": "Bearer x"})
+        assert call.status_code == 503

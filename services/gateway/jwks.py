@@ -84,15 +84,16 @@ class KeySet:
         self._lock = asyncio.Lock()
         self.reads = 0
         """How many times the JWKS was read, for tests and metrics."""
+        self.attempts = 0
+        """How many times a read was tried, successful or not."""
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
         """The key with id `kid` ("" for a token that names none: the set's only key)."""
-        now = self._clock()
-        if self._keys is None or now - self._read_at >= self._refresh_seconds:
-            await self._refresh(now, self._refresh_seconds)
+        if self._keys is None or self._clock() - self._read_at >= self._refresh_seconds:
+            await self._refresh(self._clock())
         found = self._find(kid)
         if found is None:
-            await self._refresh(self._clock(), self._cooldown_seconds)
+            await self._refresh(self._clock())
             found = self._find(kid)
         return found
 
@@ -102,21 +103,30 @@ class KeySet:
             return keys.get(kid)
         return next(iter(keys.values())) if len(keys) == 1 else None
 
-    async def _refresh(self, now: float, unless_within: float) -> None:
+    async def _refresh(self, now: float) -> None:
+        """Reads the JWKS unless it was tried less than a cooldown ago (by this caller's
+        clock reading, so a caller that waited for another's read does not read again):
+        neither unknown key ids nor an unreachable provider make a read on every call."""
         async with self._lock:
-            # Another caller may have read it while this one waited for the lock.
-            if self._keys is not None and now - self._tried_at < unless_within:
+            if now - self._tried_at < self._cooldown_seconds:
+                if self._keys is None:
+                    raise self._unavailable()
                 return
             self._tried_at = self._clock()
+            self.attempts += 1
             try:
                 keys = parse_jwks(await self._fetch())
             except (OSError, ValueError, httpx.HTTPError) as error:
                 if self._keys is None:
-                    raise Unavailable(
-                        f"the identity provider's JWKS cannot be read: {error}"
-                    ) from error
+                    log.error("JWKS cannot be read: %s", error)
+                    raise self._unavailable() from error
                 log.warning("JWKS refresh failed, keeping the keys read before: %s", error)
                 return
             self._keys = keys
             self._read_at = self._tried_at
             self.reads += 1
+
+    @staticmethod
+    def _unavailable() -> Unavailable:
+        # The caller learns that, not where the keys are looked for or why.
+        return Unavailable("the identity provider's keys cannot be read; try again later")

@@ -213,10 +213,20 @@ async def test_the_jwks_is_refreshed_and_a_failed_refresh_keeps_the_keys(
     assert await verifier.authenticate(issuer.token())  # the keys read before still work
 
 
-async def test_a_jwks_never_read_makes_calls_unavailable(tmp_path: Path) -> None:
-    verifier = TokenVerifier(config(str(tmp_path / "missing.json")))
-    with pytest.raises(Unavailable):
-        await verifier.authenticate(Issuer().token())
+async def test_a_jwks_never_read_makes_calls_unavailable(issuer: Issuer, tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "later.json"
+    keys = KeySet(jwks_fetcher(str(path)), 300.0, 10.0, clock)
+    verifier = TokenVerifier(config(str(path)), keys)
+    for _ in range(5):
+        with pytest.raises(Unavailable) as error:
+            await verifier.authenticate(issuer.token())
+        assert str(path) not in error.value.message
+    assert keys.attempts == 1, "an unreachable provider is tried once a cooldown"
+    publish(issuer, path)
+    clock.now += 11
+    assert await verifier.authenticate(issuer.token())
+    assert keys.attempts == 2
 
 
 async def test_a_jwks_url_is_read_once_and_cached(issuer: Issuer) -> None:

@@ -78,6 +78,17 @@ async def test_a_job_runs_over_http_json_with_its_event_stream(
         assert [listed_job["name"] for listed_job in listed["jobs"]] == [job["name"]]
         assert (await http.get(f"/v1/{job['name']}/actions")).json().get("actions", []) == []
 
+        # Both routes of ResolveAction reach it: by resume token and by name.
+        by_token = await http.post(
+            "/v1/actions:resolve", json={"resumeToken": "x" * 43, "outcome": {"approved": True}}
+        )
+        assert by_token.json()["details"][0]["reason"] == "RESUME_TOKEN_INVALID", by_token.text
+        by_name = await http.post(
+            f"/v1/{job['name']}/actions/01m8vj8603e38nezqj1zxwxb50:resolve",
+            json={"outcome": {"approved": True}},
+        )
+        assert by_name.status_code == 404, by_name.text
+
         # A finished job cannot be cancelled: the gateway's status, as JSON.
         refused = await http.post(f"/v1/{job['name']}:cancel", json={"reason": "late"})
         assert refused.status_code == 400

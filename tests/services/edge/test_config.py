@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from agentrt.cli import main
 
 from services.edge.config import EdgeConfig
 from services.edge.envoy import envoy_binary, render
@@ -102,3 +103,17 @@ def test_files_are_checked_where_envoy_runs_not_where_the_configuration_is_print
     with pytest.raises(ConfigError, match="AGENTRT_EDGE_DESCRIPTORS"):
         local.check_files()
     EdgeConfig.from_env({}).check_files()  # the committed descriptor set is there
+
+
+def test_the_cli_prints_the_configuration(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AGENTRT_GATEWAY_ADDRESS", "gateway.agentrt.svc:50051")
+    assert main(["edge", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert '{address: "gateway.agentrt.svc", port_value: 50051}' in printed
+    assert "${" not in printed
+
+    monkeypatch.setenv("AGENTRT_EDGE_LOG_LEVEL", "chatty")
+    assert main(["edge", "--print-config"]) == 2
+    assert "AGENTRT_EDGE_LOG_LEVEL" in capsys.readouterr().err

@@ -120,6 +120,13 @@ async def test_errors_come_back_as_json_statuses(system: LocalSystem, edge: Edge
         assert bad_name.status_code == 400
         assert bad_name.json()["details"][0]["reason"] == "NAME_INVALID"
 
+        # A stream that fails before its first event is a plain JSON error too.
+        missing = await http.get(
+            "/v1/jobs/01m8vj8603e38nezqj1zxwxb50:watch", headers=bearer(system)
+        )
+        assert missing.status_code == 404
+        assert missing.json()["details"][0]["reason"] == "JOB_NOT_FOUND"
+
         unknown = await http.get("/v1/jobs", params={"tenant": "other"}, headers=bearer(system))
         assert unknown.status_code == 400, "a tenant in the query is refused, not ignored"
 

@@ -10,13 +10,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE := clients/node
 NODE_STAMP := $(NODE)/node_modules/.installed
-GENERATED := ':(glob)clients/python/agentrt/*/v1/**' ':(glob)clients/python/agentrt/*/__init__.py'
+GENERATED := ':(glob)clients/python/agentrt/*/v1/**' ':(glob)clients/python/agentrt/*/__init__.py' \
+	deploy/envoy/agentrt.binpb
 
-.PHONY: help install dev test test-unit test-integration test-e2e check lint typecheck \
+.PHONY: help install dev edge test test-unit test-integration test-e2e check lint typecheck \
 	protos protodeps buf-lint buf-breaking protos-check bench clean
 
 help:
 	@echo "make dev      install, then run agentrt dev (all services, embedded storage)"
+	@echo "make edge     make dev, with Envoy in front on 127.0.0.1:8080 (HTTP/JSON, gRPC-Web)"
 	@echo "make test     install, then run every test tier (unit, integration, e2e)"
 	@echo "make check    ruff, mypy, buf lint, buf breaking, generated code up to date"
 	@echo "make protos   regenerate clients/python/agentrt/*/v1 from protos/"
@@ -39,6 +41,11 @@ $(NODE_STAMP): $(NODE)/package.json $(NODE)/package-lock.json | $(STAMP)
 
 dev: install
 	$(BIN)/agentrt dev
+
+# agentrt dev in the background, Envoy in the foreground; Ctrl-C stops both.
+edge: install
+	@$(BIN)/agentrt dev & dev=$$!; trap 'kill $$dev 2>/dev/null; wait $$dev || true' EXIT; \
+	AGENTRT_EDGE_CORS_ORIGINS=$${AGENTRT_EDGE_CORS_ORIGINS:-*} $(BIN)/agentrt edge
 
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -85,6 +92,7 @@ bench: install
 	$(BIN)/python bench/main_path.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/actions.py
+	$(BIN)/python bench/edge.py
 
 clean:
 	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache $(NODE)/node_modules

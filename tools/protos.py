@@ -1,6 +1,7 @@
 """Generates the Python code of the contracts and checks them for breaking changes.
 
-`python tools/protos.py generate` regenerates `clients/python/agentrt/<service>/v1/`;
+`python tools/protos.py generate` regenerates `clients/python/agentrt/<service>/v1/` and the
+descriptor set of the public API that the Envoy edge transcodes (`deploy/envoy/agentrt.binpb`);
 `deps` copies the google/api protos the contracts import into `.build/protodeps` for buf;
 `breaking [REF]` runs `buf breaking` (FILE rules) against REF, by default the previous commit.
 """
@@ -20,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "clients" / "python"
 DEPS = ROOT / ".build" / "protodeps"
+EDGE_DESCRIPTORS = ROOT / "deploy" / "envoy" / "agentrt.binpb"
+EDGE_PACKAGE = PROTOS / "agentrt" / "gateway" / "v1"
+"""The edge serves the gateway's public API: its files and everything they import."""
+EDGE_ERROR_PROTOS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+"""The errors' details, which the edge prints as JSON and so must be able to decode."""
 GOOGLE_API_PROTOS = ("annotations", "field_behavior", "http", "resource")
 
 
@@ -57,6 +63,21 @@ def generate() -> None:
     ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
+    edge = [str(p.relative_to(PROTOS)) for p in sorted(EDGE_PACKAGE.glob("*.proto"))]
+    # Without source info the set depends only on the contracts, so regenerating it gives
+    # the same bytes and `make protos-check` can tell a stale one.
+    descriptors = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{googleapis_root()}",
+        f"-I{well_known}",
+        f"--descriptor_set_out={EDGE_DESCRIPTORS}",
+        "--include_imports",
+        *edge,
+        *EDGE_ERROR_PROTOS,
+    ]
+    if protoc.main(descriptors) != 0:
+        sys.exit("protoc failed on the edge's descriptor set")
     for package in {p.parent for p in OUT.glob("agentrt/*/v1/*_pb2.py")}:
         for folder in (package, package.parent):
             init = folder / "__init__.py"

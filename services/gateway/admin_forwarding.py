@@ -26,8 +26,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from services.gateway.auth import authenticate
-from services.gateway.keys import ApiKeys, Principal
+from services.gateway.auth import Credentials, authenticate
+from services.gateway.keys import Principal
 from services.kit.errors import NotFound, PermissionDenied
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -140,7 +140,7 @@ def _kind(name: str) -> str:
 
 
 def forwarding_handler(
-    service: ForwardedService, channel: grpc.aio.Channel, keys: ApiKeys
+    service: ForwardedService, channel: grpc.aio.Channel, keys: Credentials
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Serves every method of `service` by forwarding it through `channel`."""
     handlers = {
@@ -151,7 +151,10 @@ def forwarding_handler(
 
 
 def _method_handler(
-    service: ForwardedService, method: MethodDescriptor, channel: grpc.aio.Channel, keys: ApiKeys
+    service: ForwardedService,
+    method: MethodDescriptor,
+    channel: grpc.aio.Channel,
+    keys: Credentials,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     if method.client_streaming or method.server_streaming:
         raise TypeError(f"{method.full_name}: only unary methods can be forwarded")

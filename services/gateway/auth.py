@@ -1,14 +1,15 @@
-"""Who is calling: the API key in a call's metadata, checked against the gateway's keys."""
+"""Who is calling: the API key (or JWT) in a call's metadata, checked by the gateway."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from agentrt.common.v1.common_pb2 import ErrorReason
 
-from services.gateway.keys import ApiKeys, Principal
+from services.gateway.keys import KEY_PREFIX, ApiKeys, Principal
+from services.gateway.tokens import TokenVerifier, looks_like_jwt
 from services.kit.errors import Unauthenticated
 
 _BEARER = "bearer "
@@ -53,7 +54,38 @@ def _invalid(message: str) -> Unauthenticated:
     return Unauthenticated(message, ErrorReason.ERROR_REASON_API_KEY_INVALID)
 
 
-async def authenticate(context: grpc.aio.ServicerContext[Any, Any], keys: ApiKeys) -> Principal:
-    """The caller of the RPC being served. The tenant and principal come from the key
-    alone, never from the request."""
-    return await keys.authenticate(api_key_from_metadata(context.invocation_metadata() or ()))
+class Credentials(Protocol):
+    """What recognises a credential sent as a bearer token."""
+
+    async def authenticate(self, credential: str, /) -> Principal: ...
+
+
+class KeysAndTokens:
+    """API keys, and JWTs of the configured identity provider when there is one.
+
+    A credential that reads as an API key (`agk_...`) is checked as one; any other that
+    has the form of a JWT goes to the token verifier. With no verifier, a JWT is just an
+    invalid API key."""
+
+    def __init__(self, keys: ApiKeys, tokens: TokenVerifier | None = None) -> None:
+        self._keys = keys
+        self._tokens = tokens
+
+    async def authenticate(self, credential: str) -> Principal:
+        if (
+            self._tokens is not None
+            and not credential.startswith(KEY_PREFIX)
+            and looks_like_jwt(credential)
+        ):
+            return await self._tokens.authenticate(credential)
+        return await self._keys.authenticate(credential)
+
+
+async def authenticate(
+    context: grpc.aio.ServicerContext[Any, Any], credentials: Credentials
+) -> Principal:
+    """The caller of the RPC being served. The tenant and principal come from the
+    credential alone, never from the request."""
+    return await credentials.authenticate(
+        api_key_from_metadata(context.invocation_metadata() or ())
+    )

@@ -16,8 +16,8 @@ from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
 from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from services.gateway.auth import authenticate
-from services.gateway.keys import ApiKeys, Principal
+from services.gateway.auth import Credentials, authenticate
+from services.gateway.keys import Principal
 from services.gateway.models import ModelDirectory
 from services.gateway.watch import (
     ResumePoint,
@@ -53,7 +53,7 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
 
     def __init__(
         self,
-        keys: ApiKeys,
+        keys: Credentials,
         jobs: jobs_pb2_grpc.JobServiceAsyncStub,
         models: ModelDirectory,
         events: EventChannel,

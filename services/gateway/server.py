@@ -11,10 +11,12 @@ from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2_grpc
 
 from services.gateway.admin_forwarding import forwarded_here, forwarding_handler
+from services.gateway.auth import KeysAndTokens
 from services.gateway.handlers import RuntimeHandler, list_engine_models
 from services.gateway.keys import ApiKeys
 from services.gateway.models import ModelDirectory
 from services.gateway.store import ApiKeyStore, open_key_store
+from services.gateway.tokens import JwtConfig, TokenVerifier
 from services.kit.config import env_float, env_str
 from services.kit.infra import Infrastructure
 from services.kit.server import ServiceUnit
@@ -32,6 +34,8 @@ class GatewayConfig:
     model_cache_seconds: float
     """AGENTRT_MODEL_CACHE_SECONDS: how often the engine's model list is refreshed
     (default 5; a model not listed triggers a refresh at most once a second)."""
+    jwt: JwtConfig
+    """AGENTRT_JWT_*: the identity provider whose JWTs are accepted beside API keys."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -39,6 +43,7 @@ class GatewayConfig:
             default_model=env_str("AGENTRT_DEFAULT_MODEL", "local", env),
             key_cache_seconds=env_float("AGENTRT_API_KEY_CACHE_SECONDS", 5.0, env),
             model_cache_seconds=env_float("AGENTRT_MODEL_CACHE_SECONDS", 5.0, env),
+            jwt=JwtConfig.from_env(env),
         )
 
 
@@ -90,15 +95,16 @@ async def create_unit(infra: Infrastructure) -> ServiceUnit:
     engine = engine_pb2_grpc.EngineServiceStub(infra.channel("engine"))
     models = ModelDirectory(lambda: list_engine_models(engine), ttl=config.model_cache_seconds)
     keys = ApiKeys(store, cache_seconds=config.key_cache_seconds)
+    credentials = KeysAndTokens(keys, TokenVerifier(config.jwt) if config.jwt.enabled else None)
     handler = RuntimeHandler(
-        keys=keys,
+        keys=credentials,
         jobs=jobs_pb2_grpc.JobServiceStub(infra.channel("jobs")),
         models=models,
         events=infra.events,
         default_model=config.default_model,
     )
     forwarders = {
-        service.full_name: forwarding_handler(service, infra.channel(service.name), keys)
+        service.full_name: forwarding_handler(service, infra.channel(service.name), credentials)
         for service in forwarded_here(infra.hosts_locally)
     }
     return GatewayUnit(store, handler, models, forwarders)

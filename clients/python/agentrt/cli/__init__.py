@@ -98,6 +98,17 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     serve.add_argument("service", help="gateway, jobs, engine, orchestrator, ...")
     serve.set_defaults(run=admin.serve)
 
+    edge = commands.add_parser(
+        "edge", help="run Envoy in front of the gateway: HTTP/JSON, gRPC-Web (AGENTRT_EDGE_*)"
+    )
+    edge.add_argument(
+        "--print-config", action="store_true", help="print the Envoy configuration and exit"
+    )
+    edge.add_argument(
+        "--config-file", type=Path, help="where to write it (default <data dir>/envoy.yaml)"
+    )
+    edge.set_defaults(run=admin.edge)
+
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     migrate.add_argument("services", nargs="*", metavar="SERVICE", help="default: all of them")
     migrate.set_defaults(run=admin.migrate)

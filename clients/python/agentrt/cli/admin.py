@@ -1,4 +1,4 @@
-"""The CLI's operator commands: `agentrt dev`, `serve`, `migrate` and `keys`.
+"""The CLI's operator commands: `agentrt dev`, `serve`, `edge`, `migrate` and `keys`.
 
 They run the services themselves, so `services` is imported inside each command: the
 client package stays light for applications that only call a gateway.
@@ -39,6 +39,20 @@ def serve(args: argparse.Namespace, console: Console) -> int:
         from services.serve import run_service
 
         run_service(args.service)
+    return 0
+
+
+def edge(args: argparse.Namespace, console: Console) -> int:
+    """`agentrt edge`: Envoy in front of the gateway, configured from AGENTRT_EDGE_*; with
+    --print-config, only prints the configuration it would run."""
+    with _service_errors():
+        from services.edge.config import EdgeConfig
+        from services.edge.envoy import render, run_edge
+
+        if args.print_config:
+            console.print(render(EdgeConfig.from_env()).rstrip("\n"))
+            return 0
+        run_edge(args.config_file or data_dir(os.environ) / "envoy.yaml")
     return 0
 
 

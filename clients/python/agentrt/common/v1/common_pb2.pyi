@@ -88,6 +88,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The same idempotency key was used for a different call."""
     ERROR_REASON_TOOL_ERROR: _ErrorReason.ValueType  # 27
     """A tool call failed, or a tool is unknown or unhealthy."""
+    ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 34
+    """The bearer token is a JWT that is not valid: malformed, unsigned, signed
+    by a key the issuer's JWKS does not hold, expired or not yet valid, from
+    another issuer or for another audience, or lacking the tenant claim.
+    The message says which; metadata["problem"] names it in one word.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The domain of every google.rpc.ErrorInfo that agentrt returns.
@@ -153,6 +159,12 @@ ERROR_REASON_IDEMPOTENCY_CONFLICT: ErrorReason.ValueType  # 26
 """The same idempotency key was used for a different call."""
 ERROR_REASON_TOOL_ERROR: ErrorReason.ValueType  # 27
 """A tool call failed, or a tool is unknown or unhealthy."""
+ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 34
+"""The bearer token is a JWT that is not valid: malformed, unsigned, signed
+by a key the issuer's JWKS does not hold, expired or not yet valid, from
+another issuer or for another audience, or lacking the tenant claim.
+The message says which; metadata["problem"] names it in one word.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Role:

@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from agentrt.common.v1 import common_pb2 as agentrt_dot_common_dot_v1_dot_common__pb2
 from agentrt.jobs.v1 import jobs_pb2 as agentrt_dot_jobs_dot_v1_dot_jobs__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentrt/gateway/v1/gateway.proto\x12\x12\x61gentrt.gateway.v1\x1a\x1e\x61gentrt/common/v1/common.proto\x1a\x1a\x61gentrt/jobs/v1/jobs.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x0e\x45xecuteRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x18.agentrt.jobs.v1.JobSpecB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x0fWatchJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"#\n\rGetJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x83\x02\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x06states\x18\x03 \x03(\x0e\x32\x1b.agentrt.common.v1.JobState\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06parent\x18\x07 \x01(\t\x12\x0c\n\x04root\x18\x08 \x01(\t\"O\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.agentrt.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x10\x43\x61ncelJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x80\x01\n\x12ListActionsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06states\x18\x02 \x03(\x0e\x32\x1d.agentrt.jobs.v1.Action.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"X\n\x13ListActionsResponse\x12(\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x17.agentrt.jobs.v1.Action\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x14ResolveActionRequest\x12\x16\n\x0cresume_token\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12.\n\x07outcome\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x08\n\x06target2\x98\x05\n\x0eRuntimeService\x12\x43\n\x07\x45xecute\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x14.agentrt.jobs.v1.Job\x12V\n\rExecuteStream\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent0\x01\x12R\n\x08WatchJob\x12#.agentrt.gateway.v1.WatchJobRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent0\x01\x12\x41\n\x06GetJob\x12!.agentrt.gateway.v1.GetJobRequest\x1a\x14.agentrt.jobs.v1.Job\x12U\n\x08ListJobs\x12#.agentrt.gateway.v1.ListJobsRequest\x1a$.agentrt.gateway.v1.ListJobsResponse\x12G\n\tCancelJob\x12$.agentrt.gateway.v1.CancelJobRequest\x1a\x14.agentrt.jobs.v1.Job\x12^\n\x0bListActions\x12&.agentrt.gateway.v1.ListActionsRequest\x1a\'.agentrt.gateway.v1.ListActionsResponse\x12R\n\rResolveAction\x12(.agentrt.gateway.v1.ResolveActionRequest\x1a\x17.agentrt.jobs.v1.ActionBK\n\x16\x64\x65v.agentrt.gateway.v1P\x01Z/agentrt.dev/gen/go/agentrt/gateway/v1;gatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentrt/gateway/v1/gateway.proto\x12\x12\x61gentrt.gateway.v1\x1a\x1e\x61gentrt/common/v1/common.proto\x1a\x1a\x61gentrt/jobs/v1/jobs.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x0e\x45xecuteRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x18.agentrt.jobs.v1.JobSpecB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x0fWatchJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"#\n\rGetJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x83\x02\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x06states\x18\x03 \x03(\x0e\x32\x1b.agentrt.common.v1.JobState\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06parent\x18\x07 \x01(\t\x12\x0c\n\x04root\x18\x08 \x01(\t\"O\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.agentrt.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x10\x43\x61ncelJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x80\x01\n\x12ListActionsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06states\x18\x02 \x03(\x0e\x32\x1d.agentrt.jobs.v1.Action.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"X\n\x13ListActionsResponse\x12(\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x17.agentrt.jobs.v1.Action\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\x14ResolveActionRequest\x12\x16\n\x0cresume_token\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12.\n\x07outcome\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x08\n\x06target2\xbc\x07\n\x0eRuntimeService\x12`\n\x07\x45xecute\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x14.agentrt.jobs.v1.Job\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/jobs:execute:\x01*\x12y\n\rExecuteStream\x12\".agentrt.gateway.v1.ExecuteRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/jobs:executeStream:\x01*0\x01\x12s\n\x08WatchJob\x12#.agentrt.gateway.v1.WatchJobRequest\x1a\x1f.agentrt.common.v1.RuntimeEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12\\\n\x06GetJob\x12!.agentrt.gateway.v1.GetJobRequest\x1a\x14.agentrt.jobs.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12g\n\x08ListJobs\x12#.agentrt.gateway.v1.ListJobsRequest\x1a$.agentrt.gateway.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12l\n\tCancelJob\x12$.agentrt.gateway.v1.CancelJobRequest\x1a\x14.agentrt.jobs.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12\x83\x01\n\x0bListActions\x12&.agentrt.gateway.v1.ListActionsRequest\x1a\'.agentrt.gateway.v1.ListActionsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/{parent=jobs/*}/actions\x12\x9c\x01\n\rResolveAction\x12(.agentrt.gateway.v1.ResolveActionRequest\x1a\x17.agentrt.jobs.v1.Action\"H\x82\xd3\xe4\x93\x02\x42\"#/v1/{name=jobs/*/actions/*}:resolve:\x01*Z\x18\"\x13/v1/actions:resolve:\x01*BK\n\x16\x64\x65v.agentrt.gateway.v1P\x01Z/agentrt.dev/gen/go/agentrt/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,24 +50,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTACTIONSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_RESOLVEACTIONREQUEST'].fields_by_name['outcome']._loaded_options = None
   _globals['_RESOLVEACTIONREQUEST'].fields_by_name['outcome']._serialized_options = b'\342A\001\002'
-  _globals['_EXECUTEREQUEST']._serialized_start=212
-  _globals['_EXECUTEREQUEST']._serialized_end=294
-  _globals['_WATCHJOBREQUEST']._serialized_start=296
-  _globals['_WATCHJOBREQUEST']._serialized_end=357
-  _globals['_GETJOBREQUEST']._serialized_start=359
-  _globals['_GETJOBREQUEST']._serialized_end=394
-  _globals['_LISTJOBSREQUEST']._serialized_start=397
-  _globals['_LISTJOBSREQUEST']._serialized_end=656
-  _globals['_LISTJOBSRESPONSE']._serialized_start=658
-  _globals['_LISTJOBSRESPONSE']._serialized_end=737
-  _globals['_CANCELJOBREQUEST']._serialized_start=739
-  _globals['_CANCELJOBREQUEST']._serialized_end=793
-  _globals['_LISTACTIONSREQUEST']._serialized_start=796
-  _globals['_LISTACTIONSREQUEST']._serialized_end=924
-  _globals['_LISTACTIONSRESPONSE']._serialized_start=926
-  _globals['_LISTACTIONSRESPONSE']._serialized_end=1014
-  _globals['_RESOLVEACTIONREQUEST']._serialized_start=1017
-  _globals['_RESOLVEACTIONREQUEST']._serialized_end=1157
-  _globals['_RUNTIMESERVICE']._serialized_start=1160
-  _globals['_RUNTIMESERVICE']._serialized_end=1824
+  _globals['_RUNTIMESERVICE'].methods_by_name['Execute']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['Execute']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/jobs:execute:\001*'
+  _globals['_RUNTIMESERVICE'].methods_by_name['ExecuteStream']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['ExecuteStream']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/jobs:executeStream:\001*'
+  _globals['_RUNTIMESERVICE'].methods_by_name['WatchJob']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['WatchJob']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/{name=jobs/*}:watch'
+  _globals['_RUNTIMESERVICE'].methods_by_name['GetJob']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['GetJob']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/{name=jobs/*}'
+  _globals['_RUNTIMESERVICE'].methods_by_name['ListJobs']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['ListJobs']._serialized_options = b'\202\323\344\223\002\n\022\010/v1/jobs'
+  _globals['_RUNTIMESERVICE'].methods_by_name['CancelJob']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['CancelJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/{name=jobs/*}:cancel:\001*'
+  _globals['_RUNTIMESERVICE'].methods_by_name['ListActions']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['ListActions']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/{parent=jobs/*}/actions'
+  _globals['_RUNTIMESERVICE'].methods_by_name['ResolveAction']._loaded_options = None
+  _globals['_RUNTIMESERVICE'].methods_by_name['ResolveAction']._serialized_options = b'\202\323\344\223\002B\"#/v1/{name=jobs/*/actions/*}:resolve:\001*Z\030\"\023/v1/actions:resolve:\001*'
+  _globals['_EXECUTEREQUEST']._serialized_start=242
+  _globals['_EXECUTEREQUEST']._serialized_end=324
+  _globals['_WATCHJOBREQUEST']._serialized_start=326
+  _globals['_WATCHJOBREQUEST']._serialized_end=387
+  _globals['_GETJOBREQUEST']._serialized_start=389
+  _globals['_GETJOBREQUEST']._serialized_end=424
+  _globals['_LISTJOBSREQUEST']._serialized_start=427
+  _globals['_LISTJOBSREQUEST']._serialized_end=686
+  _globals['_LISTJOBSRESPONSE']._serialized_start=688
+  _globals['_LISTJOBSRESPONSE']._serialized_end=767
+  _globals['_CANCELJOBREQUEST']._serialized_start=769
+  _globals['_CANCELJOBREQUEST']._serialized_end=823
+  _globals['_LISTACTIONSREQUEST']._serialized_start=826
+  _globals['_LISTACTIONSREQUEST']._serialized_end=954
+  _globals['_LISTACTIONSRESPONSE']._serialized_start=956
+  _globals['_LISTACTIONSRESPONSE']._serialized_end=1044
+  _globals['_RESOLVEACTIONREQUEST']._serialized_start=1047
+  _globals['_RESOLVEACTIONREQUEST']._serialized_end=1187
+  _globals['_RUNTIMESERVICE']._serialized_start=1190
+  _globals['_RUNTIMESERVICE']._serialized_end=2146
 # @@protoc_insertion_point(module_scope)

@@ -30,7 +30,7 @@ if _version_not_supported:
 class RuntimeServiceStub:
     """Run agents, follow their events, resolve their actions.
     Every method may also return UNAUTHENTICATED (API_KEY_MISSING,
-    API_KEY_INVALID) and UNAVAILABLE (DEPENDENCY_UNAVAILABLE).
+    API_KEY_INVALID, TOKEN_INVALID) and UNAVAILABLE (DEPENDENCY_UNAVAILABLE).
     """
 
     def __init__(self, channel):
@@ -84,7 +84,7 @@ class RuntimeServiceStub:
 class RuntimeServiceServicer:
     """Run agents, follow their events, resolve their actions.
     Every method may also return UNAUTHENTICATED (API_KEY_MISSING,
-    API_KEY_INVALID) and UNAVAILABLE (DEPENDENCY_UNAVAILABLE).
+    API_KEY_INVALID, TOKEN_INVALID) and UNAVAILABLE (DEPENDENCY_UNAVAILABLE).
     """
 
     def Execute(self, request, context):
@@ -222,7 +222,7 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
 class RuntimeService:
     """Run agents, follow their events, resolve their actions.
     Every method may also return UNAUTHENTICATED (API_KEY_MISSING,
-    API_KEY_INVALID) and UNAVAILABLE (DEPENDENCY_UNAVAILABLE).
+    API_KEY_INVALID, TOKEN_INVALID) and UNAVAILABLE (DEPENDENCY_UNAVAILABLE).
     """
 
     @staticmethod

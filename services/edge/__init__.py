@@ -1,0 +1,1 @@
+"""The edge: Envoy in front of the gateway, configured from AGENTRT_EDGE_* variables."""

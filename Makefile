@@ -82,12 +82,14 @@ protos-check: protos
 		exit 1; \
 	fi
 
-# Every overlay rendered and validated strictly against the Kubernetes schemas, offline.
+# Every overlay rendered and validated strictly against the Kubernetes schemas, offline;
+# the edge's Envoy configuration validated by Envoy itself.
 k8s-check: install
 	@for overlay in k8s/overlays/*/; do \
 		echo "kubectl kustomize $$overlay | kubernetes-validate --strict"; \
 		$(BIN)/kubectl kustomize "$$overlay" | $(BIN)/kubernetes-validate --strict --quiet -; \
 	done
+	$(BIN)/envoy --mode validate -c k8s/base/edge/envoy.yaml --log-level warn
 
 image-lint: install
 	$(BIN)/hadolint Containerfile

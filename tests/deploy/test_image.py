@@ -44,6 +44,9 @@ def test_the_final_stage_runs_agentrt_as_a_non_root_user() -> None:
     assert 'ENTRYPOINT ["agentrt"]' in final
     assert 'CMD ["serve", "gateway"]' in final
     assert "COPY --from=build /opt/agentrt /opt/agentrt" in final
+    # Nothing is built or installed there: no compiler, no package manager left behind.
+    assert "pip install" not in final and "apt-get" not in final
+    assert "pip uninstall --yes pip" in final
 
 
 def test_the_copied_layout_installs_and_serves(tmp_path: Path, pg_dsn: str) -> None:

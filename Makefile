@@ -14,7 +14,7 @@ GENERATED := ':(glob)clients/python/agentrt/*/v1/**' ':(glob)clients/python/agen
 	deploy/envoy/agentrt.binpb
 
 .PHONY: help install dev edge test test-unit test-integration test-e2e check lint typecheck \
-	protos protodeps buf-lint buf-breaking protos-check bench clean
+	protos protodeps buf-lint buf-breaking protos-check k8s-check image-lint bench clean
 
 help:
 	@echo "make dev      install, then run agentrt dev (all services, embedded storage)"
@@ -60,6 +60,7 @@ test-e2e: install
 	$(BIN)/pytest -q -m e2e
 
 check: lint typecheck buf-lint buf-breaking protos-check
+check: k8s-check image-lint
 
 lint: install
 	$(BIN)/ruff check .
@@ -87,6 +88,18 @@ protos-check: protos
 		echo "generated code is out of date: run 'make protos' and commit the result"; \
 		exit 1; \
 	fi
+
+# Every overlay rendered and validated strictly against the Kubernetes schemas, offline;
+# the edge's Envoy configuration validated by Envoy itself.
+k8s-check: install
+	@for overlay in k8s/overlays/*/; do \
+		echo "kubectl kustomize $$overlay | kubernetes-validate --strict"; \
+		$(BIN)/kubectl kustomize "$$overlay" | $(BIN)/kubernetes-validate --strict --quiet -; \
+	done
+	$(BIN)/envoy --mode validate -c k8s/base/edge/envoy.yaml --log-level warn
+
+image-lint: install
+	$(BIN)/hadolint Containerfile
 
 bench: install
 	$(BIN)/python bench/main_path.py

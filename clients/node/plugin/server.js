@@ -4,21 +4,13 @@
 // of ./tools.js) and grpc.health.v1.Health, on the port given by --port or PORT (0: any
 // free port), and prints "listening on HOST:PORT" once it accepts calls.
 
-const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { TOOLS, ToolError } = require('./tools');
+const { includeDirs, fromStruct, toStruct } = require('../lib/protos');
 
-const REPO = path.resolve(__dirname, '..', '..', '..');
 const SERVICE = 'agentrt.plugin.v1.ToolProviderService';
 const LOADER_OPTIONS = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
-
-// The include path of the contracts: protos/ and the google/api protos that `make protodeps`
-// copies to .build/protodeps; AGENTRT_PROTO_PATH (':'-separated) puts folders before them.
-function includeDirs() {
-  const extra = (process.env.AGENTRT_PROTO_PATH || '').split(path.delimiter).filter(Boolean);
-  return [...extra, path.join(REPO, 'protos'), path.join(REPO, '.build', 'protodeps')];
-}
 
 function loadPluginService() {
   const definition = protoLoader.loadSync('agentrt/plugin/v1/plugin.proto', {
@@ -48,40 +40,6 @@ function loadHealthService() {
   };
   const definition = protoLoader.fromJSON(json, LOADER_OPTIONS);
   return grpc.loadPackageDefinition(definition).grpc.health.v1.Health.service;
-}
-
-// google.protobuf.Value / Struct as proto-loader represents them, to and from plain JSON.
-function fromValue(value) {
-  switch (value.kind) {
-    case 'nullValue': return null;
-    case 'numberValue': return value.numberValue;
-    case 'stringValue': return value.stringValue;
-    case 'boolValue': return value.boolValue;
-    case 'structValue': return fromStruct(value.structValue);
-    case 'listValue': return (value.listValue.values || []).map(fromValue);
-    default: return null;
-  }
-}
-
-function fromStruct(struct) {
-  const object = {};
-  for (const [key, value] of Object.entries((struct && struct.fields) || {})) object[key] = fromValue(value);
-  return object;
-}
-
-function toValue(json) {
-  if (json === null || json === undefined) return { nullValue: 'NULL_VALUE' };
-  if (typeof json === 'number') return { numberValue: json };
-  if (typeof json === 'string') return { stringValue: json };
-  if (typeof json === 'boolean') return { boolValue: json };
-  if (Array.isArray(json)) return { listValue: { values: json.map(toValue) } };
-  return { structValue: toStruct(json) };
-}
-
-function toStruct(object) {
-  const fields = {};
-  for (const [key, value] of Object.entries(object)) fields[key] = toValue(value);
-  return { fields };
 }
 
 function statusError(code, details) {

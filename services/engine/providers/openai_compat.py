@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from services.engine.errors import ProviderUnavailable
+from services.engine.errors import ProviderTimeout, ProviderUnavailable
 from services.engine.model import (
     ChatMessage,
     Completion,
@@ -163,7 +163,7 @@ class OpenAICompatProvider:
         try:
             yield
         except httpx.TimeoutException as exc:
-            raise ProviderUnavailable(
+            raise ProviderTimeout(
                 self.name, f"{type(exc).__name__} after waiting on {self._config.base_url}"
             ) from exc
         except httpx.TransportError as exc:

@@ -22,7 +22,7 @@ from typing import Literal
 
 from opentelemetry import metrics
 
-from services.engine.errors import EngineError, IdempotencyConflict
+from services.engine.errors import EngineError, IdempotencyConflict, ProviderUnavailable
 from services.engine.flights import (
     Flights,
     Follower,
@@ -97,14 +97,15 @@ class IdempotencyTracker:
         caller runs the call instead.
         """
         text: list[str] = []
-        async with aclosing(self.stream(key, fingerprint, lambda: _one_chunk(call))) as chunks:
+        chunks = self._stream(key, fingerprint, lambda: _one_chunk(call), deltas=False)
+        async with aclosing(chunks):
             async for chunk in chunks:
                 text.append(chunk.text_delta)
                 if chunk.finish_reason:
                     return _completion_of(chunk, "".join(text))
         raise AssertionError("a finished stream always ends with a closing chunk")
 
-    async def stream(
+    def stream(
         self,
         key: str,
         fingerprint: str,
@@ -114,8 +115,19 @@ class IdempotencyTracker:
 
         The closing chunk of the engine's stream carries model, provider and attempts; a
         recorded or joined answer arrives as the deltas seen plus a closing chunk marked
-        `replayed`.
+        `replayed`. A joined call whose leader goes away is made again, unless deltas were
+        already passed on: then the stream ends with ProviderUnavailable, as a stream that
+        breaks mid-way does.
         """
+        return self._stream(key, fingerprint, open_stream, deltas=True)
+
+    async def _stream(
+        self,
+        key: str,
+        fingerprint: str,
+        open_stream: Callable[[], AsyncGenerator[CompletionChunk, None]],
+        deltas: bool,
+    ) -> AsyncGenerator[CompletionChunk, None]:
         if not key:
             raise ValueError("the idempotency key must not be empty")
         while True:
@@ -133,12 +145,17 @@ class IdempotencyTracker:
                 async for chunk in self._lead(key, fingerprint, claim, open_stream):  # type: ignore[arg-type]
                     yield chunk
                 return
+            passed_on = False
             try:
-                async for chunk in self._follow(key, claim):  # type: ignore[arg-type]
+                async for chunk in self._follow(key, claim, deltas):  # type: ignore[arg-type]
+                    passed_on = True
                     yield chunk
                 return
             except LeaderGone:
-                continue
+                if passed_on:
+                    raise ProviderUnavailable(
+                        "engine", "the call this one joined was abandoned mid-stream"
+                    ) from None
 
     async def _checked_lookup(self, key: str, fingerprint: str) -> Completion | None:
         try:
@@ -188,13 +205,16 @@ class IdempotencyTracker:
             if not ended:
                 await leader.abandon()
 
-    async def _follow(self, key: str, follower: Follower) -> AsyncGenerator[CompletionChunk, None]:
+    async def _follow(
+        self, key: str, follower: Follower, deltas: bool
+    ) -> AsyncGenerator[CompletionChunk, None]:
         self._hook("hit", key)
         streamed: list[str] = []
         async for event in follower.events():
             if event.kind == "delta":
-                streamed.append(event.text)
-                yield CompletionChunk(text_delta=event.text)
+                if deltas:
+                    streamed.append(event.text)
+                    yield CompletionChunk(text_delta=event.text)
             elif event.completion is not None:
                 yield _replay(event.completion, "".join(streamed))
             elif event.error is not None:

@@ -43,7 +43,8 @@ class Deployment:
     name: str
     provider: ProviderKind
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)
+    """Read from the variable the file names in `api_key_env`; kept out of repr."""
     models: tuple[str, ...] = ()
     timeout_seconds: float = 60.0
 

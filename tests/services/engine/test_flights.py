@@ -241,3 +241,25 @@ async def test_an_upstream_failure_reaches_the_caller_over_grpc(
 
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(failed.value).reason == "PROVIDER_ERROR"
+
+
+async def test_a_cached_answer_is_served_by_another_replica_and_says_so(
+    openai_server: OpenAIServer, replicas: list[engine_pb2_grpc.EngineServiceAsyncStub]
+) -> None:
+    def cached(tenant: str) -> engine_pb2.CompleteRequest:
+        call = request("")
+        call.tenant = tenant
+        call.params.temperature = 0.0
+        call.cache.enabled = True
+        call.cache.ttl.FromSeconds(60)
+        return call
+
+    first = await replicas[0].Complete(cached("tenants/a"), timeout=5)
+    hit = await replicas[1].Complete(cached("tenants/a"), timeout=5)
+    other_tenant = await replicas[1].Complete(cached("tenants/b"), timeout=5)
+
+    assert not first.usage.cache_hit and first.usage.model_calls == 1
+    assert hit.usage.cache_hit and hit.message == first.message
+    assert (hit.usage.total_tokens, hit.usage.model_calls) == (0, 0)
+    assert not other_tenant.usage.cache_hit
+    assert len(openai_server.chat_requests) == 2

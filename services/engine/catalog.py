@@ -94,13 +94,6 @@ class ModelCatalog:
                 exc_info=True,
             )
 
-    def resolve(self, model_id: str) -> tuple[Provider, ModelInfo]:
-        """The provider serving `model_id` and what it says about the model."""
-        try:
-            return self._routes[model_id]
-        except KeyError:
-            raise ModelNotFound(model_id) from None
-
     def _info(self, provider: str, model: str) -> ModelInfo:
         for info in self._listed[provider]:
             if info.id == model:

@@ -7,7 +7,7 @@ every engine replica, so a retry that reaches another replica, or this one after
 restart, is answered too. Joined and recorded answers are marked `replayed`.
 
 The tracker counts its hooks (start, hit, conflict, complete, fail) in `counts`, in the
-`agentrt.engine.idempotency` metric and in log lines.
+`agentrt.engine.idempotency` metric, as events on the call's span and in log lines.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Literal
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 
 from services.engine.errors import EngineError, IdempotencyConflict, ProviderUnavailable
 from services.engine.flights import (
@@ -84,6 +84,7 @@ class IdempotencyTracker:
     def _hook(self, hook: Hook, key: str) -> None:
         self.counts[hook] += 1
         _HOOKS.add(1, {"hook": hook})
+        trace.get_current_span().add_event("engine.idempotency", {"agentrt.idempotency.hook": hook})
         log.info("idempotency %s: key %s", hook, key)
 
     async def run(

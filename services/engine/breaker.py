@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
@@ -22,6 +22,9 @@ from redis.commands.core import AsyncScript
 log = logging.getLogger(__name__)
 
 BreakerState = Literal["closed", "open", "half_open"]
+Admission = Literal["refused", "admitted", "clean"]
+"""Whether a call may try a deployment: `clean` is closed with no failure on record, so
+that a success need not be reported (saving a round trip to Redis on the common path)."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class BreakerSettings:
 class Breakers(Protocol):
     """The breakers of every deployment, by deployment name."""
 
-    async def acquire(self, deployment: str) -> bool:
-        """Whether a call may try the deployment now; in half-open, True takes the probe."""
+    async def acquire(self, deployment: str) -> Admission:
+        """Whether a call may try the deployment now; in half-open, admission is the probe."""
         ...
 
     async def succeeded(self, deployment: str) -> None:
@@ -80,21 +83,23 @@ class InProcessBreakers:
         self._clock = clock
         self._breakers: dict[str, _Breaker] = {}
 
-    async def acquire(self, deployment: str) -> bool:
-        breaker = self._breakers.setdefault(deployment, _Breaker())
+    async def acquire(self, deployment: str) -> Admission:
+        breaker = self._breakers.get(deployment)
+        if breaker is None:
+            return "clean"
         now = self._clock()
         if breaker.state == "closed":
-            return True
+            return "admitted"
         if breaker.state == "open" and now < breaker.open_until:
-            return False
+            return "refused"
         if breaker.state == "half_open" and now < breaker.probe_until:
-            return False
+            return "refused"
         breaker.state = "half_open"
         breaker.probe_until = now + self._settings.probe_seconds
-        return True
+        return "admitted"
 
     async def succeeded(self, deployment: str) -> None:
-        self._breakers[deployment] = _Breaker()
+        self._breakers.pop(deployment, None)
 
     async def failed(self, deployment: str) -> None:
         breaker = self._breakers.setdefault(deployment, _Breaker())
@@ -120,6 +125,7 @@ _NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[
 _ACQUIRE = (
     _NOW_MS
     + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'closed' then return 1 end
 if state == 'open' and now < tonumber(redis.call('HGET', KEYS[1], 'open_until')) then
@@ -159,6 +165,9 @@ return state
 )
 
 
+_ADMISSIONS: dict[int, Admission] = {0: "refused", 1: "admitted", 2: "clean"}
+
+
 class RedisBreakers:
     """Breakers shared by every engine replica: one hash a deployment,
     `{prefix}:engine:breaker:{deployment}`.
@@ -184,10 +193,10 @@ class RedisBreakers:
         self._failed = client.register_script(_FAILED)
         self._state = client.register_script(_STATE)
 
-    async def acquire(self, deployment: str) -> bool:
+    async def acquire(self, deployment: str) -> Admission:
         probe_ms = int(self._settings.probe_seconds * 1000)
-        result = await self._run(self._acquire, deployment, [probe_ms, self._keep_ms], 1)
-        return bool(result)
+        result = await self._run(self._acquire, deployment, [probe_ms, self._keep_ms], 2)
+        return _ADMISSIONS[int(result)]
 
     async def succeeded(self, deployment: str) -> None:
         try:
@@ -206,11 +215,13 @@ class RedisBreakers:
     async def state(self, deployment: str) -> BreakerState:
         raw = await self._run(self._state, deployment, [], b"closed")
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        return text if text in ("open", "half_open") else "closed"  # type: ignore[return-value]
+        if text == "open":
+            return "open"
+        return "half_open" if text == "half_open" else "closed"
 
     async def _run(
         self, script: AsyncScript, deployment: str, args: list[int], fallback: object
-    ) -> object:
+    ) -> Any:
         try:
             async with asyncio.timeout(self._timeout):
                 return await script(keys=[self._prefix + deployment], args=args)

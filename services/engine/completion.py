@@ -36,6 +36,8 @@ from services.engine.model import (
     ModelInfo,
     TokenUsage,
     ToolSpec,
+    closing_chunk,
+    completion_of,
 )
 from services.engine.response_cache import (
     NO_CACHE,
@@ -190,19 +192,13 @@ class CompletionEngine:
         async with aclosing(chunks):
             hit = await self._cache.get(key)
             if hit is not None:
-                yield _closing_chunk(_as_cache_hit(hit))
+                yield closing_chunk(_as_cache_hit(hit))
                 return
             text: list[str] = []
             async for chunk in chunks:
                 text.append(chunk.text_delta)
-                if chunk.finish_reason and chunk.usage is not None:
-                    completion = Completion(
-                        ChatMessage("assistant", "".join(text), chunk.tool_calls),
-                        chunk.finish_reason,
-                        chunk.usage,
-                        chunk.model,
-                        chunk.provider,
-                    )
+                if chunk.finish_reason:
+                    completion = completion_of(chunk, "".join(text))
                     await self._cache.put(key, completion, cache.ttl_seconds or self._cache_seconds)
                 yield chunk
 
@@ -274,7 +270,8 @@ class CompletionEngine:
             failures: list[EngineError] = []
             for route in plan:
                 name = route.provider.name
-                if not await self._breakers.acquire(name):
+                admission = await self._breakers.acquire(name)
+                if admission == "refused":
                     attempts.append(_attempt(span, route, "breaker_open", 0.0))
                     continue
                 started = time.monotonic()
@@ -285,12 +282,14 @@ class CompletionEngine:
                     attempts.append(_attempt(span, route, _outcome(error), elapsed, str(error)))
                     if not error.retryable:
                         # The deployment is up; it refused this request.
-                        await self._breakers.succeeded(name)
+                        if admission != "clean":
+                            await self._breakers.succeeded(name)
                         raise
                     await self._breakers.failed(name)
                     failures.append(error)
                     continue
-                await self._breakers.succeeded(name)
+                if admission != "clean":
+                    await self._breakers.succeeded(name)
                 attempts.append(_attempt(span, route, "ok", time.monotonic() - started))
                 return result, route, tuple(attempts)
             if not failures:
@@ -359,18 +358,6 @@ def _attempt(
 def _as_cache_hit(completion: Completion) -> Completion:
     # No provider was called: the call counts no tokens, so the ledger charges nothing.
     return replace(completion, usage=_NO_USAGE, attempts=(), replayed=False, cache_hit=True)
-
-
-def _closing_chunk(completion: Completion) -> CompletionChunk:
-    return CompletionChunk(
-        text_delta=completion.message.content,
-        tool_calls=completion.message.tool_calls,
-        finish_reason=completion.finish_reason,
-        usage=completion.usage,
-        model=completion.model,
-        provider=completion.provider,
-        cache_hit=completion.cache_hit,
-    )
 
 
 def request_fingerprint(

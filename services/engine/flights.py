@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -48,24 +49,32 @@ class LeaderGone(Exception):
     """The flight's leader went away without an end: claim the key again."""
 
 
-class Leader(Protocol):
+class Leader(ABC):
     """The caller that makes the call for a key."""
 
-    async def publish(self, text: str) -> None: ...
+    @abstractmethod
+    async def publish(self, text: str) -> None:
+        """Pass a text delta on to the followers."""
 
-    async def finish(self, completion: Completion) -> None: ...
+    @abstractmethod
+    async def finish(self, completion: Completion) -> None:
+        """End the flight with its answer (recorded before, so that late callers find it)."""
 
-    async def fail(self, error: EngineError) -> None: ...
+    @abstractmethod
+    async def fail(self, error: EngineError) -> None:
+        """End the flight with its error."""
 
-    async def abandon(self) -> None: ...
+    @abstractmethod
+    async def abandon(self) -> None:
+        """Go away without an end: a follower claims the key."""
 
 
-class Follower(Protocol):
+class Follower(ABC):
     """A caller that joined a flight: its events from the start, up to the end."""
 
+    @abstractmethod
     def events(self) -> AsyncIterator[FlightEvent]:
         """Deltas, then one final or error event; LeaderGone when the leader went away."""
-        ...
 
 
 class Flights(Protocol):
@@ -73,10 +82,6 @@ class Flights(Protocol):
         """Lead the key's call, or follow the one in flight; IdempotencyConflict when the
         flight in progress is of another request."""
         ...
-
-
-def is_leader(claim: Leader | Follower) -> bool:
-    return hasattr(claim, "publish")
 
 
 @dataclass
@@ -103,7 +108,7 @@ class InProcessFlights:
         return _LocalFollower(flight)
 
 
-class _LocalLeader:
+class _LocalLeader(Leader):
     def __init__(self, flights: dict[str, _Flight], key: str, flight: _Flight) -> None:
         self._flights = flights
         self._key = key
@@ -133,7 +138,7 @@ class _LocalLeader:
         self._add(None)
 
 
-class _LocalFollower:
+class _LocalFollower(Follower):
     def __init__(self, flight: _Flight) -> None:
         self._flight = flight
 
@@ -182,20 +187,23 @@ class RedisFlights:
         lease_seconds: float = 10.0,
         poll_seconds: float = 0.25,
         keep_seconds: float = 60.0,
+        timeout_seconds: float = 0.5,
     ) -> None:
         self._redis = client
         self._prefix = f"{prefix}:engine:flight:"
         self._lease_ms = int(lease_seconds * 1000)
         self._poll_ms = max(1, int(poll_seconds * 1000))
         self._keep_ms = int(keep_seconds * 1000)
+        self._timeout = timeout_seconds
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._local = InProcessFlights()
 
     async def claim(self, key: str, fingerprint: str) -> Leader | Follower:
         try:
-            return await self._claim(key, fingerprint)
-        except redis.RedisError as error:
+            async with asyncio.timeout(self._timeout):
+                return await self._claim(key, fingerprint)
+        except (redis.RedisError, TimeoutError) as error:
             # Redis is not the source of truth: without it, joins stay within this replica.
             log.warning("calls in flight cannot be shared (%r); joining in-process only", error)
             return await self._local.claim(key, fingerprint)
@@ -216,7 +224,7 @@ class RedisFlights:
             return _RedisFollower(self, lock, events)
 
 
-class _RedisLeader:
+class _RedisLeader(Leader):
     def __init__(self, flights: RedisFlights, lock: str, events: str, token: str) -> None:
         self._flights = flights
         self._lock = lock
@@ -266,7 +274,7 @@ class _RedisLeader:
         await self._end(None)
 
 
-class _RedisFollower:
+class _RedisFollower(Follower):
     def __init__(self, flights: RedisFlights, lock: str, events: str) -> None:
         self._flights = flights
         self._lock = lock

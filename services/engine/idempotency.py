@@ -17,7 +17,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from opentelemetry import metrics, trace
@@ -29,9 +29,8 @@ from services.engine.flights import (
     InProcessFlights,
     Leader,
     LeaderGone,
-    is_leader,
 )
-from services.engine.model import ChatMessage, Completion, CompletionChunk
+from services.engine.model import Completion, CompletionChunk, closing_chunk, completion_of
 from services.engine.shared_record import CompletionRecord
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ class IdempotencyTracker:
             async for chunk in chunks:
                 text.append(chunk.text_delta)
                 if chunk.finish_reason:
-                    return _completion_of(chunk, "".join(text))
+                    return completion_of(chunk, "".join(text))
         raise AssertionError("a finished stream always ends with a closing chunk")
 
     def stream(
@@ -142,13 +141,13 @@ class IdempotencyTracker:
             except IdempotencyConflict:
                 self._hook("conflict", key)
                 raise
-            if is_leader(claim):
-                async for chunk in self._lead(key, fingerprint, claim, open_stream):  # type: ignore[arg-type]
+            if isinstance(claim, Leader):
+                async for chunk in self._lead(key, fingerprint, claim, open_stream):
                     yield chunk
                 return
             passed_on = False
             try:
-                async for chunk in self._follow(key, claim, deltas):  # type: ignore[arg-type]
+                async for chunk in self._follow(key, claim, deltas):
                     passed_on = True
                     yield chunk
                 return
@@ -187,7 +186,7 @@ class IdempotencyTracker:
             async with aclosing(open_stream()) as chunks:
                 async for chunk in chunks:
                     if chunk.finish_reason:
-                        completion = _completion_of(chunk, "".join(text) + chunk.text_delta)
+                        completion = completion_of(chunk, "".join(text) + chunk.text_delta)
                         await self.record(key, fingerprint, completion)
                         await leader.finish(completion)
                         ended = True
@@ -280,44 +279,9 @@ def _check(key: str, expected: str, fingerprint: str) -> None:
 async def _one_chunk(
     call: Callable[[], Awaitable[Completion]],
 ) -> AsyncGenerator[CompletionChunk, None]:
-    completion = await call()
-    yield CompletionChunk(
-        text_delta=completion.message.content,
-        tool_calls=completion.message.tool_calls,
-        finish_reason=completion.finish_reason,
-        usage=completion.usage,
-        model=completion.model,
-        provider=completion.provider,
-        attempts=completion.attempts,
-        replayed=completion.replayed,
-        cache_hit=completion.cache_hit,
-    )
+    yield closing_chunk(await call())
 
 
 def _replay(completion: Completion, already_streamed: str) -> CompletionChunk:
     """The closing chunk of a recorded or joined answer, after `already_streamed` text."""
-    return CompletionChunk(
-        text_delta=completion.message.content.removeprefix(already_streamed),
-        tool_calls=completion.message.tool_calls,
-        finish_reason=completion.finish_reason,
-        usage=completion.usage,
-        model=completion.model,
-        provider=completion.provider,
-        replayed=True,
-        cache_hit=completion.cache_hit,
-    )
-
-
-def _completion_of(chunk: CompletionChunk, text: str) -> Completion:
-    """The whole answer whose closing chunk is `chunk` and whose text is `text`."""
-    assert chunk.finish_reason and chunk.usage is not None
-    return Completion(
-        message=ChatMessage("assistant", text, chunk.tool_calls),
-        finish_reason=chunk.finish_reason,
-        usage=chunk.usage,
-        model=chunk.model,
-        provider=chunk.provider,
-        attempts=chunk.attempts,
-        replayed=chunk.replayed,
-        cache_hit=chunk.cache_hit,
-    )
+    return replace(closing_chunk(completion, already_streamed), attempts=(), replayed=True)

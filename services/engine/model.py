@@ -168,3 +168,34 @@ class ModelInfo:
     """Maximum tokens of input plus output; 0 when the provider does not say."""
     supports_tools: bool
     supports_streaming: bool
+
+
+def closing_chunk(completion: Completion, streamed: str = "") -> CompletionChunk:
+    """The last chunk of a stream that answers `completion`, after `streamed` text."""
+    return CompletionChunk(
+        text_delta=completion.message.content.removeprefix(streamed),
+        tool_calls=completion.message.tool_calls,
+        finish_reason=completion.finish_reason,
+        usage=completion.usage,
+        model=completion.model,
+        provider=completion.provider,
+        attempts=completion.attempts,
+        replayed=completion.replayed,
+        cache_hit=completion.cache_hit,
+    )
+
+
+def completion_of(chunk: CompletionChunk, text: str) -> Completion:
+    """The whole answer of a stream whose last chunk is `chunk` and whose text is `text`."""
+    if not chunk.finish_reason or chunk.usage is None:
+        raise ValueError("only the last chunk of a stream carries its finish reason and usage")
+    return Completion(
+        message=ChatMessage("assistant", text, chunk.tool_calls),
+        finish_reason=chunk.finish_reason,
+        usage=chunk.usage,
+        model=chunk.model,
+        provider=chunk.provider,
+        attempts=chunk.attempts,
+        replayed=chunk.replayed,
+        cache_hit=chunk.cache_hit,
+    )

@@ -48,13 +48,14 @@ async def test_opens_after_the_threshold_of_consecutive_failures(breakers: Break
     await breakers.succeeded("d")
     await fail(breakers, 2)
     assert await breakers.state("d") == "closed"
-    assert await breakers.acquire("d")
+    assert await breakers.acquire("d") == "admitted"
 
     await fail(breakers, 1)
 
     assert await breakers.state("d") == "open"
-    assert not await breakers.acquire("d")
+    assert await breakers.acquire("d") == "refused"
     assert await breakers.state("other") == "closed"
+    assert await breakers.acquire("other") == "clean"
 
 
 async def test_half_open_lets_exactly_one_probe_through(breakers: Breakers) -> None:
@@ -64,21 +65,21 @@ async def test_half_open_lets_exactly_one_probe_through(breakers: Breakers) -> N
 
     probes = await asyncio.gather(*(breakers.acquire("d") for _ in range(5)))
 
-    assert sorted(probes) == [False] * 4 + [True]
+    assert sorted(probes) == ["admitted"] + ["refused"] * 4
     await breakers.succeeded("d")
     assert await breakers.state("d") == "closed"
-    assert await breakers.acquire("d")
+    assert await breakers.acquire("d") == "clean"
 
 
 async def test_a_failed_probe_opens_the_breaker_again(breakers: Breakers) -> None:
     await fail(breakers, 3)
     await asyncio.sleep(COOLDOWN + 0.05)
-    assert await breakers.acquire("d")
+    assert await breakers.acquire("d") == "admitted"
 
     await breakers.failed("d")
 
     assert await breakers.state("d") == "open"
-    assert not await breakers.acquire("d")
+    assert await breakers.acquire("d") == "refused"
 
 
 async def test_settings_are_checked() -> None:

@@ -263,3 +263,36 @@ async def test_a_cached_answer_is_served_by_another_replica_and_says_so(
     assert (hit.usage.total_tokens, hit.usage.model_calls) == (0, 0)
     assert not other_tenant.usage.cache_hit
     assert len(openai_server.chat_requests) == 2
+
+
+async def test_an_engine_whose_redis_is_down_still_answers_and_joins_in_process(
+    openai_server: OpenAIServer,
+) -> None:
+    unreachable = redis.Redis(host="127.0.0.1", port=1)
+    unit = EngineUnit(
+        EngineConfig.from_env(
+            {"AGENTRT_OPENAI_BASE_URL": openai_server.url, "AGENTRT_OPENAI_API_KEY": "test-key"}
+        ),
+        unreachable,
+        "down",
+    )
+    server = Server("127.0.0.1:0", "engine")
+    await server.start([unit])
+    openai_server.reply_next(SLOW)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = engine_pb2_grpc.EngineServiceStub(channel)
+            cached = request("k")
+            cached.params.temperature = 0.0
+            cached.cache.enabled = True
+            answers = await asyncio.gather(
+                stub.Complete(cached, timeout=10), stub.Complete(cached, timeout=10)
+            )
+    finally:
+        await server.stop(grace=1.0)
+        await unreachable.aclose()
+
+    assert [a.message.content for a in answers] == ["one two three four five"] * 2
+    assert sorted(a.replayed for a in answers) == [False, True]
+    assert len(openai_server.chat_requests) == 1
+    assert unit.tracker.counts["hit"] == 1

@@ -221,7 +221,7 @@ class RedisFlights:
                 continue  # the holder just finished or expired: try again
             if json.loads(held)["fingerprint"] != fingerprint:
                 raise IdempotencyConflict(key)
-            return _RedisFollower(self, lock, events)
+            return _RedisFollower(self, lock, events, held)
 
 
 class _RedisLeader(Leader):
@@ -275,18 +275,21 @@ class _RedisLeader(Leader):
 
 
 class _RedisFollower(Follower):
-    def __init__(self, flights: RedisFlights, lock: str, events: str) -> None:
+    def __init__(self, flights: RedisFlights, lock: str, events: str, leader: bytes | str) -> None:
         self._flights = flights
         self._lock = lock
         self._events = events
+        self._leader = leader
+        """The lock's value when this follower joined: another value is another flight."""
 
     async def events(self) -> AsyncIterator[FlightEvent]:
         client = self._flights._redis
         last = "0-0"
         while True:
             # Read whether the lock is held before reading the stream: a leader writes its
-            # end before releasing, so a released lock with no end means it is gone.
-            held = await client.exists(self._lock)
+            # end before releasing, so a released lock with no end means it is gone. A lock
+            # held by another leader (ours expired) is another flight, with its own events.
+            held = await client.get(self._lock) == self._leader
             read: Any = await client.xread(
                 {self._events: last}, count=100, block=self._flights._poll_ms if held else None
             )

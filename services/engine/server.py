@@ -28,7 +28,7 @@ from services.engine.response_cache import (
     ResponseCache,
 )
 from services.engine.shared_record import RedisCompletionRecord
-from services.kit.config import env_float, env_int, env_str
+from services.kit.config import ConfigError, env_float, env_int, env_str
 from services.kit.infra import Infrastructure
 from services.kit.periodic import cancel_all
 
@@ -73,9 +73,17 @@ class EngineConfig:
                 timeout_seconds=env_float("AGENTRT_OPENAI_TIMEOUT", 60.0, env, minimum=0.1),
             )
         path = env_str("AGENTRT_ENGINE_CONFIG", "", env)
+        routing = load_routing(path, env) if path else RoutingConfig()
+        taken = {"local", "openai"} if openai else {"local"}
+        clashes = sorted(taken & {d.name for d in routing.deployments})
+        if clashes:
+            raise ConfigError(
+                f"AGENTRT_ENGINE_CONFIG ({path}): deployment names {clashes} are taken by the"
+                " built-in local model or the AGENTRT_OPENAI_* shorthand"
+            )
         return cls(
             openai=openai,
-            routing=load_routing(path, env) if path else RoutingConfig(),
+            routing=routing,
             cache_seconds=env_float("AGENTRT_ENGINE_CACHE_SECONDS", 300.0, env, minimum=1.0),
             local_chunk_delay=env_float("AGENTRT_LOCAL_SLOW_CHUNK_DELAY", 0.1, env),
             max_attempts=env_int("AGENTRT_ENGINE_MAX_ATTEMPTS", 3, env, minimum=1),

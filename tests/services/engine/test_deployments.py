@@ -110,3 +110,15 @@ def test_a_wrong_file_is_a_clear_config_error(tmp_path: Path, text: str, message
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         EngineConfig.from_env({"AGENTRT_ENGINE_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_a_deployment_may_not_take_a_built_in_name(tmp_path: Path) -> None:
+    text = "deployments: [{name: openai, provider: openai, base_url: http://x}]"
+    env = {"AGENTRT_ENGINE_CONFIG": write(tmp_path, text)}
+    assert [d.name for d in EngineConfig.from_env(env).routing.deployments] == ["openai"]
+
+    with pytest.raises(ConfigError, match="taken by"):
+        EngineConfig.from_env({**env, "AGENTRT_OPENAI_BASE_URL": "http://y/v1"})
+    local = "deployments: [{name: local, provider: openai, base_url: http://x}]"
+    with pytest.raises(ConfigError, match=r"\['local'\]"):
+        EngineConfig.from_env({"AGENTRT_ENGINE_CONFIG": write(tmp_path, local)})

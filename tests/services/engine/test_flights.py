@@ -4,6 +4,8 @@ engine replicas (real gRPC servers sharing the real Redis) in front of a real up
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -14,11 +16,11 @@ from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
 
 from services.engine.catalog import ModelCatalog
-from services.engine.completion import CompletionEngine
+from services.engine.completion import CompletionEngine, request_fingerprint
 from services.engine.errors import IdempotencyConflict, ProviderUnavailable
 from services.engine.flights import InProcessFlights, RedisFlights
 from services.engine.idempotency import IdempotencyTracker
-from services.engine.model import ChatMessage
+from services.engine.model import ChatMessage, CompletionParams
 from services.engine.providers.openai_compat import OpenAICompatProvider
 from services.engine.server import EngineConfig, EngineUnit
 from services.kit.server import Server
@@ -296,3 +298,23 @@ async def test_an_engine_whose_redis_is_down_still_answers_and_joins_in_process(
     assert sorted(a.replayed for a in answers) == [False, True]
     assert len(openai_server.chat_requests) == 1
     assert unit.tracker.counts["hit"] == 1
+
+
+async def test_a_leader_that_crashed_is_taken_over_once_its_lease_expires(
+    openai_server: OpenAIServer,
+    openai_provider: OpenAICompatProvider,
+    client: redis.Redis,
+    redis_prefix: str,
+) -> None:
+    # What a replica killed mid-call leaves: its lock, with a lease it no longer renews.
+    fingerprint = request_fingerprint("gpt-test", HELLO, (), CompletionParams())
+    lock = json.dumps({"fingerprint": fingerprint, "leader": "crashed"})
+    await client.set(f"{redis_prefix}:engine:flight:k", lock, px=400)
+    engine, _ = await engine_on(openai_provider, RedisFlights(client, redis_prefix))
+
+    started = time.monotonic()
+    completion = await asyncio.wait_for(engine.complete("gpt-test", HELLO, idempotency_key="k"), 5)
+
+    assert time.monotonic() - started >= 0.3
+    assert completion.message.content == "echo: hello" and not completion.replayed
+    assert len(openai_server.chat_requests) == 1

@@ -60,6 +60,11 @@ class Breakers(Protocol):
         """A call to the deployment failed in a way that counts against it."""
         ...
 
+    async def released(self, deployment: str) -> None:
+        """A call admitted gave up with no outcome (its caller went away): a half-open
+        breaker's probe slot is free again at once."""
+        ...
+
     async def state(self, deployment: str) -> BreakerState:
         """The breaker's state now (an open breaker past its cool-down is half-open)."""
         ...
@@ -100,6 +105,11 @@ class InProcessBreakers:
 
     async def succeeded(self, deployment: str) -> None:
         self._breakers.pop(deployment, None)
+
+    async def released(self, deployment: str) -> None:
+        breaker = self._breakers.get(deployment)
+        if breaker is not None and breaker.state == "half_open":
+            breaker.probe_until = 0.0
 
     async def failed(self, deployment: str) -> None:
         breaker = self._breakers.setdefault(deployment, _Breaker())
@@ -153,6 +163,13 @@ return 1
 """
 )
 
+_RELEASED = """
+if redis.call('HGET', KEYS[1], 'state') == 'half_open' then
+  redis.call('HSET', KEYS[1], 'probe_until', 0)
+end
+return 1
+"""
+
 _STATE = (
     _NOW_MS
     + """
@@ -192,6 +209,7 @@ class RedisBreakers:
         self._acquire = client.register_script(_ACQUIRE)
         self._failed = client.register_script(_FAILED)
         self._state = client.register_script(_STATE)
+        self._released = client.register_script(_RELEASED)
 
     async def acquire(self, deployment: str) -> Admission:
         probe_ms = int(self._settings.probe_seconds * 1000)
@@ -204,6 +222,9 @@ class RedisBreakers:
                 await self._redis.delete(self._prefix + deployment)
         except (redis.RedisError, TimeoutError) as error:
             log.warning("could not close the breaker of %s in Redis (%r)", deployment, error)
+
+    async def released(self, deployment: str) -> None:
+        await self._run(self._released, deployment, [], 0)
 
     async def failed(self, deployment: str) -> None:
         settings = self._settings

@@ -288,6 +288,12 @@ class CompletionEngine:
                     await self._breakers.failed(name)
                     failures.append(error)
                     continue
+                except BaseException:
+                    # Cancelled mid-try: no outcome to count, but a probe must not hold
+                    # its slot until it expires.
+                    if admission == "admitted":
+                        await asyncio.shield(self._breakers.released(name))
+                    raise
                 if admission != "clean":
                     await self._breakers.succeeded(name)
                 attempts.append(_attempt(span, route, "ok", time.monotonic() - started))

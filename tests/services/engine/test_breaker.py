@@ -142,3 +142,34 @@ async def test_after_the_cooldown_one_probe_goes_through_and_closes_the_breaker(
     assert len(upstreams.first.chat_requests) == 3 + 1
     assert [d.breaker for d in await other.deployments("fast")] == ["closed", "closed"]
     assert (await other.complete("fast", HELLO)).provider == "first"
+
+
+async def test_a_probe_given_up_frees_its_slot_at_once(breakers: Breakers) -> None:
+    await fail(breakers, 3)
+    await asyncio.sleep(COOLDOWN + 0.05)
+    assert await breakers.acquire("d") == "admitted"
+    assert await breakers.acquire("d") == "refused"
+
+    await breakers.released("d")
+
+    assert await breakers.acquire("d") == "admitted"
+
+
+async def test_a_cancelled_probe_call_lets_the_next_call_probe(
+    upstreams: Upstreams,
+    client: redis.Redis,
+    redis_prefix: str,
+) -> None:
+    one = replica(await upstreams.catalog(), client, redis_prefix)
+    upstreams.first.fail_next(3, Failure(500))
+    for _ in range(3):
+        await one.complete("fast", HELLO)
+    await asyncio.sleep(COOLDOWN + 0.05)
+    upstreams.first.reply_next(Reply(text="slow probe", response_delay=0.25))
+    probe = asyncio.create_task(one.complete("fast", HELLO))
+    await asyncio.sleep(0.1)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+
+    assert (await one.complete("fast", HELLO)).provider == "first"

@@ -30,7 +30,7 @@ from services.engine.errors import (
     RateLimited,
 )
 from services.engine.model import Completion
-from services.engine.shared_record import completion_from_json
+from services.engine.shared_record import completion_from_json, record_key
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,19 @@ class Follower(ABC):
         """Deltas, then one final or error event; LeaderGone when the leader went away."""
 
 
+class Recorded:
+    """What a claim finds when the key's call has completed: read its record."""
+
+
+RECORDED = Recorded()
+
+
 class Flights(Protocol):
-    async def claim(self, key: str, fingerprint: str) -> Leader | Follower:
+    checks_records: bool
+    """Whether a claim finds a shared record of the key (RECORDED), so that the caller
+    need not read the shared record before claiming."""
+
+    async def claim(self, key: str, fingerprint: str) -> Leader | Follower | Recorded:
         """Lead the key's call, or follow the one in flight; IdempotencyConflict when the
         flight in progress is of another request."""
         ...
@@ -95,10 +106,12 @@ class _Flight:
 class InProcessFlights:
     """Flights of one engine process."""
 
+    checks_records = False
+
     def __init__(self) -> None:
         self._flights: dict[str, _Flight] = {}
 
-    async def claim(self, key: str, fingerprint: str) -> Leader | Follower:
+    async def claim(self, key: str, fingerprint: str) -> Leader | Follower | Recorded:
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = _Flight(fingerprint)
@@ -158,6 +171,16 @@ class _LocalFollower(Follower):
             await changed.wait()
 
 
+# One round trip a claim: the record, else the lock (events of an earlier flight of the
+# key, abandoned or ended, are not the new leader's), else who holds it.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'recorded'} end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  return {'lead'}
+end
+return {'held', redis.call('GET', KEYS[1])}
+"""
 # Renews the lease only while this leader holds it, so a late renewal cannot steal a key.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -165,19 +188,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# The flight's end event, if any, then the lock released: in this order, so that a
+# follower that finds the lock gone finds the end too.
+_END = """
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[2], '*', 'kind', ARGV[3], ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 
 class RedisFlights:
+    checks_records = True
+
     """Flights shared by every engine replica.
 
     `{prefix}:engine:flight:{key}` holds the leader's lock (its fingerprint and id) with a
     lease it renews while the call runs; `{prefix}:engine:flight:{key}:events` is a stream
     of the flight's events, read from its start by each follower. A follower that sees the
-    lock gone with no end in the stream knows the leader crashed.
+    lock gone with no end in the stream knows the leader crashed. A claim also sees the
+    record of a completed call (`shared_record.py`) under the same prefix.
     """
 
     def __init__(
@@ -195,11 +227,13 @@ class RedisFlights:
         self._poll_ms = max(1, int(poll_seconds * 1000))
         self._keep_ms = int(keep_seconds * 1000)
         self._timeout = timeout_seconds
+        self._record_prefix = prefix
+        self._claim_script = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._end = client.register_script(_END)
         self._local = InProcessFlights()
 
-    async def claim(self, key: str, fingerprint: str) -> Leader | Follower:
+    async def claim(self, key: str, fingerprint: str) -> Leader | Follower | Recorded:
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._claim(key, fingerprint)
@@ -208,20 +242,19 @@ class RedisFlights:
             log.warning("calls in flight cannot be shared (%r); joining in-process only", error)
             return await self._local.claim(key, fingerprint)
 
-    async def _claim(self, key: str, fingerprint: str) -> Leader | Follower:
+    async def _claim(self, key: str, fingerprint: str) -> Leader | Follower | Recorded:
         lock, events = self._prefix + key, self._prefix + key + ":events"
-        while True:
-            token = json.dumps({"fingerprint": fingerprint, "leader": uuid.uuid4().hex})
-            if await self._redis.set(lock, token, px=self._lease_ms, nx=True):
-                # Events of an earlier flight of this key (abandoned, or ended) are not ours.
-                await self._redis.delete(events)
-                return _RedisLeader(self, lock, events, token)
-            held = await self._redis.get(lock)
-            if held is None:
-                continue  # the holder just finished or expired: try again
-            if json.loads(held)["fingerprint"] != fingerprint:
-                raise IdempotencyConflict(key)
-            return _RedisFollower(self, lock, events, held)
+        token = json.dumps({"fingerprint": fingerprint, "leader": uuid.uuid4().hex})
+        keys = [lock, events, record_key(self._record_prefix, key)]
+        answer = await self._claim_script(keys=keys, args=[token, self._lease_ms])
+        if answer[0] == b"recorded":
+            return RECORDED
+        if answer[0] == b"lead":
+            return _RedisLeader(self, lock, events, token)
+        held = answer[1]
+        if json.loads(held)["fingerprint"] != fingerprint:
+            raise IdempotencyConflict(key)
+        return _RedisFollower(self, lock, events, held)
 
 
 class _RedisLeader(Leader):
@@ -248,12 +281,14 @@ class _RedisLeader(Leader):
             pipe.pexpire(self._events, self._flights._keep_ms)
             await pipe.execute()
 
-    async def _end(self, fields: dict[str, str] | None) -> None:
+    async def _finish(self, kind: str = "", name: str = "", value: str = "") -> None:
         self._renewer.cancel()
+        flights = self._flights
         try:
-            if fields is not None:
-                await self._add(fields)
-            await self._flights._release(keys=[self._lock], args=[self._token])
+            await flights._end(
+                keys=[self._lock, self._events],
+                args=[self._token, flights._keep_ms, kind, name, value],
+            )
         except redis.RedisError as error:
             # Followers find the lease expired and take over: a second call, never a hang.
             log.warning("could not end flight %s in Redis (%r)", self._lock, error)
@@ -265,13 +300,13 @@ class _RedisLeader(Leader):
             log.warning("could not share a delta of flight %s (%r)", self._lock, error)
 
     async def finish(self, completion: Completion) -> None:
-        await self._end({"kind": "final", "completion": json.dumps(asdict(completion))})
+        await self._finish("final", "completion", json.dumps(asdict(completion)))
 
     async def fail(self, error: EngineError) -> None:
-        await self._end({"kind": "error", "error": json.dumps(error_to_json(error))})
+        await self._finish("error", "error", json.dumps(error_to_json(error)))
 
     async def abandon(self) -> None:
-        await self._end(None)
+        await self._finish()
 
 
 class _RedisFollower(Follower):

@@ -29,6 +29,7 @@ from services.engine.flights import (
     InProcessFlights,
     Leader,
     LeaderGone,
+    Recorded,
 )
 from services.engine.model import Completion, CompletionChunk, closing_chunk, completion_of
 from services.engine.shared_record import CompletionRecord
@@ -130,8 +131,9 @@ class IdempotencyTracker:
     ) -> AsyncGenerator[CompletionChunk, None]:
         if not key:
             raise ValueError("the idempotency key must not be empty")
+        shared_first = not self._flights.checks_records
         while True:
-            recorded = await self._checked_lookup(key, fingerprint)
+            recorded = await self._checked_lookup(key, fingerprint, shared_first)
             if recorded is not None:
                 self._hook("hit", key)
                 yield _replay(recorded, "")
@@ -141,6 +143,13 @@ class IdempotencyTracker:
             except IdempotencyConflict:
                 self._hook("conflict", key)
                 raise
+            if isinstance(claim, Recorded):
+                recorded = await self._checked_lookup(key, fingerprint, shared=True)
+                if recorded is not None:
+                    self._hook("hit", key)
+                    yield _replay(recorded, "")
+                    return
+                continue  # expired since: claim again
             if isinstance(claim, Leader):
                 async for chunk in self._lead(key, fingerprint, claim, open_stream):
                     yield chunk
@@ -157,9 +166,9 @@ class IdempotencyTracker:
                         "engine", "the call this one joined was abandoned mid-stream"
                     ) from None
 
-    async def _checked_lookup(self, key: str, fingerprint: str) -> Completion | None:
+    async def _checked_lookup(self, key: str, fingerprint: str, shared: bool) -> Completion | None:
         try:
-            return await self.lookup(key, fingerprint)
+            return await self.lookup(key, fingerprint, shared)
         except IdempotencyConflict:
             self._hook("conflict", key)
             raise
@@ -173,8 +182,9 @@ class IdempotencyTracker:
     ) -> AsyncGenerator[CompletionChunk, None]:
         ended = False
         try:
-            # Recorded between the lookup and the claim, by a leader that just finished.
-            recorded = await self.lookup(key, fingerprint)
+            # Recorded between the lookup and the claim, by a leader that just finished
+            # (flights that check records have ruled that out in the claim itself).
+            recorded = await self.lookup(key, fingerprint, not self._flights.checks_records)
             if recorded is not None:
                 self._hook("hit", key)
                 await leader.finish(recorded)
@@ -225,15 +235,15 @@ class IdempotencyTracker:
         self._evict_expired()
         return key in self._recorded
 
-    async def lookup(self, key: str, fingerprint: str) -> Completion | None:
-        """The result recorded for `key` here or in the shared record, if any;
-        IdempotencyConflict for another request."""
+    async def lookup(self, key: str, fingerprint: str, shared: bool = True) -> Completion | None:
+        """The result recorded for `key` here or (with `shared`) in the shared record, if
+        any; IdempotencyConflict for another request."""
         self._evict_expired()
         recorded = self._recorded.get(key)
         if recorded is not None:
             _check(key, recorded.fingerprint, fingerprint)
             return recorded.result
-        return await self._from_shared(key, fingerprint)
+        return await self._from_shared(key, fingerprint) if shared else None
 
     async def record(self, key: str, fingerprint: str, result: Completion) -> None:
         """Records a completed call (also one made outside `run`: a stream), unless one is

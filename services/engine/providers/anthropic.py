@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from services.engine.errors import ProviderTimeout, ProviderUnavailable
+from services.engine.errors import ProviderUnavailable
 from services.engine.model import (
     ChatMessage,
     Completion,
@@ -22,6 +22,7 @@ from services.engine.model import (
     ToolCall,
     ToolSpec,
 )
+from services.engine.providers.openai_compat import transport_errors
 from services.engine.providers.openai_wire import SseDecoder, error_text, http_error
 
 API_VERSION = "2023-06-01"
@@ -133,18 +134,8 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    @contextmanager
-    def _transport_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(
-                self.name, f"{type(exc).__name__} after waiting on {self._config.base_url}"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderUnavailable(
-                self.name, f"{type(exc).__name__} talking to {self._config.base_url}: {exc}"
-            ) from exc
+    def _transport_errors(self) -> AbstractContextManager[None]:
+        return transport_errors(self.name, self._config.base_url)
 
 
 def request_body(

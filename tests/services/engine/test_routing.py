@@ -166,3 +166,17 @@ async def test_concurrent_calls_fall_over_independently(upstreams: Upstreams) ->
     answers = await asyncio.gather(*(engine.complete("fast", HELLO) for _ in range(8)))
 
     assert Counter(a.provider for a in answers) == {"second": 4, "first": 4}
+
+
+async def test_a_stream_whose_first_deployment_hangs_lands_on_the_second(
+    upstreams: Upstreams,
+) -> None:
+    engine = engine_of(await upstreams.catalog())
+    upstreams.first.reply_next(Reply(text="too late", response_delay=HANG))
+
+    started = time.monotonic()
+    chunks = [c async for c in engine.stream("fast", HELLO)]
+
+    assert time.monotonic() - started < AT_ONCE
+    assert "".join(c.text_delta for c in chunks) == "echo: hello"
+    assert [a.outcome for a in chunks[-1].attempts] == ["timeout", "ok"]

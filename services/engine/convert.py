@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
 from google.protobuf import json_format
 
+from services.engine.completion import DeploymentStatus
 from services.engine.model import (
+    Attempt,
     ChatMessage,
     Completion,
     CompletionChunk,
@@ -18,6 +21,7 @@ from services.engine.model import (
     ToolCall,
     ToolSpec,
 )
+from services.engine.response_cache import CacheRequest
 from services.kit.errors import FieldInvalid, FieldRequired
 
 _ROLES = {
@@ -104,45 +108,95 @@ def params_from_proto(params: common_pb2.ModelParams) -> CompletionParams:
         raise FieldInvalid("params", str(error)) from None
 
 
-def usage_to_proto(usage: TokenUsage) -> common_pb2.Usage:
+def cache_from_proto(policy: common_pb2.CachePolicy) -> CacheRequest:
+    return CacheRequest(
+        enabled=policy.enabled,
+        ttl_seconds=policy.ttl.ToTimedelta().total_seconds(),
+        allow_sampled=policy.allow_sampled,
+    )
+
+
+def usage_to_proto(usage: TokenUsage, cache_hit: bool = False) -> common_pb2.Usage:
     return common_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens,
         total_tokens=usage.total_tokens,
-        model_calls=1,
+        model_calls=0 if cache_hit else 1,
+        cache_hit=cache_hit,
     )
 
 
-def completion_to_proto(completion: Completion, replayed: bool) -> engine_pb2.CompleteResponse:
+_OUTCOMES = {
+    "ok": engine_pb2.ATTEMPT_OUTCOME_OK,
+    "rate_limited": engine_pb2.ATTEMPT_OUTCOME_RATE_LIMITED,
+    "unavailable": engine_pb2.ATTEMPT_OUTCOME_UNAVAILABLE,
+    "timeout": engine_pb2.ATTEMPT_OUTCOME_TIMEOUT,
+    "rejected": engine_pb2.ATTEMPT_OUTCOME_REJECTED,
+    "breaker_open": engine_pb2.ATTEMPT_OUTCOME_BREAKER_OPEN,
+}
+_BREAKER_STATES = {
+    "closed": engine_pb2.BREAKER_STATE_CLOSED,
+    "open": engine_pb2.BREAKER_STATE_OPEN,
+    "half_open": engine_pb2.BREAKER_STATE_HALF_OPEN,
+}
+
+
+def attempt_to_proto(attempt: Attempt) -> engine_pb2.Attempt:
+    proto = engine_pb2.Attempt(
+        deployment=attempt.deployment,
+        model=attempt.model,
+        outcome=_OUTCOMES[attempt.outcome],
+        error=attempt.error,
+    )
+    proto.duration.FromTimedelta(timedelta(seconds=attempt.seconds))
+    return proto
+
+
+def completion_to_proto(completion: Completion) -> engine_pb2.CompleteResponse:
     return engine_pb2.CompleteResponse(
         message=message_to_proto(completion.message),
         finish_reason=_FINISH_REASONS[completion.finish_reason],
-        usage=usage_to_proto(completion.usage),
+        usage=usage_to_proto(completion.usage, completion.cache_hit),
         model=completion.model,
         provider=completion.provider,
-        replayed=replayed,
+        replayed=completion.replayed,
+        attempts=[attempt_to_proto(a) for a in completion.attempts],
     )
 
 
-def chunk_to_proto(chunk: CompletionChunk, model: str, provider: str) -> engine_pb2.CompleteChunk:
+def chunk_to_proto(chunk: CompletionChunk) -> engine_pb2.CompleteChunk:
     if not chunk.finish_reason:
         return engine_pb2.CompleteChunk(text_delta=chunk.text_delta)
     return engine_pb2.CompleteChunk(
         text_delta=chunk.text_delta,
         finish_reason=_FINISH_REASONS[chunk.finish_reason],
         tool_calls=[tool_call_to_proto(call) for call in chunk.tool_calls],
-        usage=usage_to_proto(chunk.usage or TokenUsage(0, 0)),
-        model=model,
-        provider=provider,
+        usage=usage_to_proto(chunk.usage or TokenUsage(0, 0), chunk.cache_hit),
+        model=chunk.model,
+        provider=chunk.provider,
+        attempts=[attempt_to_proto(a) for a in chunk.attempts],
+        replayed=chunk.replayed,
     )
 
 
-def model_to_proto(info: ModelInfo) -> engine_pb2.Model:
+def model_to_proto(
+    info: ModelInfo, deployments: Sequence[DeploymentStatus] = ()
+) -> engine_pb2.Model:
     return engine_pb2.Model(
         name=f"models/{info.id}",
         provider=info.provider,
         context_window=info.context_window,
         supports_tools=info.supports_tools,
         supports_streaming=info.supports_streaming,
+        deployments=[
+            engine_pb2.ModelDeployment(
+                deployment=d.route.provider.name,
+                model=d.route.model,
+                priority=d.route.priority,
+                weight=d.route.weight,
+                breaker=_BREAKER_STATES[d.breaker],
+            )
+            for d in deployments
+        ],
     )

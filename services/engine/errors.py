@@ -29,6 +29,10 @@ class ProviderUnavailable(EngineError):
         self.message = message
 
 
+class ProviderTimeout(ProviderUnavailable):
+    """The provider did not answer, or send the next piece of a stream, in time."""
+
+
 class RateLimited(EngineError):
     """The provider answered 429: too many requests or tokens for now."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 from typing import Any
@@ -11,7 +12,6 @@ from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
 
 from services.engine import convert
-from services.engine.catalog import ModelCatalog
 from services.engine.completion import CompletionEngine
 from services.engine.errors import (
     EngineError,
@@ -53,36 +53,44 @@ def engine_errors() -> Iterator[None]:
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     """Model calls for the orchestrator, the model list for everyone."""
 
-    def __init__(self, engine: CompletionEngine, catalog: ModelCatalog) -> None:
+    def __init__(self, engine: CompletionEngine) -> None:
         self._engine = engine
-        self._catalog = catalog
 
     async def Complete(
         self, request: engine_pb2.CompleteRequest, context: Context
     ) -> engine_pb2.CompleteResponse:
         messages, tools, params = convert.request_from_proto(request)
-        key = request.idempotency_key
         with engine_errors():
-            recorded = key and await self._engine.recorded(
-                request.model, messages, tools, params, key
+            completion = await self._engine.complete(
+                request.model,
+                messages,
+                tools,
+                params,
+                request.idempotency_key,
+                tenant=request.tenant,
+                cache=convert.cache_from_proto(request.cache),
+                deadline=_deadline(context),
             )
-            if recorded:
-                return convert.completion_to_proto(recorded, replayed=True)
-            completion = await self._engine.complete(request.model, messages, tools, params, key)
-        return convert.completion_to_proto(completion, replayed=False)
+        return convert.completion_to_proto(completion)
 
     async def StreamComplete(
         self, request: engine_pb2.CompleteRequest, context: Context
     ) -> AsyncIterator[engine_pb2.CompleteChunk]:
         messages, tools, params = convert.request_from_proto(request)
         with engine_errors():
-            provider, _ = self._catalog.resolve(request.model)
             chunks = self._engine.stream(
-                request.model, messages, tools, params, request.idempotency_key
+                request.model,
+                messages,
+                tools,
+                params,
+                request.idempotency_key,
+                tenant=request.tenant,
+                cache=convert.cache_from_proto(request.cache),
+                deadline=_deadline(context),
             )
             async with aclosing(chunks):
                 async for chunk in chunks:
-                    yield convert.chunk_to_proto(chunk, request.model, provider.name)
+                    yield convert.chunk_to_proto(chunk)
 
     async def ListModels(
         self, request: engine_pb2.ListModelsRequest, context: Context
@@ -92,7 +100,17 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         models = await self._engine.list_models()
         page = models[start : start + size]
         more = start + size < len(models)
+        deployments = [await self._engine.deployments(info.id) for info in page]
         return engine_pb2.ListModelsResponse(
-            models=[convert.model_to_proto(info) for info in page],
+            models=[
+                convert.model_to_proto(info, served)
+                for info, served in zip(page, deployments, strict=True)
+            ],
             next_page_token=encode_offset(start + size) if more else "",
         )
+
+
+def _deadline(context: Context) -> float | None:
+    """The call's deadline as a `time.monotonic()` instant, if the caller set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

@@ -1,21 +1,46 @@
 """Deduplication of model calls by idempotency key, so that a retried step gets the recorded answer.
 
-Calls in flight are deduplicated in-process; completed results are recorded in-process and,
-when a shared record is given (Redis, `shared_record.py`), for every engine replica, so a
-retry that reaches another replica, or this one after a restart, is answered too.
+A call in flight is joined (`flights.py`: in-process, or through Redis for every replica),
+streams included: the joiner gets the same deltas and the same end. Completed results are
+recorded in-process and, when a shared record is given (Redis, `shared_record.py`), for
+every engine replica, so a retry that reaches another replica, or this one after a
+restart, is answered too. Joined and recorded answers are marked `replayed`.
+
+The tracker counts its hooks (start, hit, conflict, complete, fail) in `counts`, in the
+`agentrt.engine.idempotency` metric, as events on the call's span and in log lines.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Literal
 
-from services.engine.errors import IdempotencyConflict
-from services.engine.model import Completion
+from opentelemetry import metrics, trace
+
+from services.engine.errors import EngineError, IdempotencyConflict, ProviderUnavailable
+from services.engine.flights import (
+    Flights,
+    Follower,
+    InProcessFlights,
+    Leader,
+    LeaderGone,
+    Recorded,
+)
+from services.engine.model import Completion, CompletionChunk, closing_chunk, completion_of
 from services.engine.shared_record import CompletionRecord
+
+log = logging.getLogger(__name__)
+
+Hook = Literal["start", "hit", "conflict", "complete", "fail"]
+_HOOKS = metrics.get_meter("agentrt.engine").create_counter(
+    "agentrt.engine.idempotency",
+    description="Idempotency hooks of model calls, by hook: start, hit, conflict, complete, fail",
+)
 
 
 @dataclass(frozen=True)
@@ -23,15 +48,6 @@ class _Recorded:
     fingerprint: str
     result: Completion
     expires_at: float
-
-
-@dataclass
-class _InFlight:
-    fingerprint: str
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    result: Completion | None = None
-    error: Exception | None = None
-    """Set when the call failed; the waiters get the same error."""
 
 
 class IdempotencyTracker:
@@ -43,6 +59,7 @@ class IdempotencyTracker:
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         shared: CompletionRecord | None = None,
+        flights: Flights | None = None,
     ) -> None:
         """Completed results are kept `ttl_seconds` and at most `max_entries` of them (the
         oldest go first); `clock` returns seconds and is replaceable for tests."""
@@ -54,75 +71,179 @@ class IdempotencyTracker:
         self._max_entries = max_entries
         self._clock = clock
         self._shared = shared
+        self._flights = flights or InProcessFlights()
         self._recorded: OrderedDict[str, _Recorded] = OrderedDict()
-        self._in_flight: dict[str, _InFlight] = {}
+        self.counts: Counter[Hook] = Counter()
+        """How often each hook fired in this process."""
 
     def __len__(self) -> int:
         """The number of recorded (completed, unexpired) results."""
         self._evict_expired()
         return len(self._recorded)
 
+    def _hook(self, hook: Hook, key: str) -> None:
+        self.counts[hook] += 1
+        _HOOKS.add(1, {"hook": hook})
+        trace.get_current_span().add_event("engine.idempotency", {"agentrt.idempotency.hook": hook})
+        log.info("idempotency %s: key %s", hook, key)
+
     async def run(
         self, key: str, fingerprint: str, call: Callable[[], Awaitable[Completion]]
     ) -> Completion:
-        """Return the result recorded for `key`, await the call in flight for it, or run `call`.
+        """Return the result recorded for `key`, join the call in flight for it, or run `call`.
 
         `fingerprint` identifies the request: reusing a key for a different fingerprint
         raises IdempotencyConflict. A failed call is not recorded, so a retry runs it again;
-        callers waiting on it get its error. If the running caller is cancelled, a waiting
+        callers that joined it get its error. If the running caller goes away, a joined
         caller runs the call instead.
         """
+        text: list[str] = []
+        chunks = self._stream(key, fingerprint, lambda: _one_chunk(call), deltas=False)
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                text.append(chunk.text_delta)
+                if chunk.finish_reason:
+                    return completion_of(chunk, "".join(text))
+        raise AssertionError("a finished stream always ends with a closing chunk")
+
+    def stream(
+        self,
+        key: str,
+        fingerprint: str,
+        open_stream: Callable[[], AsyncGenerator[CompletionChunk, None]],
+    ) -> AsyncGenerator[CompletionChunk, None]:
+        """The chunks of the call for `key`: recorded, joined, or from `open_stream()`.
+
+        The closing chunk of the engine's stream carries model, provider and attempts; a
+        recorded or joined answer arrives as the deltas seen plus a closing chunk marked
+        `replayed`. A joined call whose leader goes away is made again, unless deltas were
+        already passed on: then the stream ends with ProviderUnavailable, as a stream that
+        breaks mid-way does.
+        """
+        return self._stream(key, fingerprint, open_stream, deltas=True)
+
+    async def _stream(
+        self,
+        key: str,
+        fingerprint: str,
+        open_stream: Callable[[], AsyncGenerator[CompletionChunk, None]],
+        deltas: bool,
+    ) -> AsyncGenerator[CompletionChunk, None]:
         if not key:
             raise ValueError("the idempotency key must not be empty")
+        shared_first = not self._flights.checks_records
         while True:
-            self._evict_expired()
-            recorded = self._recorded.get(key)
+            recorded = await self._checked_lookup(key, fingerprint, shared_first)
             if recorded is not None:
-                _check(key, recorded.fingerprint, fingerprint)
-                return recorded.result
-            flight = self._in_flight.get(key)
-            if flight is None:
-                return await self._lead(key, fingerprint, call)
-            _check(key, flight.fingerprint, fingerprint)
-            await flight.done.wait()
-            if flight.result is not None:
-                return flight.result
-            if flight.error is not None:
-                raise flight.error
-            # The caller that ran it was cancelled: loop round and take over.
+                self._hook("hit", key)
+                yield _replay(recorded, "")
+                return
+            try:
+                claim = await self._flights.claim(key, fingerprint)
+            except IdempotencyConflict:
+                self._hook("conflict", key)
+                raise
+            if isinstance(claim, Recorded):
+                recorded = await self._checked_lookup(key, fingerprint, shared=True)
+                if recorded is not None:
+                    self._hook("hit", key)
+                    yield _replay(recorded, "")
+                    return
+                continue  # expired since: claim again
+            if isinstance(claim, Leader):
+                async for chunk in self._lead(key, fingerprint, claim, open_stream):
+                    yield chunk
+                return
+            passed_on = False
+            try:
+                async for chunk in self._follow(key, claim, deltas):
+                    passed_on = True
+                    yield chunk
+                return
+            except LeaderGone:
+                if passed_on:
+                    raise ProviderUnavailable(
+                        "engine", "the call this one joined was abandoned mid-stream"
+                    ) from None
+
+    async def _checked_lookup(self, key: str, fingerprint: str, shared: bool) -> Completion | None:
+        try:
+            return await self.lookup(key, fingerprint, shared)
+        except IdempotencyConflict:
+            self._hook("conflict", key)
+            raise
 
     async def _lead(
-        self, key: str, fingerprint: str, call: Callable[[], Awaitable[Completion]]
-    ) -> Completion:
-        flight = _InFlight(fingerprint)
-        self._in_flight[key] = flight
+        self,
+        key: str,
+        fingerprint: str,
+        leader: Leader,
+        open_stream: Callable[[], AsyncGenerator[CompletionChunk, None]],
+    ) -> AsyncGenerator[CompletionChunk, None]:
+        ended = False
         try:
-            result = await self._from_shared(key, fingerprint) or await call()
-        except Exception as exc:
-            flight.error = exc
+            # Recorded between the lookup and the claim, by a leader that just finished
+            # (flights that check records have ruled that out in the claim itself).
+            recorded = await self.lookup(key, fingerprint, not self._flights.checks_records)
+            if recorded is not None:
+                self._hook("hit", key)
+                await leader.finish(recorded)
+                ended = True
+                yield _replay(recorded, "")
+                return
+            self._hook("start", key)
+            text: list[str] = []
+            async with aclosing(open_stream()) as chunks:
+                async for chunk in chunks:
+                    if chunk.finish_reason:
+                        completion = completion_of(chunk, "".join(text) + chunk.text_delta)
+                        await self.record(key, fingerprint, completion)
+                        await leader.finish(completion)
+                        ended = True
+                        self._hook("complete", key)
+                    elif chunk.text_delta:
+                        text.append(chunk.text_delta)
+                        await leader.publish(chunk.text_delta)
+                    yield chunk
+        except EngineError as error:
+            if not ended:
+                ended = True
+                await leader.fail(error)
+                self._hook("fail", key)
             raise
-        else:
-            flight.result = result
-            await self.record(key, fingerprint, result)
-            return result
         finally:
-            del self._in_flight[key]
-            flight.done.set()
+            if not ended:
+                await leader.abandon()
+
+    async def _follow(
+        self, key: str, follower: Follower, deltas: bool
+    ) -> AsyncGenerator[CompletionChunk, None]:
+        self._hook("hit", key)
+        streamed: list[str] = []
+        async for event in follower.events():
+            if event.kind == "delta":
+                if deltas:
+                    streamed.append(event.text)
+                    yield CompletionChunk(text_delta=event.text)
+            elif event.completion is not None:
+                yield _replay(event.completion, "".join(streamed))
+            elif event.error is not None:
+                raise event.error
 
     def __contains__(self, key: object) -> bool:
         """Whether a result is recorded for the key."""
         self._evict_expired()
         return key in self._recorded
 
-    async def lookup(self, key: str, fingerprint: str) -> Completion | None:
-        """The result recorded for `key` here or in the shared record, if any;
-        IdempotencyConflict for another request."""
+    async def lookup(self, key: str, fingerprint: str, shared: bool = True) -> Completion | None:
+        """The result recorded for `key` here or (with `shared`) in the shared record, if
+        any; IdempotencyConflict for another request."""
         self._evict_expired()
         recorded = self._recorded.get(key)
         if recorded is not None:
             _check(key, recorded.fingerprint, fingerprint)
             return recorded.result
-        return await self._from_shared(key, fingerprint)
+        return await self._from_shared(key, fingerprint) if shared else None
 
     async def record(self, key: str, fingerprint: str, result: Completion) -> None:
         """Records a completed call (also one made outside `run`: a stream), unless one is
@@ -163,3 +284,14 @@ class IdempotencyTracker:
 def _check(key: str, expected: str, fingerprint: str) -> None:
     if expected != fingerprint:
         raise IdempotencyConflict(key)
+
+
+async def _one_chunk(
+    call: Callable[[], Awaitable[Completion]],
+) -> AsyncGenerator[CompletionChunk, None]:
+    yield closing_chunk(await call())
+
+
+def _replay(completion: Completion, already_streamed: str) -> CompletionChunk:
+    """The closing chunk of a recorded or joined answer, after `already_streamed` text."""
+    return replace(closing_chunk(completion, already_streamed), attempts=(), replayed=True)

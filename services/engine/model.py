@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+AttemptOutcome = Literal["ok", "rate_limited", "unavailable", "timeout", "rejected", "breaker_open"]
 
 ROLES: frozenset[str] = frozenset(get_args(Role))
 FINISH_REASONS: frozenset[str] = frozenset(get_args(FinishReason))
@@ -113,8 +114,26 @@ class Completion:
     finish_reason: FinishReason
     usage: TokenUsage
     model: str
-    """The catalog id of the model that answered."""
+    """The id of the model that answered, as its deployment knows it."""
     provider: str
+    attempts: tuple[Attempt, ...] = ()
+    """Every deployment tried for this answer; empty when it was replayed or cached."""
+    replayed: bool = False
+    """Recorded under the same idempotency key, or made by a call in flight that was joined."""
+    cache_hit: bool = False
+    """Served from the response cache: no provider was called, the usage counts nothing."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one deployment during a call."""
+
+    deployment: str
+    model: str
+    outcome: AttemptOutcome
+    seconds: float
+    """How long the try took; 0 when it was skipped."""
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,14 @@ class CompletionChunk:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: FinishReason | Literal[""] = ""
     usage: TokenUsage | None = None
+    model: str = ""
+    """On the last chunk from the engine: the model that answered."""
+    provider: str = ""
+    """On the last chunk from the engine: the deployment that answered."""
+    attempts: tuple[Attempt, ...] = ()
+    """On the last chunk from the engine: every deployment tried."""
+    replayed: bool = False
+    cache_hit: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,3 +168,34 @@ class ModelInfo:
     """Maximum tokens of input plus output; 0 when the provider does not say."""
     supports_tools: bool
     supports_streaming: bool
+
+
+def closing_chunk(completion: Completion, streamed: str = "") -> CompletionChunk:
+    """The last chunk of a stream that answers `completion`, after `streamed` text."""
+    return CompletionChunk(
+        text_delta=completion.message.content.removeprefix(streamed),
+        tool_calls=completion.message.tool_calls,
+        finish_reason=completion.finish_reason,
+        usage=completion.usage,
+        model=completion.model,
+        provider=completion.provider,
+        attempts=completion.attempts,
+        replayed=completion.replayed,
+        cache_hit=completion.cache_hit,
+    )
+
+
+def completion_of(chunk: CompletionChunk, text: str) -> Completion:
+    """The whole answer of a stream whose last chunk is `chunk` and whose text is `text`."""
+    if not chunk.finish_reason or chunk.usage is None:
+        raise ValueError("only the last chunk of a stream carries its finish reason and usage")
+    return Completion(
+        message=ChatMessage("assistant", text, chunk.tool_calls),
+        finish_reason=chunk.finish_reason,
+        usage=chunk.usage,
+        model=chunk.model,
+        provider=chunk.provider,
+        attempts=chunk.attempts,
+        replayed=chunk.replayed,
+        cache_hit=chunk.cache_hit,
+    )

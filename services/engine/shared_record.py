@@ -33,6 +33,11 @@ class CompletionRecord(Protocol):
         ...
 
 
+def record_key(prefix: str, key: str) -> str:
+    """The Redis key of the record of idempotency key `key`."""
+    return f"{prefix}:engine:calls:{key}"
+
+
 class RedisCompletionRecord:
     """One Redis string per key, `{prefix}:engine:calls:{key}`, expiring after `ttl`.
 
@@ -44,7 +49,7 @@ class RedisCompletionRecord:
         self, client: redis.Redis, prefix: str, ttl_seconds: float, timeout_seconds: float = 0.5
     ) -> None:
         self._redis = client
-        self._prefix = f"{prefix}:engine:calls:"
+        self._prefix = record_key(prefix, "")
         self._ttl_ms = int(ttl_seconds * 1000)
         self._timeout = timeout_seconds
 

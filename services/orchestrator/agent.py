@@ -411,6 +411,7 @@ class AgentRun:
             idempotency_key=model_call_key(self.name, turn),
             tenant=self._job.tenant,
             job=self.name,
+            cache=spec.cache,
         )
         hold = await self._spend.reserve_model_call(self._job, self._usage, request)
         try:

@@ -134,9 +134,12 @@ def job_spec(
     labels: Mapping[str, str] | None = None,
     timeout: float | None = None,
     budget: common_pb2.BudgetSpec | None = None,
+    cache: common_pb2.CachePolicy | None = None,
 ) -> jobs_pb2.JobSpec:
-    """A JobSpec for a single prompt; see `Client.execute` for the parameters. Build one to
-    set what the keywords do not cover (messages, tools, params, policy) and pass it to
+    """A JobSpec for a single prompt; see `Client.execute` for the parameters, and
+    `cache` for whether the engine may answer the job's model calls from its response
+    cache (never for sampled output unless `allow_sampled`). Build one to set what the
+    keywords do not cover (messages, tools, params, policy) and pass it to
     `Client.execute_spec`."""
     spec = jobs_pb2.JobSpec(
         prompt=prompt,
@@ -146,6 +149,7 @@ def job_spec(
         session=session,
         labels=dict(labels or {}),
         budget=budget,
+        cache=cache,
     )
     if timeout is not None:
         spec.timeout.CopyFrom(_duration(timeout))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from services.engine.errors import ProviderUnavailable
+from services.engine.errors import ProviderTimeout, ProviderUnavailable
 from services.engine.model import (
     ChatMessage,
     Completion,
@@ -158,18 +158,8 @@ class OpenAICompatProvider:
                 raise TypeError(f"expected a JSON object, got {type(body).__name__}")
             return body
 
-    @contextmanager
-    def _transport_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except httpx.TimeoutException as exc:
-            raise ProviderUnavailable(
-                self.name, f"{type(exc).__name__} after waiting on {self._config.base_url}"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderUnavailable(
-                self.name, f"{type(exc).__name__} talking to {self._config.base_url}: {exc}"
-            ) from exc
+    def _transport_errors(self) -> AbstractContextManager[None]:
+        return transport_errors(self.name, self._config.base_url)
 
     @contextmanager
     def _malformed_response(self, what: str) -> Iterator[None]:
@@ -178,3 +168,18 @@ class OpenAICompatProvider:
             yield
         except _MALFORMED as exc:
             raise ProviderUnavailable(self.name, f"malformed {what}: {exc!r}") from exc
+
+
+@contextmanager
+def transport_errors(provider: str, base_url: str) -> Iterator[None]:
+    """Turns httpx's connection and timeout failures into the engine's retryable errors."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ProviderTimeout(
+            provider, f"{type(exc).__name__} after waiting on {base_url}"
+        ) from exc
+    except httpx.TransportError as exc:
+        raise ProviderUnavailable(
+            provider, f"{type(exc).__name__} talking to {base_url}: {exc}"
+        ) from exc

@@ -220,3 +220,12 @@ def test_states_are_read_in_any_case_with_or_without_prefix() -> None:
     assert parse_state("Timed_Out") == common_pb2.JOB_STATE_TIMED_OUT
     with pytest.raises(ValueError, match="queued"):
         parse_state("unspecified")
+
+
+def test_run_can_ask_for_the_response_cache() -> None:
+    args = build_parser().parse_args(
+        ["run", "hi", "--temperature", "0", "--cache", "600", "--cache-sampled"]
+    )
+    assert (args.temperature, args.cache, args.cache_sampled) == (0.0, 600.0, True)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "hi", "--cache", "0"])

@@ -9,6 +9,7 @@ import pytest
 from services.engine.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
 
 from .openai_server import OpenAIServer
+from .upstreams import Upstreams
 
 
 @pytest.fixture
@@ -26,3 +27,15 @@ async def openai_provider(openai_server: OpenAIServer) -> AsyncIterator[OpenAICo
     )
     yield provider
     await provider.aclose()
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[Upstreams]:
+    ups = Upstreams()
+    await ups.first.start()
+    await ups.second.start()
+    yield ups
+    for provider in ups.providers:
+        await provider.aclose()
+    await ups.first.stop()
+    await ups.second.stop()

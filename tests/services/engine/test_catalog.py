@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from services.engine.catalog import ModelCatalog
+from services.engine.deployments import RouteTarget
 from services.engine.errors import ModelNotFound
 from services.engine.providers.local import LocalProvider
 from services.engine.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
@@ -23,19 +24,19 @@ async def test_refresh_routes_every_listed_model(
     await catalog.refresh()
 
     assert [m.id for m in catalog.models()] == ["gpt-mini", "gpt-test", "local", "local-slow"]
-    provider, info = catalog.resolve("gpt-mini")
-    assert provider is openai_provider and info.provider == "openai"
-    assert catalog.resolve("local-slow")[0] is local
+    [route] = catalog.routes("gpt-mini")
+    assert route.provider is openai_provider and route.model == "gpt-mini"
+    assert catalog.plan("local-slow")[0].provider is local
 
 
 async def test_unknown_model_is_not_found() -> None:
     catalog = ModelCatalog([LocalProvider()])
     with pytest.raises(ModelNotFound) as before_refresh:
-        catalog.resolve("local")
+        catalog.routes("local")
     await catalog.refresh()
 
     with pytest.raises(ModelNotFound) as unknown:
-        catalog.resolve("gpt-5")
+        catalog.plan("gpt-5")
 
     assert before_refresh.value.model == "local"
     assert unknown.value.model == "gpt-5" and not unknown.value.retryable
@@ -69,7 +70,9 @@ async def test_provider_down_at_first_refresh_leaves_the_others_routable() -> No
     assert [m.id for m in catalog.models()] == ["local", "local-slow"]
 
 
-async def test_first_listed_provider_wins_a_shared_model_id(openai_server: OpenAIServer) -> None:
+async def test_first_listed_provider_wins_a_shared_model_id_the_next_is_its_fallback(
+    openai_server: OpenAIServer,
+) -> None:
     local = LocalProvider()
     config = OpenAICompatConfig(base_url=openai_server.url, models=("local",), name="shadow")
     shadow = OpenAICompatProvider(config)
@@ -78,10 +81,26 @@ async def test_first_listed_provider_wins_a_shared_model_id(openai_server: OpenA
         await catalog.refresh()
     finally:
         await catalog.aclose()
-    assert catalog.resolve("local")[0] is local
+    assert [r.provider for r in catalog.plan("local")] == [local, shadow]
     assert [m.provider for m in catalog.models()] == ["local", "local"]
 
 
 def test_provider_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="local"):
         ModelCatalog([LocalProvider(), LocalProvider(chunk_delay=0)])
+
+
+async def test_an_alias_is_listed_and_routes_to_its_targets_by_priority() -> None:
+    local = LocalProvider()
+    targets = [RouteTarget("local", "local-slow", priority=1), RouteTarget("local", "local")]
+    catalog = ModelCatalog([local], {"fast": targets})
+    await catalog.refresh()
+
+    assert [(r.model, r.priority) for r in catalog.plan("fast")] == [
+        ("local", 0),
+        ("local-slow", 1),
+    ]
+    [alias] = [m for m in catalog.models() if m.id == "fast"]
+    assert (alias.provider, alias.supports_streaming) == ("local", True)
+    with pytest.raises(ValueError, match="unknown deployments"):
+        ModelCatalog([local], {"bad": [RouteTarget("ghost", "m")]})

@@ -117,7 +117,10 @@ async def test_idempotency_key_runs_the_call_once(
     )
     third = await engine.complete("gpt-test", HELLO, idempotency_key="job-1/step-1")
 
-    assert first == second == third
+    assert first.message == second.message == third.message
+    assert not first.replayed and first.attempts[0].outcome == "ok"
+    assert second.replayed and third.replayed
+    assert second.attempts == third.attempts == ()
     assert len(openai_server.chat_requests) == 1
     with pytest.raises(IdempotencyConflict):
         await engine.complete(

@@ -148,6 +148,17 @@ def _add_client_commands(
         "--tool", action="append", default=[], help="a built-in or plugin tool (repeatable)"
     )
     run.add_argument("--policy", default="", help="the policy set (default: `default`)")
+    run.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    run.add_argument(
+        "--cache",
+        type=_seconds,
+        metavar="SECONDS",
+        help="answer model calls from the engine's response cache, entries kept SECONDS"
+        " (only for --temperature 0 unless --cache-sampled)",
+    )
+    run.add_argument(
+        "--cache-sampled", action="store_true", help="with --cache: cache sampled answers too"
+    )
     run.add_argument("--json", action="store_true", help="print the finished job as JSON")
     run.set_defaults(client_command=jobs.run_job)
 

@@ -38,6 +38,12 @@ async def run_job(args: argparse.Namespace, client: Client, console: Console) ->
     spec.tools.extend(common_pb2.ToolSpec(name=name) for name in args.tool)
     if args.policy:
         spec.policy.name = args.policy.removeprefix("policySets/")
+    if args.temperature is not None:
+        spec.params.temperature = args.temperature
+    if args.cache is not None:
+        spec.cache.enabled = True
+        spec.cache.ttl.FromMilliseconds(int(args.cache * 1000))
+        spec.cache.allow_sampled = args.cache_sampled
     # The request id is fixed here, so that an execution the CLI retries is recognised
     # as the same one.
     job = await client.execute_spec(spec, request_id=uuid.uuid4().hex)

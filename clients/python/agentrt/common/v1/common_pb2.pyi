@@ -506,6 +506,7 @@ class Usage(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     MODEL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens, cached ones included."""
     output_tokens: _builtins.int
@@ -522,6 +523,10 @@ class Usage(_message.Message):
     """Model calls made."""
     tool_calls: _builtins.int
     """Tool calls made."""
+    cache_hit: _builtins.bool
+    """True when the engine answered from its response cache: no provider was
+    called and the call costs nothing.
+    """
     def __init__(
         self,
         *,
@@ -532,14 +537,51 @@ class Usage(_message.Message):
         cost: _builtins.str = ...,
         model_calls: _builtins.int = ...,
         tool_calls: _builtins.int = ...,
+        cache_hit: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "cost", b"cost", "input_tokens", b"input_tokens", "model_calls", b"model_calls", "output_tokens", b"output_tokens", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "cached_input_tokens", b"cached_input_tokens", "cost", b"cost", "input_tokens", b"input_tokens", "model_calls", b"model_calls", "output_tokens", b"output_tokens", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class CachePolicy(_message.Message):
+    """Whether a model call may be answered from the engine's response cache, an
+    exact-match cache of whole answers scoped to the tenant. Off unless asked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    ALLOW_SAMPLED_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Look the answer up, and store a fresh one."""
+    allow_sampled: _builtins.bool
+    """Also cache a sampled answer (temperature > 0): every repeat then gets the
+    same answer instead of a new sample. Without it such calls are not cached.
+    """
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long a stored answer may be served; 0 means the engine's default."""
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        allow_sampled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_sampled", b"allow_sampled", "enabled", b"enabled", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CachePolicy: _TypeAlias = CachePolicy  # noqa: Y015
 
 @_typing.final
 class BudgetSpec(_message.Message):

@@ -57,13 +57,19 @@ class EngineServiceServicer:
     """
 
     def Complete(self, request, context):
-        """Runs one model call and returns the whole answer.
-        Caller: orchestrator.
+        """Runs one model call and returns the whole answer. The model id or alias
+        is routed to its deployments, tried in order and fallen over at once on
+        a rate limit, an outage, a timeout or an open circuit breaker. A call
+        with an idempotency key already recorded, or in flight on any replica,
+        gets that call's answer (replayed). A call whose cache policy allows it
+        may be answered from the response cache (Usage.cache_hit, no tokens).
+        Caller: orchestrator, gateway (the model API).
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
         MESSAGE_TOO_LARGE, IDEMPOTENCY_CONFLICT), NOT_FOUND (MODEL_NOT_FOUND),
-        UNAVAILABLE (PROVIDER_ERROR, retryable), RESOURCE_EXHAUSTED
-        (PROVIDER_ERROR on the provider's rate limit), FAILED_PRECONDITION
-        (PROVIDER_ERROR when the provider refused the request),
+        UNAVAILABLE (PROVIDER_ERROR, retryable: every deployment failed or had
+        its breaker open), RESOURCE_EXHAUSTED (PROVIDER_ERROR when the last
+        deployment tried rate-limited the call), FAILED_PRECONDITION
+        (PROVIDER_ERROR when a deployment refused the request),
         DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -72,9 +78,11 @@ class EngineServiceServicer:
 
     def StreamComplete(self, request, context):
         """Runs one model call and streams the answer as it is produced. The last
-        chunk carries the finish reason, whole tool calls and usage. Cancelling
-        the call closes the provider's stream.
-        Caller: orchestrator.
+        chunk carries the finish reason, whole tool calls, usage and attempts.
+        Deployments are fallen over only before the first chunk. A call joining
+        a stream in flight with the same idempotency key (on any replica) gets
+        the same chunks. Cancelling the call closes the provider's stream.
+        Caller: orchestrator, gateway (the model API).
         Errors: as Complete; an error after the first chunk ends the stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -82,7 +90,8 @@ class EngineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists the models the engine can serve, sorted by id.
+        """Lists the models and aliases the engine can serve, sorted by id, each
+        with its deployments and their circuit breakers' state.
         Caller: gateway, orchestrator, operators.
         Errors: INVALID_ARGUMENT (FIELD_INVALID for a bad page token).
         """

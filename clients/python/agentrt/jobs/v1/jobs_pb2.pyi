@@ -220,6 +220,7 @@ class JobSpec(_message.Message):
     TOOL_OPTIONS_FIELD_NUMBER: _builtins.int
     ORCHESTRATION_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The first user message. Either prompt or messages is required."""
     system_prompt: _builtins.str
@@ -280,6 +281,12 @@ class JobSpec(_message.Message):
         A child's limits are its root's.
         """
 
+    @_builtins.property
+    def cache(self) -> _common_pb2.CachePolicy:
+        """Whether the job's model calls may be answered from the engine's response
+        cache; unset means never.
+        """
+
     def __init__(
         self,
         *,
@@ -299,10 +306,11 @@ class JobSpec(_message.Message):
         tool_options: Global___ToolOptions | None = ...,
         orchestration: Global___OrchestrationConfig | None = ...,
         node: _builtins.str = ...,
+        cache: _common_pb2.CachePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "orchestration", b"orchestration", "params", b"params", "policy", b"policy", "timeout", b"timeout", "tool_options", b"tool_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cache", b"cache", "orchestration", b"orchestration", "params", b"params", "policy", b"policy", "timeout", b"timeout", "tool_options", b"tool_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "node", b"node", "orchestration", b"orchestration", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tool_options", b"tool_options", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cache", b"cache", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "node", b"node", "orchestration", b"orchestration", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tool_options", b"tool_options", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

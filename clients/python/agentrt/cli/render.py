@@ -116,6 +116,26 @@ def job_table(jobs: Iterable[jobs_pb2.Job]) -> str:
     return table(rows)
 
 
+def job_tree(jobs: Sequence[jobs_pb2.Job]) -> str:
+    """A tree of jobs (depth first, as Client.tree returns it) as an aligned table, each
+    job indented by its depth below the first."""
+    top = jobs[0].depth if jobs else 0
+    header = ("JOB", "NODE", "STATE", "TOKENS", "COST", "MODEL CALLS", "TOOL CALLS")
+    rows = [header] + [
+        (
+            "  " * (job.depth - top) + job_id(job.name),
+            job.spec.node or "-",
+            state_name(job.state),
+            f"{job.usage.total_tokens:,}",
+            f"${job.usage.cost}" if job.usage.cost else "-",
+            str(job.usage.model_calls),
+            str(job.usage.tool_calls),
+        )
+        for job in jobs
+    ]
+    return table(rows, right={3, 4, 5, 6})
+
+
 def table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> str:
     """Rows of cells (the first one a header) as aligned columns; the columns numbered in
     `right` (numbers) are aligned on their right edge."""

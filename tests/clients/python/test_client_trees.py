@@ -8,8 +8,10 @@ import json
 
 import grpc
 from agentrt import Client
-from agentrt.cli import build_parser
+from agentrt.cli import build_parser, render
 from agentrt.cli.console import Console
+from agentrt.common.v1 import common_pb2
+from agentrt.common.v1.common_pb2 import RuntimeEvent
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.dev import DEV_PRINCIPAL, DEV_TENANT, LocalSystem
@@ -111,3 +113,24 @@ def test_jobs_list_takes_a_parent_and_a_root_by_id_or_name() -> None:
     assert (args.parent, args.root) == ("jobs/" + "a" * 26, "jobs/r")
     tree = build_parser().parse_args(["jobs", "tree", "b" * 26])
     assert tree.job == "jobs/" + "b" * 26
+
+
+def test_child_events_name_the_child_its_node_and_how_it_ended() -> None:
+    created = RuntimeEvent(
+        type=common_pb2.EVENT_TYPE_CHILD_CREATED,
+        child=common_pb2.ChildEvent(
+            child="jobs/c", node="map[2]", state=common_pb2.JOB_STATE_QUEUED
+        ),
+    )
+    failure = common_pb2.Failure(reason=common_pb2.ERROR_REASON_TOOL_ERROR, message="boom")
+    finished = RuntimeEvent(
+        type=common_pb2.EVENT_TYPE_CHILD_FINISHED,
+        child=common_pb2.ChildEvent(
+            child="jobs/c", node="map[2]", state=common_pb2.JOB_STATE_FAILED, failure=failure
+        ),
+    )
+
+    assert render.event_line(created) == "job.child.created (jobs/c map[2] QUEUED)"
+    assert render.event_line(finished) == (
+        "job.child.finished (jobs/c map[2] FAILED: TOOL_ERROR: boom)"
+    )

@@ -511,15 +511,15 @@ class LedgerSpend:
 
 def _usage_record(job: jobs_pb2.Job, usage: common_pb2.Usage) -> ledger_pb2.UsageRecord:
     """A usage record of the job. Only stable fields go in (the job's trace id, not the
-    current span's), so that a worker that repeats the call sends the same body. The
-    parent is taken as the tree's root: the job does not know a deeper root."""
+    current span's), so that a worker that repeats the call sends the same body. A child
+    names its tree's root, at any depth; a top-level job leaves it empty, being its own."""
     return ledger_pb2.UsageRecord(
         usage=usage,
         tenant=job.tenant,
         principal=job.principal,
         job=job.name,
         parent_job=job.spec.parent,
-        root_job=job.spec.parent,
+        root_job=job.root if job.spec.parent else "",
         trace_id=job.trace_id,
     )
 

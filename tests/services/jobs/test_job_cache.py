@@ -142,6 +142,22 @@ async def test_the_relay_forgets_the_jobs_it_publishes_events_of(
     await events.close()
 
 
+async def test_a_parent_read_from_the_cache_shows_its_childs_creation_and_end(
+    manager: JobManager,
+) -> None:
+    parent = await queued(manager)
+    before = await manager.get_job(None, parent)
+
+    child = await queued(manager, parent=f"jobs/{parent}")
+    created = await manager.get_job(None, parent)
+    await manager.cancel("acme", child, "not needed")
+    finished = await manager.get_job(None, parent)
+
+    assert before.last_event_id == f"{parent}.1"
+    assert created.last_event_id == f"{parent}.2"
+    assert finished.last_event_id == f"{parent}.3"
+
+
 async def test_without_redis_reads_go_to_the_store(store: JobStore) -> None:
     # Nothing listens on port 1; no retries, so that each call fails at once.
     down = redis.asyncio.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))

@@ -169,6 +169,8 @@ def _add_client_commands(
         "--state", type=_state, action="append", default=[], help="only this state (repeatable)"
     )
     listing.add_argument("--session", default="", help="only jobs of this session")
+    listing.add_argument("--parent", type=_job, help="only this job's children")
+    listing.add_argument("--root", type=_job, help="only the jobs of this root's tree")
     listing.add_argument("--limit", type=_positive, default=20, help="jobs at most (20)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.set_defaults(client_command=jobs.list_jobs)
@@ -177,6 +179,13 @@ def _add_client_commands(
     get.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
     get.add_argument("--json", action="store_true", help="print the job as JSON")
     get.set_defaults(client_command=jobs.get_job)
+
+    tree = actions.add_parser(
+        "tree", parents=[connection], help="a job and its descendants, indented by depth"
+    )
+    tree.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
+    tree.add_argument("--json", action="store_true", help="print a JSON array, depth first")
+    tree.set_defaults(client_command=jobs.job_tree)
 
     cancel = actions.add_parser("cancel", parents=[connection], help="cancel a job")
     cancel.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")

@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 NODE := clients/node
 NODE_STAMP := $(NODE)/node_modules/.installed
 GENERATED := ':(glob)clients/python/agentrt/*/v1/**' ':(glob)clients/python/agentrt/*/__init__.py' \
-	services/edge/agentrt.binpb k8s/base/edge/agentrt.binpb
+	services/edge/agentrt.binpb k8s/base/edge/agentrt.binpb k8s/base/edge/envoy.yaml
 
 .PHONY: help install dev edge test test-unit test-integration test-e2e check lint typecheck \
 	protos protodeps buf-lint buf-breaking protos-check k8s-check k8s-edge image-lint bench clean
@@ -32,10 +32,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-# The Node.js client and plugin: its locked dependencies, and the google/api protos its
+# The Node.js client and plugin: its locked dependencies (the dev ones too, whatever
+# NODE_ENV says: playwright-core drives the browser test), and the google/api protos its
 # plugin loads beside protos/ (.build/protodeps).
 $(NODE_STAMP): $(NODE)/package.json $(NODE)/package-lock.json | $(STAMP)
-	cd $(NODE) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(NODE) && npm ci --include=dev --no-audit --no-fund --loglevel=error
 	$(BIN)/python tools/protos.py deps
 	@touch $@
 

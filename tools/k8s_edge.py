@@ -18,12 +18,10 @@ from typing import Any
 
 import yaml
 
+from services.edge.config import DESCRIPTORS, EdgeConfig
+from services.edge.envoy import envoy_binary, render
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from services.edge.config import DESCRIPTORS, EdgeConfig  # noqa: E402
-from services.edge.envoy import envoy_binary, render  # noqa: E402
-
 K8S_EDGE = ROOT / "k8s" / "base" / "edge"
 CONFIG = K8S_EDGE / "envoy.yaml"
 K8S_DESCRIPTORS = K8S_EDGE / "agentrt.binpb"

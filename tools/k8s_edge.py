@@ -61,18 +61,21 @@ def stale() -> list[Path]:
     ]
 
 
-def with_local_files(config: dict[str, Any]) -> dict[str, Any]:
-    """The pod's configuration (parsed) reading the descriptor set from k8s/base/edge rather
-    than from where the pod mounts it, so that Envoy can run it here."""
+def transcoder(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of the JSON transcoder in a rendered (and parsed) edge configuration."""
     (listener,) = config["static_resources"]["listeners"]
     (chain,) = listener["filter_chains"]
     (manager,) = chain["filters"]
-    (transcoder,) = (
-        f
-        for f in manager["typed_config"]["http_filters"]
-        if f["name"] == "envoy.filters.http.grpc_json_transcoder"
-    )
-    transcoder["typed_config"]["proto_descriptor"] = str(K8S_DESCRIPTORS)
+    filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
+    (found,) = (f for f in filters if f["name"] == "envoy.filters.http.grpc_json_transcoder")
+    settings: dict[str, Any] = found["typed_config"]
+    return settings
+
+
+def with_local_files(config: dict[str, Any]) -> dict[str, Any]:
+    """The pod's configuration (parsed) reading the descriptor set from k8s/base/edge rather
+    than from where the pod mounts it, so that Envoy can run it here."""
+    transcoder(config)["proto_descriptor"] = str(K8S_DESCRIPTORS)
     return config
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from services.edge.envoy import envoy_binary
 from tests.e2e.processes import free_port, wait_serving
+from tools.k8s_edge import transcoder
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "Containerfile"
@@ -150,15 +151,7 @@ def test_the_installed_layout_renders_the_edge_that_envoy_accepts(
         env=installed.env, cwd=installed.work, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert printed.returncode == 0, printed.stderr
-    config = yaml.safe_load(printed.stdout)
-    (listener,) = config["static_resources"]["listeners"]
-    (filters,) = (chain["filters"] for chain in listener["filter_chains"])
-    (transcoder,) = (
-        f["typed_config"]
-        for f in filters[0]["typed_config"]["http_filters"]
-        if f["name"] == "envoy.filters.http.grpc_json_transcoder"
-    )
-    descriptors = Path(transcoder["proto_descriptor"])
+    descriptors = Path(transcoder(yaml.safe_load(printed.stdout))["proto_descriptor"])
     assert descriptors.is_relative_to(installed.prefix), descriptors
     assert descriptors.read_bytes() == (ROOT / "services" / "edge" / "agentrt.binpb").read_bytes()
 

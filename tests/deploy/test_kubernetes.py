@@ -219,13 +219,7 @@ def test_the_edge_pod_gets_its_config_and_descriptor_set(overlay: str) -> None:
     assert args[args.index("-c") + 1] == f"{mounts['config']}/envoy.yaml"
     config = yaml.safe_load(config_map["data"]["envoy.yaml"])
     assert config_map["data"]["envoy.yaml"] == k8s_edge.CONFIG.read_text()
-    (listener,) = config["static_resources"]["listeners"]
-    (chain,) = listener["filter_chains"]
-    (transcoder,) = (
-        f["typed_config"]
-        for f in chain["filters"][0]["typed_config"]["http_filters"]
-        if f["name"] == "envoy.filters.http.grpc_json_transcoder"
-    )
-    assert transcoder["proto_descriptor"] == f"{mounts['config']}/agentrt.binpb"
+    descriptors = k8s_edge.transcoder(config)["proto_descriptor"]
+    assert descriptors == f"{mounts['config']}/agentrt.binpb"
     shipped = base64.b64decode(config_map["binaryData"]["agentrt.binpb"])
     assert shipped == (ROOT / "services" / "edge" / "agentrt.binpb").read_bytes()

@@ -11,10 +11,10 @@ STAMP := $(VENV)/.installed
 NODE := clients/node
 NODE_STAMP := $(NODE)/node_modules/.installed
 GENERATED := ':(glob)clients/python/agentrt/*/v1/**' ':(glob)clients/python/agentrt/*/__init__.py' \
-	deploy/envoy/agentrt.binpb
+	services/edge/agentrt.binpb k8s/base/edge/agentrt.binpb k8s/base/edge/envoy.yaml
 
 .PHONY: help install dev edge test test-unit test-integration test-e2e check lint typecheck \
-	protos protodeps buf-lint buf-breaking protos-check k8s-check image-lint bench clean
+	protos protodeps buf-lint buf-breaking protos-check k8s-check k8s-edge image-lint bench clean
 
 help:
 	@echo "make dev      install, then run agentrt dev (all services, embedded storage)"
@@ -32,10 +32,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-# The Node.js client and plugin: its locked dependencies, and the google/api protos its
+# The Node.js client and plugin: its locked dependencies (the dev ones too, whatever
+# NODE_ENV says: playwright-core drives the browser test), and the google/api protos its
 # plugin loads beside protos/ (.build/protodeps).
 $(NODE_STAMP): $(NODE)/package.json $(NODE)/package-lock.json | $(STAMP)
-	cd $(NODE) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(NODE) && npm ci --include=dev --no-audit --no-fund --loglevel=error
 	$(BIN)/python tools/protos.py deps
 	@touch $@
 
@@ -74,6 +75,7 @@ protodeps: install
 
 protos: install
 	$(BIN)/python tools/protos.py generate
+	$(BIN)/python tools/k8s_edge.py generate
 
 buf-lint: protodeps
 	$(BIN)/buf lint
@@ -90,13 +92,18 @@ protos-check: protos
 	fi
 
 # Every overlay rendered and validated strictly against the Kubernetes schemas, offline;
-# the edge's Envoy configuration validated by Envoy itself.
+# the edge's Envoy configuration up to date with its template, and validated by Envoy itself.
 k8s-check: install
 	@for overlay in k8s/overlays/*/; do \
 		echo "kubectl kustomize $$overlay | kubernetes-validate --strict"; \
 		$(BIN)/kubectl kustomize "$$overlay" | $(BIN)/kubernetes-validate --strict --quiet -; \
 	done
-	$(BIN)/envoy --mode validate -c k8s/base/edge/envoy.yaml --log-level warn
+	$(BIN)/python tools/k8s_edge.py check
+
+# The edge's Envoy configuration in k8s/base/edge, rendered from services/edge/envoy.yaml
+# with the edge pod's settings, and the descriptor set it transcodes with.
+k8s-edge: install
+	$(BIN)/python tools/k8s_edge.py generate
 
 image-lint: install
 	$(BIN)/hadolint Containerfile

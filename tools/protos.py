@@ -1,7 +1,7 @@
 """Generates the Python code of the contracts and checks them for breaking changes.
 
 `python tools/protos.py generate` regenerates `clients/python/agentrt/<service>/v1/` and the
-descriptor set of the public API that the Envoy edge transcodes (`deploy/envoy/agentrt.binpb`);
+descriptor set of the public API that the Envoy edge transcodes (`services/edge/agentrt.binpb`);
 `deps` copies the google/api protos the contracts import into `.build/protodeps` for buf;
 `breaking [REF]` runs `buf breaking` (FILE rules) against REF, by default the previous commit.
 """
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "clients" / "python"
 DEPS = ROOT / ".build" / "protodeps"
-EDGE_DESCRIPTORS = ROOT / "deploy" / "envoy" / "agentrt.binpb"
+EDGE_DESCRIPTORS = ROOT / "services" / "edge" / "agentrt.binpb"
 EDGE_PACKAGE = PROTOS / "agentrt" / "gateway" / "v1"
 """The edge serves the gateway's public API: its files and everything they import."""
 EDGE_ERROR_PROTOS = ("google/rpc/status.proto", "google/rpc/error_details.proto")

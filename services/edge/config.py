@@ -8,10 +8,11 @@ from pathlib import Path
 
 from services.kit.config import ConfigError, RuntimeConfig, env_address, env_float, env_int, env_str
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-TEMPLATE = ROOT / "deploy" / "envoy" / "envoy.yaml"
+# Package data, beside this module, so that an installed package (the image) has them too.
+HERE = Path(__file__).resolve().parent
+TEMPLATE = HERE / "envoy.yaml"
 """The Envoy configuration, a template (string.Template placeholders)."""
-DESCRIPTORS = ROOT / "deploy" / "envoy" / "agentrt.binpb"
+DESCRIPTORS = HERE / "agentrt.binpb"
 """The descriptor set of the public API, made by `make protos`."""
 
 
@@ -46,7 +47,7 @@ class EdgeConfig:
     edge (`*`: any); empty: none."""
     descriptors: Path
     """AGENTRT_EDGE_DESCRIPTORS: the descriptor set to transcode with (default the one in
-    deploy/envoy)."""
+    services/edge, installed with the package)."""
     log_level: str
     """AGENTRT_EDGE_LOG_LEVEL: Envoy's log level (default `warning`)."""
 

@@ -10,11 +10,15 @@ import subprocess
 import sys
 import sysconfig
 import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
+from services.edge.envoy import envoy_binary
 from tests.e2e.processes import free_port, wait_serving
+from tools.k8s_edge import transcoder
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "Containerfile"
@@ -49,7 +53,20 @@ def test_the_final_stage_runs_agentrt_as_a_non_root_user() -> None:
     assert "pip uninstall --yes pip" in final
 
 
-def test_the_copied_layout_installs_and_serves(tmp_path: Path, pg_dsn: str) -> None:
+@dataclass(frozen=True)
+class Installed:
+    """The package built from the Containerfile's copies, installed into a fresh venv."""
+
+    prefix: Path
+    python: Path
+    agentrt: str
+    work: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    tmp_path = tmp_path_factory.mktemp("image")
     source = tmp_path / "src"
     source.mkdir()
     copies = build_stage_copies()
@@ -84,21 +101,26 @@ def test_the_copied_layout_installs_and_serves(tmp_path: Path, pg_dsn: str) -> N
     )  # fmt: skip
     (site / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    agentrt = str(prefix / "bin" / "agentrt")
     work = tmp_path / "work"
     work.mkdir()
     env = {
         "PATH": f"{prefix / 'bin'}:/usr/bin:/bin",
         "PYTHONDONTWRITEBYTECODE": "1",
         "AGENTRT_DATA_DIR": str(work / "agentrt"),
-        "AGENTRT_DATABASE_URL": pg_dsn,
     }
     where = subprocess.run(
         [str(python), "-c", "import agentrt, services; print(agentrt.__file__, services.__file__)"],
         env=env, cwd=work, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert all(path.startswith(str(prefix)) for path in where.stdout.split()), where.stdout
+    return Installed(prefix, python, str(prefix / "bin" / "agentrt"), work, env)
 
+
+def test_the_copied_layout_installs_and_serves(
+    installed: Installed, tmp_path: Path, pg_dsn: str
+) -> None:
+    agentrt, work = installed.agentrt, installed.work
+    env = {**installed.env, "AGENTRT_DATABASE_URL": pg_dsn}
     migrated = subprocess.run(
         [agentrt, "migrate"], env=env, cwd=work, capture_output=True, text=True, timeout=60
     )
@@ -117,3 +139,26 @@ def test_the_copied_layout_installs_and_serves(tmp_path: Path, pg_dsn: str) -> N
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0, (tmp_path / "jobs.log").read_text()
+
+
+def test_the_installed_layout_renders_the_edge_that_envoy_accepts(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The Envoy template and the descriptor set are package data: `agentrt edge` renders
+    them outside the repository, and the result names the installed descriptor set."""
+    printed = subprocess.run(
+        [installed.agentrt, "edge", "--print-config"],
+        env=installed.env, cwd=installed.work, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    descriptors = Path(transcoder(yaml.safe_load(printed.stdout))["proto_descriptor"])
+    assert descriptors.is_relative_to(installed.prefix), descriptors
+    assert descriptors.read_bytes() == (ROOT / "services" / "edge" / "agentrt.binpb").read_bytes()
+
+    rendered = tmp_path / "envoy.yaml"
+    rendered.write_text(printed.stdout)
+    checked = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(rendered), "--disable-hot-restart"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr

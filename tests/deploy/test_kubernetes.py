@@ -3,6 +3,7 @@ workload must keep (probes, non-root, read-only root file system, resources)."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from services.kit.config import DEFAULT_PORTS, RuntimeConfig
+from tools import k8s_edge
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -194,3 +196,30 @@ def test_only_the_edge_reaches_the_gateway(overlay: str) -> None:
     # Every workload is selected by a policy of its own (beyond the default deny).
     for workload in of_kind(overlay, "Deployment", "StatefulSet"):
         assert workload["metadata"]["name"] in policies, workload["metadata"]["name"]
+
+
+def test_the_edge_config_is_rendered_from_the_template_of_agentrt_edge() -> None:
+    """k8s/base/edge holds what `make k8s-edge` renders from services/edge, not a copy
+    kept by hand (`make k8s-check` fails the same way)."""
+    assert k8s_edge.stale() == []
+    text = k8s_edge.CONFIG.read_text()
+    assert "${" not in text
+    assert "envoy.filters.http.grpc_json_transcoder" in text
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_edge_pod_gets_its_config_and_descriptor_set(overlay: str) -> None:
+    pod = named(overlay, "Deployment", "edge")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (volume,) = (v for v in pod["volumes"] if v["name"] == "config")
+    config_map = named(overlay, "ConfigMap", volume["configMap"]["name"])
+    # What Envoy runs is the committed rendering, its descriptor set mounted where it looks.
+    assert args[args.index("-c") + 1] == f"{mounts['config']}/envoy.yaml"
+    config = yaml.safe_load(config_map["data"]["envoy.yaml"])
+    assert config_map["data"]["envoy.yaml"] == k8s_edge.CONFIG.read_text()
+    descriptors = k8s_edge.transcoder(config)["proto_descriptor"]
+    assert descriptors == f"{mounts['config']}/agentrt.binpb"
+    shipped = base64.b64decode(config_map["binaryData"]["agentrt.binpb"])
+    assert shipped == (ROOT / "services" / "edge" / "agentrt.binpb").read_bytes()

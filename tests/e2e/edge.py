@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import ssl
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -126,3 +128,8 @@ def grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
         else:
             messages.append(payload)
     return messages, trailers
+
+
+async def json_lines(response: httpx.Response) -> list[dict[str, Any]]:
+    """The objects of a transcoded server stream: one JSON object a line."""
+    return [json.loads(line) async for line in response.aiter_lines() if line.strip()]

@@ -17,7 +17,7 @@ from agentrt.jobs.v1 import jobs_pb2
 
 from services.dev import LocalSystem
 from tests.certificates import self_signed
-from tests.e2e.edge import Edge, grpc_web_frame, grpc_web_frames, running_edge
+from tests.e2e.edge import Edge, grpc_web_frame, grpc_web_frames, json_lines, running_edge
 from tests.e2e.processes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +38,6 @@ async def edge(system: LocalSystem, tmp_path: Path) -> AsyncIterator[Edge]:
 
 def bearer(system: LocalSystem) -> dict[str, str]:
     return {"authorization": f"Bearer {system.api_key}"}
-
-
-async def json_lines(response: httpx.Response) -> list[dict[str, Any]]:
-    """The objects of a transcoded server stream: one JSON object a line."""
-    return [json.loads(line) async for line in response.aiter_lines() if line.strip()]
 
 
 async def test_a_job_runs_over_http_json_with_its_event_stream(

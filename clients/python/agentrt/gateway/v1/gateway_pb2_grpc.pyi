@@ -6,7 +6,7 @@ in the `authorization` metadata ("Bearer <key>") or in `x-api-key`, or,
 where the gateway trusts an identity provider, a JWT ("Bearer <jwt>");
 the tenant and principal come from the credential, never from the request.
 The google.api.http annotations are the routes of the HTTP/JSON edge
-(deploy/envoy, docs/edge.md).
+(services/edge, docs/edge.md).
 """
 
 from agentrt.common.v1 import common_pb2 as _common_pb2

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Protocol
 
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
@@ -694,7 +695,19 @@ class AgentRun:
         return left is not None and left <= 0
 
 
-async def run_leased_job(run: AgentRun, jobs: JobsPort, heartbeat_seconds: float) -> RunEnd:
+class LeasedRun(Protocol):
+    """A run of one leased job: the agent loop, or a workflow's graph executor."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def lease_id(self) -> str: ...
+
+    async def run(self) -> RunEnd: ...
+
+
+async def run_leased_job(run: LeasedRun, jobs: JobsPort, heartbeat_seconds: float) -> RunEnd:
     """Runs the job while a heartbeat keeps its lease. When the lease is lost the run is
     cancelled at once, which also cuts its in-flight model stream."""
     work: asyncio.Task[RunEnd] = asyncio.create_task(run.run(), name=f"run {run.name}")

@@ -208,7 +208,7 @@ class WorkerPool:
         ) as span:
             run: LeasedRun
             if is_workflow(job):
-                run = WorkflowRun(lease, self._jobs, self._events)
+                run = WorkflowRun(lease, self._jobs, self._events, self._spend)
             else:
                 run = AgentRun(
                     lease,

@@ -1,18 +1,18 @@
 """Builders of workflows (operators and graphs) and of the job specs that run them.
 
-    from agentrt import workflows as wf
+from agentrt import workflows as wf
 
-    spec = wf.workflow_spec(
-        "Compare the two designs",
-        wf.parallel("pro", "con", reducer="judge"),
-        agents={
-            "pro": wf.agent("Argue for the design."),
-            "con": wf.agent("Argue against it."),
-            "judge": wf.agent("Weigh both sides and decide."),
-        },
-        model="gpt-4o-mini",
-    )
-    job = await client.execute_spec(spec)
+spec = wf.workflow_spec(
+    "Compare the two designs",
+    wf.parallel("pro", "con", reducer="judge"),
+    agents={
+        "pro": wf.agent("Argue for the design."),
+        "con": wf.agent("Argue against it."),
+        "judge": wf.agent("Weigh both sides and decide."),
+    },
+    model="gpt-4o-mini",
+)
+job = await client.execute_spec(spec)
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from services.orchestrator.agent import (
     history_sequence,
     job_id,
 )
+from services.orchestrator.guards import BudgetExceeded, NoBudgets, SpendGuard
 from services.orchestrator.ports import FinalTurn, JobsPort, JobsUnavailable, LeaseLost, TreePort
 from services.orchestrator.workflow.graph_state import (
     Activation,
@@ -116,8 +117,16 @@ class WorkflowRun:
     """Runs one leased workflow job from its checkpoint to FinishJob, or to a wait on its
     children. Raises LeaseLost and JobsUnavailable as the agent loop does."""
 
-    def __init__(self, lease: jobs_pb2.JobLease, jobs: WorkflowJobs, events: EventChannel) -> None:
+    def __init__(
+        self,
+        lease: jobs_pb2.JobLease,
+        jobs: WorkflowJobs,
+        events: EventChannel,
+        spend: SpendGuard | None = None,
+    ) -> None:
+        """`spend` opens the tree's account before the first child (default: none)."""
         self._job = lease.job
+        self._spend: SpendGuard = spend or NoBudgets()
         self._lease_id = lease.lease_id
         self._jobs = jobs
         self._events = events
@@ -146,6 +155,10 @@ class WorkflowRun:
             end = await self._advance(run)
         except (LeaseLost, JobsUnavailable):
             raise
+        except BudgetExceeded as exceeded:
+            await self._cancel_unfinished(run)
+            await self._finish_failed(exceeded.failure)
+            return RunEnd.FINISHED
         except WorkflowFailed as failed:
             await self._publish(run.changes)
             await self._cancel_unfinished(run)
@@ -163,6 +176,8 @@ class WorkflowRun:
         return end
 
     async def _advance(self, run: GraphRun) -> RunEnd:
+        if not run.state.started:
+            await self._spend.open_tree(self._job)
         run.start()
         while True:
             for child in run.running():

@@ -104,12 +104,18 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
         self, request: gateway_pb2.ListJobsRequest, context: Context
     ) -> gateway_pb2.ListJobsResponse:
         caller = await authenticate(context, self._keys)
+        if request.parent:
+            parse_job_name(request.parent, "parent")
+        if request.root:
+            parse_job_name(request.root, "root")
         forwarded = jobs_pb2.ListJobsRequest(
             tenant=caller.tenant,
             page_size=request.page_size,
             page_token=request.page_token,
             states=request.states,
             session=request.session,
+            parent=request.parent,
+            root=request.root,
         )
         if request.HasField("create_time_after"):
             forwarded.create_time_after.CopyFrom(request.create_time_after)
@@ -177,6 +183,8 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
             # Child jobs are made by the orchestrator; a caller naming a parent could
             # attach its job to another tenant's tree.
             raise FieldInvalid("spec.parent", "is set by the runtime for child jobs")
+        if spec.node:
+            raise FieldInvalid("spec.node", "is set by the runtime for child jobs")
         if not spec.model:
             spec.model = self._default_model
         await self._models.require(spec.model)

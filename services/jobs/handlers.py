@@ -61,6 +61,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             created_before=_time(
                 request.create_time_before, request.HasField("create_time_before")
             ),
+            parent=request.parent,
+            root=request.root,
         )
         jobs, token = await self._jobs.list_jobs(
             _tenant(request.tenant), job_filter, request.page_size, request.page_token
@@ -199,3 +201,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return await self._jobs.cancel_action(
             _tenant(request.tenant), job_id, action_id, request.reason
         )
+
+    async def AwaitChildren(
+        self, request: jobs_pb2.AwaitChildrenRequest, context: Context
+    ) -> jobs_pb2.AwaitChildrenResponse:
+        job, waiting = await self._jobs.await_children(
+            parse_job_name(request.name),
+            request.lease_id,
+            request.children,
+            request.checkpoint if request.HasField("checkpoint") else None,
+        )
+        return jobs_pb2.AwaitChildrenResponse(job=job, waiting=waiting)

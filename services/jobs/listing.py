@@ -43,6 +43,14 @@ def page_bounds(job_filter: JobFilter, page_token: str) -> PageBounds:
     return PageBounds(before, job_filter.created_after or EARLIEST)
 
 
+def list_query(job_filter: JobFilter) -> str:
+    """The named query of a store that lists the jobs the filter asks for: a job's
+    children and a tree's jobs have their own, each served by its own index."""
+    if job_filter.parent:
+        return "list_children"
+    return "list_tree" if job_filter.root else "list_jobs"
+
+
 def page_of(rows: list[JobRecord], page_size: int) -> tuple[list[Job], str]:
     """The jobs of a page and the next page's token, from up to page_size + 1 rows."""
     page = rows[:page_size]

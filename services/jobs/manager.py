@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from agentrt.common.v1.common_pb2 import (
@@ -40,6 +41,7 @@ from services.jobs.store import (
     Resolution,
     TokenRef,
 )
+from services.jobs.trees import MAX_CHILD_JOBS
 from services.jobs.validation import (
     JobLimits,
     bounded,
@@ -60,6 +62,11 @@ JOBS_TOPIC = "jobs"
 _LOG = logging.getLogger(__name__)
 _STATES = frozenset(JobState.values()) - {JobState.JOB_STATE_UNSPECIFIED}
 _ACTION_STATES = frozenset(Action.State.values()) - {Action.State.STATE_UNSPECIFIED}
+
+
+def _parents(job: Job) -> list[str]:
+    """The id of the job's parent, in a list, or an empty list for a top-level job."""
+    return [parse_job_name(job.spec.parent)] if job.spec.parent else []
 
 
 def utc_now() -> datetime:
@@ -100,6 +107,8 @@ class JobManager:
         new = new_job(tenant, principal, spec, request_id, trace_id, self._limits)
         job, created = await self._store.create_job(new, self._clock())
         if created:
+            # A child's creation is in its parent's history too.
+            await self._forget(*_parents(job))
             self._nudge_relay()
             await self._wake_workers()
         return job, created
@@ -124,6 +133,11 @@ class JobManager:
         required(tenant, "tenant")
         if any(state not in _STATES for state in job_filter.states):
             raise FieldInvalid("states", "unknown or unspecified job state")
+        job_filter = replace(
+            job_filter,
+            parent=parse_job_name(job_filter.parent, "parent") if job_filter.parent else "",
+            root=parse_job_name(job_filter.root, "root") if job_filter.root else "",
+        )
         size = paging.page_size(
             page_size, self._limits.default_page_size, self._limits.max_page_size
         )
@@ -148,8 +162,13 @@ class JobManager:
                 changed = [lease.job for lease in batch.leases] + batch.timed_out
                 await self._forget(*(parse_job_name(job.name) for job in changed))
                 self._nudge_relay()
+            # Jobs of trees past their deadline are left to the sweep, which is run now
+            # rather than at its next round, so that they stop standing in the queue.
+            swept = bool(batch.overdue) and bool(await self.expire_deadlines())
             if batch.leases:
                 return batch.leases
+            if swept:
+                continue
             remaining = give_up - loop.time()
             if remaining <= 0 or self._stopping:
                 return []
@@ -215,9 +234,33 @@ class JobManager:
         job = await self._store.finish(
             job_id, lease_id, state, outcome, usage, checkpoint, self._clock(), message, turn_usage
         )
+        await self._ended(job)
+        return job
+
+    async def await_children(
+        self,
+        job_id: str,
+        lease_id: str,
+        children: Sequence[str],
+        checkpoint: Checkpoint | None,
+    ) -> tuple[Job, bool]:
+        """Park the leased parent until one of its children ends (job, True), or keep its
+        lease when one has ended already (job, False); see JobStore.await_children."""
+        required(lease_id, "lease_id")
+        if not children:
+            raise FieldRequired("children")
+        bounded(len(children), "children", 1, MAX_CHILD_JOBS)
+        ids = list(
+            dict.fromkeys(
+                parse_job_name(child, f"children[{index}]") for index, child in enumerate(children)
+            )
+        )
+        job, waiting = await self._store.await_children(
+            job_id, lease_id, ids, checkpoint, self._clock()
+        )
         await self._forget(job_id)
         self._nudge_relay()
-        return job
+        return job, waiting
 
     async def release(self, job_id: str, lease_id: str, reason: str) -> Job:
         """Give a leased job back to the queue. Raises LeaseLost."""
@@ -229,12 +272,12 @@ class JobManager:
         return job
 
     async def cancel(self, tenant: str | None, job_id: str, reason: str) -> Job:
-        """Cancel an unfinished job and its unfinished children; IllegalTransition if it
-        has finished."""
+        """Cancel an unfinished job and its unfinished descendants; IllegalTransition if
+        it has finished. Their workers learn it at their next heartbeat, which cuts
+        their model calls."""
         job = await self._store.cancel(tenant, job_id, reason, self._clock())
         # Its cancelled descendants are forgotten by the relay, which publishes theirs.
-        await self._forget(job_id)
-        self._nudge_relay()
+        await self._ended(job)
         return job
 
     async def expire_deadlines(self) -> list[Job]:
@@ -242,8 +285,7 @@ class JobManager:
         periodically, and again at once while a batch comes back full."""
         jobs = await self._store.expire_deadlines(self._clock(), self._limits.deadline_batch)
         if jobs:
-            await self._forget(*(parse_job_name(job.name) for job in jobs))
-            self._nudge_relay()
+            await self._ended(*jobs)
         return jobs
 
     async def list_events(
@@ -346,6 +388,15 @@ class JobManager:
         if len(target) > self._limits.max_resume_token_chars:
             raise FieldInvalid("resume_token", "not a token returned by RequireAction")
         return TokenRef(tenant, hash_resume_token(target))
+
+    async def _ended(self, *jobs: Job) -> None:
+        """Jobs ended: forget them and their parents, whose histories changed too, nudge
+        the relay, and wake the workers when a parent may have been queued again."""
+        parents = [parent for job in jobs for parent in _parents(job)]
+        await self._forget(*(parse_job_name(job.name) for job in jobs), *parents)
+        self._nudge_relay()
+        if parents:
+            await self._wake_workers()
 
     async def _action_ended(self, *ended: Action) -> None:
         """Actions ended and their jobs are queued again: tell the cache, the relay and

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from agentrt.common.v1.common_pb2 import (
     ActionEvent,
+    ChildEvent,
     ErrorReason,
     EventType,
     Failure,
@@ -32,7 +33,6 @@ from services.jobs.store import JobLease, LeaseBatch, NewJob
 from services.kit.errors import (
     FieldInvalid,
     IllegalTransition,
-    JobNotFound,
     LeaseLost,
     RequestIdReused,
 )
@@ -84,6 +84,16 @@ class JobRecord:
     trace_id: str
     event_seq: int
     """The sequence of the job's last event."""
+    root: str
+    """The id of the root of the job's tree: its own for a top-level job."""
+    depth: int
+    """0 for a top-level job, its parent's depth + 1 for a child."""
+    node: str
+    """The node of its parent's workflow the job runs (spec.node)."""
+    children: int
+    """How many children the job has created."""
+    awaiting: str
+    """While WAITING on children: their ids, space-separated; empty otherwise."""
 
 
 COLUMNS = tuple(field.name for field in fields(JobRecord))
@@ -143,6 +153,8 @@ def to_job(record: JobRecord) -> Job:
         turns=record.turns,
         last_event_id=f"{record.id}.{record.event_seq}",
         trace_id=record.trace_id,
+        root=job_name(record.root or record.id),
+        depth=record.depth,
     )
     job.spec.ParseFromString(record.spec)
     if record.result is not None:
@@ -166,8 +178,18 @@ def checkpoint_of(record: JobRecord) -> Checkpoint | None:
     return None if record.checkpoint is None else Checkpoint.FromString(record.checkpoint)
 
 
-def create(new: NewJob, job_id: str, now: datetime) -> Change:
-    """The row and job.created event of a new QUEUED job."""
+def create(
+    new: NewJob,
+    job_id: str,
+    now: datetime,
+    *,
+    root: str = "",
+    depth: int = 0,
+    deadline: datetime | None = None,
+) -> Change:
+    """The row and job.created event of a new QUEUED job: a top-level one (the root of its
+    own tree) unless `root`, `depth` and `deadline` place it in a tree
+    (services.jobs.trees.create_child)."""
     parent = parse_job_name(new.spec.parent, "spec.parent") if new.spec.parent else ""
     record = JobRecord(
         id=job_id,
@@ -188,13 +210,18 @@ def create(new: NewJob, job_id: str, now: datetime) -> Change:
         lease_id=None,
         lease_owner=None,
         lease_expire_time=None,
-        deadline=now + new.spec.timeout.ToTimedelta(),
+        deadline=deadline or now + new.spec.timeout.ToTimedelta(),
         create_time=now,
         update_time=now,
         start_time=None,
         end_time=None,
         trace_id=new.trace_id,
         event_seq=1,
+        root=root or job_id,
+        depth=depth,
+        node=new.spec.node,
+        children=0,
+        awaiting="",
     )
     event = _event(record, EventType.EVENT_TYPE_JOB_CREATED, now)
     return Change(record, (_stored(record, event),))
@@ -260,7 +287,13 @@ def lease_or_time_out(
     changes = []
     leases = []
     timed_out = []
+    overdue = 0
     for record in candidates:
+        if record.deadline <= now and in_tree(record):
+            # Its end must reach its parent and descendants, which only the deadline
+            # sweep locks; it is neither leased nor timed out here.
+            overdue += 1
+            continue
         if record.deadline <= now:
             change = time_out(record, now)
             timed_out.append(to_job(change.record))
@@ -269,23 +302,22 @@ def lease_or_time_out(
             change = lease(record, worker, lease_id, expire, now)
             leases.append(JobLease(to_job(change.record), lease_id, expire, checkpoint_of(record)))
         changes.append(change)
-    return changes, LeaseBatch(leases, timed_out)
+    return changes, LeaseBatch(leases, timed_out, overdue)
 
 
-def cancel_tree(
-    job_id: str, tree: list[JobRecord], reason: str, now: datetime
-) -> tuple[list[Change], Job]:
-    """Cancel the job and every unfinished descendant in `tree` (which holds them all)."""
-    target = next((record for record in tree if record.id == job_id), None)
-    if target is None:
-        raise JobNotFound(job_name(job_id))
-    cancelled = cancel(target, reason or "cancelled", now)
-    changes = [cancelled]
-    because = f"cancelled with its ancestor {job_name(job_id)}"
-    for record in tree:
-        if record.id != job_id and record.state in states.ACTIVE:
-            changes.append(cancel(record, because, now))
-    return changes, to_job(cancelled.record)
+def overdue(record: JobRecord, now: datetime) -> bool:
+    """Whether the deadline sweep times the job out at `now`: unfinished and past its
+    deadline, and, when RUNNING, no longer held by a live lease (whose worker times the
+    job out itself)."""
+    if record.state not in states.ACTIVE or record.deadline > now:
+        return False
+    expire = record.lease_expire_time
+    return record.state != states.RUNNING or expire is None or expire <= now
+
+
+def in_tree(record: JobRecord) -> bool:
+    """Whether the job has a parent or children, whose rows its end changes too."""
+    return bool(record.parent) or record.children > 0
 
 
 def check_lease(record: JobRecord, lease_id: str) -> None:
@@ -411,6 +443,53 @@ def await_action(
     return Change(record, events, checkpoint_changed=checkpoint is not None)
 
 
+def await_children(
+    record: JobRecord,
+    lease_id: str,
+    checkpoint: Checkpoint | None,
+    children: Sequence[str],
+    park: bool,
+    now: datetime,
+) -> Change:
+    """Park the leased job WAITING on its unfinished `children` (ids): lease released,
+    checkpoint stored, event job.waiting; with `park` False (a child has ended already)
+    only the checkpoint is stored and the job keeps its lease."""
+    check_lease(record, lease_id)
+    if checkpoint is not None:
+        if checkpoint.turn < record.turns:
+            raise FieldInvalid(
+                "checkpoint.turn", f"must not be less than the turns completed ({record.turns})"
+            )
+        record = _with_checkpoint(record, checkpoint, now)
+    if not park:
+        return Change(record, (), checkpoint_changed=checkpoint is not None)
+    record, waiting = _move(record, states.WAITING, now, awaiting=" ".join(children), **_NO_LEASE)
+    return Change(record, (_stored(record, waiting),), checkpoint_changed=checkpoint is not None)
+
+
+def wake_parent(record: JobRecord, reason: str, now: datetime) -> Change:
+    """Queue the job WAITING on its children again (job.requeued) because one ended."""
+    record, requeued = _move(record, states.QUEUED, now, awaiting="")
+    requeued.attempt.CopyFrom(JobAttempt(attempt=record.attempt, reason=reason))
+    return Change(record, (_stored(record, requeued),))
+
+
+def child_event(
+    record: JobRecord,
+    event_type: EventType.ValueType,
+    child: ChildEvent,
+    now: datetime,
+    **columns: Any,
+) -> tuple[JobRecord, StoredEvent]:
+    """Append job.child.created or job.child.finished to the job's history, with column
+    changes. No state change: update_time stays that of the job's last one, which a wait
+    on an action is bound to (services.jobs.actions.resume_waiting)."""
+    record = replace(record, event_seq=record.event_seq + 1, **columns)
+    event = _event(record, event_type, now)
+    event.child.CopyFrom(child)
+    return record, _stored(record, event)
+
+
 def resume(
     record: JobRecord,
     event_type: EventType.ValueType | None,
@@ -488,6 +567,8 @@ def _event(record: JobRecord, event_type: EventType.ValueType, now: datetime) ->
         parent_job=job_name(record.parent) if record.parent else "",
         trace_id=record.trace_id,
         job_state=record.state,
+        root_job=job_name(record.root or record.id),
+        node=record.node,
     )
     event.time.FromDatetime(now)
     return event

@@ -45,6 +45,9 @@ class NewJob:
     request_hash: bytes
     """Hash of the normalized spec; a reused request_id must come with the same hash."""
     trace_id: str
+    own_timeout: bool = False
+    """Whether the caller set spec.timeout (a child's is bounded by its root's
+    orchestration.child_timeout, which replaces the default)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class LeaseBatch:
     leases: list[JobLease]
     timed_out: list[Job]
     """Runnable jobs found past their deadline, made TIMED_OUT instead of leased."""
+    overdue: int = 0
+    """Runnable jobs of trees found past their deadline, neither leased nor timed out:
+    their end changes their parents and descendants too, which the deadline sweep does."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,10 @@ class JobFilter:
     """Inclusive."""
     created_before: datetime | None = None
     """Exclusive."""
+    parent: str = ""
+    """Only the children of this job (an id)."""
+    root: str = ""
+    """Only the jobs of the tree of this root (an id), the root included."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +239,13 @@ class JobStore(ActionStore, ActionJobs, Protocol):
     async def create_job(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
         """Create the job QUEUED (event job.created), or return the tenant's existing job
         with the same request_id and hash with created=False; RequestIdReused when the
-        hash differs. Race-free: concurrent creates with one request_id make one job."""
+        hash differs. Race-free: concurrent creates with one request_id make one job.
+
+        With spec.parent, the child joins its parent's tree under the root's limits, and
+        job.child.created is appended to the parent's history, in one transaction with
+        the parent locked (services.jobs.trees.create_child says what is refused). The
+        request_id is looked up first, so a retried create returns its child even when
+        the limits are reached since."""
         ...
 
     async def get_job(self, tenant: str | None, job_id: str) -> Job:
@@ -289,23 +305,42 @@ class JobStore(ActionStore, ActionJobs, Protocol):
     ) -> Job:
         """End the leased job: SUCCEEDED with a JobResult, FAILED or TIMED_OUT with a
         Failure (FieldInvalid otherwise); emits job.succeeded / job.failed / job.timed_out,
-        preceded by job.turn.completed when the checkpoint advances the turns."""
+        preceded by job.turn.completed when the checkpoint advances the turns. In the
+        same transaction its unfinished descendants are cancelled (unless its root's
+        orchestration.propagate_cancellation is false) and, for a child, its parent gets
+        job.child.finished and is queued again if it waits on it."""
         ...
 
     async def release(self, job_id: str, lease_id: str, reason: str, now: datetime) -> Job:
         """Give the leased job back to the queue; emits job.requeued."""
         ...
 
+    async def await_children(
+        self,
+        job_id: str,
+        lease_id: str,
+        children: Sequence[str],
+        checkpoint: Checkpoint | None,
+        now: datetime,
+    ) -> tuple[Job, bool]:
+        """Park the leased job WAITING on its `children` (ids; lease released, checkpoint
+        stored, event job.waiting) and return (job, True); when one of them has ended
+        already, store the checkpoint only and return (job, False), the lease kept. The
+        end of any awaited child queues the job again. FieldInvalid("children[i]") for
+        a job that is not its child."""
+        ...
+
     async def cancel(self, tenant: str | None, job_id: str, reason: str, now: datetime) -> Job:
-        """Cancel the job and its unfinished descendants of the same tenant at once
-        (leases revoked, pending actions cancelled; events job.cancelled);
+        """Cancel the job and, unless its root's orchestration.propagate_cancellation is
+        false, its unfinished descendants at once (leases revoked, pending actions
+        cancelled; events job.cancelled, job.child.finished in each parent);
         IllegalTransition when it has finished."""
         ...
 
     async def expire_deadlines(self, now: datetime, limit: int) -> list[Job]:
         """Make TIMED_OUT up to `limit` jobs past their deadline: QUEUED and WAITING ones
-        (whose pending actions are cancelled), and RUNNING ones whose lease expired too.
-        Returns them."""
+        (whose pending actions are cancelled), and RUNNING ones whose lease expired too,
+        with what their ends do to their trees (see `finish`). Returns them."""
         ...
 
     async def list_events(

@@ -16,6 +16,7 @@ that moment may be delivered twice (consumers deduplicate by id).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -32,9 +33,9 @@ from agentrt.common.v1.common_pb2 import (
 )
 from agentrt.jobs.v1.jobs_pb2 import Action, Checkpoint, Job, JobResult
 
-from services.jobs import actions, records
+from services.jobs import actions, records, states, trees
 from services.jobs.actions import ActionRecord, action_from_row, page_of_actions, to_action
-from services.jobs.listing import EARLIEST, decode_position, page_bounds, page_of
+from services.jobs.listing import EARLIEST, decode_position, list_query, page_bounds, page_of
 from services.jobs.records import Change, JobRecord, record_from_row, to_job
 from services.jobs.states import State
 from services.jobs.store import (
@@ -50,7 +51,7 @@ from services.jobs.store import (
 )
 from services.kit.errors import Aborted, JobNotFound, LeaseLost
 from services.kit.ids import new_id
-from services.kit.names import job_name
+from services.kit.names import job_name, parse_job_name
 from services.kit.storage import create_pool, load_queries
 
 PoolConnection = asyncpg.pool.PoolConnectionProxy
@@ -81,33 +82,41 @@ class PostgresJobStore:
 
     async def create_job(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
         change = records.create(new, new_id(), now)
-        job = change.record
+        if new.spec.parent:
+            return await self._create_child(new, change, now)
         async with self._pool.acquire() as connection:
-            inserted = await connection.fetchval(
-                QUERIES["insert_job"],
-                job.id,
-                job.tenant,
-                job.principal,
-                job.session,
-                job.parent,
-                job.state,
-                job.request_id,
-                job.request_hash,
-                job.spec,
-                job.deadline,
-                job.create_time,
-                job.trace_id,
-                job.event_seq,
-                change.events[0].event,
-            )
-            if inserted is not None:
-                return to_job(job), True
+            if await _insert(connection, change):
+                return to_job(change.record), True
             row = await connection.fetchrow(
                 QUERIES["job_by_request_id"], new.tenant, new.request_id
             )
-        if row is None:
-            raise Aborted("a job with this request_id was removed while it was being created")
-        return records.deduplicate(record_from_row(row), new), False
+        return _deduplicated(row, new)
+
+    async def _create_child(self, new: NewJob, change: Change, now: datetime) -> tuple[Job, bool]:
+        parent_id = parse_job_name(new.spec.parent, "spec.parent")
+        async with self._pool.acquire() as connection, connection.transaction():
+            if new.request_id:
+                # Before the parent's limits: a retried create gets its child back.
+                row = await connection.fetchrow(
+                    QUERIES["job_by_request_id"], new.tenant, new.request_id
+                )
+                if row is not None:
+                    return _deduplicated(row, new)
+            row = await connection.fetchrow(QUERIES["job_for_update"], parent_id)
+            parent = None if row is None else record_from_row(row)
+            root = parent
+            if parent is not None and parent.root != parent.id:
+                found = await connection.fetchrow(QUERIES["get_job"], parent.root, None)
+                root = None if found is None else record_from_row(found)
+            child, noted = trees.create_child(new, change.record.id, parent, root, now)
+            if await _insert(connection, child):
+                await _save(connection, [noted])
+                return to_job(child.record), True
+            # Made meanwhile under another parent, which did not hold this one's lock.
+            row = await connection.fetchrow(
+                QUERIES["job_by_request_id"], new.tenant, new.request_id
+            )
+        return _deduplicated(row, new)
 
     async def get_job(self, tenant: str | None, job_id: str) -> Job:
         row = await self._pool.fetchrow(QUERIES["get_job"], job_id, tenant)
@@ -119,14 +128,16 @@ class PostgresJobStore:
         self, tenant: str, job_filter: JobFilter, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
         bounds = page_bounds(job_filter, page_token)
+        tree = (job_filter.parent, job_filter.root) if job_filter.parent else (job_filter.root,)
         rows = await self._pool.fetch(
-            QUERIES["list_jobs"],
+            QUERIES[list_query(job_filter)],
             tenant,
             *bounds.before,
             bounds.created_after,
             list(job_filter.states),
             job_filter.session,
             page_size + 1,
+            *(tree if job_filter.parent or job_filter.root else ()),
         )
         return page_of([record_from_row(row) for row in rows], page_size)
 
@@ -186,32 +197,85 @@ class PostgresJobStore:
         turn_usage: Usage | None = None,
     ) -> Job:
         records.check_outcome(state, outcome)
-        return await self._change(
-            job_id,
-            lambda job: records.finish(
+
+        def end(job: JobRecord) -> Change:
+            return records.finish(
                 job, lease_id, state, outcome, usage, checkpoint, now, message, turn_usage
-            ),
-        )
+            )
+
+        because = functools.partial(trees.ended_because, state=state)
+        [ended], _ = await self._end_in_trees(None, [job_id], end, because, now)
+        assert ended is not None
+        return to_job(ended)
+
+    async def await_children(
+        self,
+        job_id: str,
+        lease_id: str,
+        children: Sequence[str],
+        checkpoint: Checkpoint | None,
+        now: datetime,
+    ) -> tuple[Job, bool]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            parent = await _locked_job(connection, job_id)
+            # Read after the parent's lock, which every child's end takes too: a child
+            # seen unfinished here tells the parent of its end once this commits.
+            rows = await connection.fetch(QUERIES["jobs_by_id"], list(children))
+            found = {row["id"]: record_from_row(row) for row in rows}
+            change, waiting = trees.await_children(
+                parent, lease_id, checkpoint, [(child, found.get(child)) for child in children], now
+            )
+            await _save(connection, [change])
+        return to_job(change.record), waiting
 
     async def release(self, job_id: str, lease_id: str, reason: str, now: datetime) -> Job:
         return await self._change(job_id, lambda job: records.release(job, lease_id, reason, now))
 
     async def cancel(self, tenant: str | None, job_id: str, reason: str, now: datetime) -> Job:
-        async with self._pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(QUERIES["job_tree_for_update"], job_id, tenant)
-            tree = [record_from_row(row) for row in rows]
-            changes, job = records.cancel_tree(job_id, tree, reason, now)
-            await _save(connection, changes)
-            await _cancel_pending_actions(connection, changes, now)
-        return job
+        def end(job: JobRecord) -> Change:
+            return records.cancel(job, reason or "cancelled", now)
+
+        [ended], _ = await self._end_in_trees(tenant, [job_id], end, trees.cancelled_because, now)
+        assert ended is not None
+        return to_job(ended)
 
     async def expire_deadlines(self, now: datetime, limit: int) -> list[Job]:
-        async with self._pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(QUERIES["expired_for_update"], now, limit)
-            changes = [records.time_out(record_from_row(row), now) for row in rows]
-            await _save(connection, changes)
-            await _cancel_pending_actions(connection, changes, now)
-        return [to_job(change.record) for change in changes]
+        ids = [row["id"] for row in await self._pool.fetch(QUERIES["expired"], now, limit)]
+
+        def end(job: JobRecord) -> Change:
+            return records.time_out(job, now)
+
+        because = functools.partial(trees.ended_because, state=states.TIMED_OUT)
+        _, ended = await self._end_in_trees(None, ids, end, because, now, only_overdue=True)
+        return [to_job(record) for record in ended]
+
+    async def _end_in_trees(
+        self,
+        tenant: str | None,
+        job_ids: list[str],
+        end: trees.End,
+        because: Callable[[str], str],
+        now: datetime,
+        *,
+        only_overdue: bool = False,
+    ) -> tuple[list[JobRecord | None], list[JobRecord]]:
+        """End each job (of `tenant`, or any when None) with its unfinished descendants,
+        telling its parent (services.jobs.trees.end_job), in one transaction; with
+        `only_overdue`, a job the deadline sweep would not time out now is left alone
+        (None). Returns their new rows and every job ended. `because` says why a
+        descendant of a job (its id) is cancelled. Every row involved is locked in id order
+        first, so that concurrent ends of overlapping trees wait for each other; a deadlock
+        PostgreSQL still finds (a tree that grew while it was being locked) is retried."""
+        for attempt in range(_DEADLOCK_ATTEMPTS):
+            try:
+                async with self._pool.acquire() as connection, connection.transaction():
+                    return await _end_locked(
+                        connection, tenant, job_ids, end, because, now, only_overdue
+                    )
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt + 1 == _DEADLOCK_ATTEMPTS:
+                    raise Aborted("concurrent changes to the job's tree; try again") from None
+        raise AssertionError("unreachable")
 
     async def list_events(
         self, tenant: str | None, job_id: str, after_sequence: int, limit: int
@@ -396,6 +460,103 @@ class PostgresJobStore:
 
 _ChangeFn = Callable[[JobRecord], Change]
 _SettleFn = Callable[[JobRecord, ActionRecord], tuple[Change | None, ActionRecord]]
+_DEADLOCK_ATTEMPTS = 5
+
+
+async def _insert(connection: PoolConnection, change: Change) -> bool:
+    """Insert a new job with its job.created event; False when the tenant has a job with
+    its request_id already."""
+    job = change.record
+    inserted = await connection.fetchval(
+        QUERIES["insert_job"],
+        job.id,
+        job.tenant,
+        job.principal,
+        job.session,
+        job.parent,
+        job.state,
+        job.request_id,
+        job.request_hash,
+        job.spec,
+        job.deadline,
+        job.create_time,
+        job.trace_id,
+        job.event_seq,
+        change.events[0].event,
+        job.root,
+        job.depth,
+        job.node,
+    )
+    return inserted is not None
+
+
+def _deduplicated(row: asyncpg.Record | None, new: NewJob) -> tuple[Job, bool]:
+    if row is None:
+        raise Aborted("a job with this request_id was removed while it was being created")
+    return records.deduplicate(record_from_row(row), new), False
+
+
+async def _lock_trees(
+    connection: PoolConnection, tenant: str | None, job_ids: list[str]
+) -> tuple[dict[str, JobRecord], dict[str, list[str]]]:
+    """Lock the jobs, their parents and their unfinished descendants; returns the locked
+    rows and, for each job, the ids of its parent and descendants. The members are asked
+    for again once locked, until none is new: a child created meanwhile is locked too."""
+    locked: dict[str, JobRecord] = {}
+    while True:
+        members: dict[str, list[str]] = {}
+        for row in await connection.fetch(QUERIES["tree_members"], job_ids, tenant):
+            members.setdefault(row["target"], []).append(row["id"])
+        wanted = {member for ids in members.values() for member in ids} - locked.keys()
+        if not wanted:
+            return locked, members
+        for row in await connection.fetch(QUERIES["jobs_for_update"], sorted(wanted)):
+            locked[row["id"]] = record_from_row(row)
+
+
+async def _end_locked(
+    connection: PoolConnection,
+    tenant: str | None,
+    job_ids: list[str],
+    end: trees.End,
+    because: Callable[[str], str],
+    now: datetime,
+    only_overdue: bool,
+) -> tuple[list[JobRecord | None], list[JobRecord]]:
+    locked, members = await _lock_trees(connection, tenant, job_ids)
+    batch = trees.TreeBatch(locked.values())
+    ended: list[JobRecord | None] = []
+    for job_id in job_ids:
+        target = batch.row(job_id)
+        if target is None and not only_overdue:
+            raise JobNotFound(job_name(job_id))
+        if target is None or (only_overdue and not records.overdue(target, now)):
+            ended.append(None)
+            continue
+        descendants = [
+            member for member in members.get(job_id, []) if member not in (job_id, target.parent)
+        ]
+        root = locked.get(target.root, target)
+        if descendants and target.root not in locked:
+            found = await connection.fetchrow(QUERIES["get_job"], target.root, None)
+            root = target if found is None else record_from_row(found)
+        ended.append(
+            trees.end_job(
+                batch,
+                job_id,
+                end,
+                descendants,
+                functools.partial(trees.limits_of, root),
+                because(job_id),
+                now,
+            )
+        )
+    changes = batch.changes()
+    await _save(connection, changes)
+    await _cancel_pending_actions(
+        connection, [change for change in changes if change.record.state in states.TERMINAL], now
+    )
+    return ended, batch.ended()
 
 
 async def _locked_job(connection: PoolConnection, job_id: str) -> JobRecord:
@@ -458,4 +619,6 @@ async def _save(connection: PoolConnection, changes: list[Change]) -> None:
         [event.job_id for event in events],
         [event.sequence for event in events],
         [event.event for event in events],
+        [job.children for job in jobs],
+        [job.awaiting for job in jobs],
     )

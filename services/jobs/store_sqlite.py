@@ -28,9 +28,9 @@ from agentrt.common.v1.common_pb2 import (
 )
 from agentrt.jobs.v1.jobs_pb2 import Action, Checkpoint, Job, JobResult
 
-from services.jobs import actions, records
+from services.jobs import actions, records, states, trees
 from services.jobs.actions import ACTION_COLUMNS, ACTION_TIME_COLUMNS, ActionRecord, to_action
-from services.jobs.listing import EARLIEST, decode_position, page_bounds, page_of
+from services.jobs.listing import EARLIEST, decode_position, list_query, page_bounds, page_of
 from services.jobs.records import (
     COLUMNS,
     TIME_COLUMNS,
@@ -53,7 +53,7 @@ from services.jobs.store import (
 )
 from services.kit.errors import JobNotFound, LeaseLost
 from services.kit.ids import new_id
-from services.kit.names import job_name
+from services.kit.names import job_name, parse_job_name
 from services.kit.storage import SqliteDatabase, load_queries
 
 QUERIES = load_queries(SQL_DIRECTORY / "sqlite" / "queries.sql")
@@ -90,7 +90,7 @@ class SqliteJobStore:
     ) -> tuple[list[Job], str]:
         bounds = page_bounds(job_filter, page_token)
         rows = await self._db.fetchall(
-            QUERIES["list_jobs"],
+            QUERIES[list_query(job_filter)],
             {
                 "tenant": tenant,
                 "before_time": _micros(bounds.before[0]),
@@ -98,6 +98,8 @@ class SqliteJobStore:
                 "after": _micros(bounds.created_after),
                 "states": json.dumps(list(job_filter.states)),
                 "session": job_filter.session,
+                "parent": job_filter.parent,
+                "root": job_filter.root,
                 "limit": page_size + 1,
             },
         )
@@ -165,35 +167,67 @@ class SqliteJobStore:
         turn_usage: Usage | None = None,
     ) -> Job:
         records.check_outcome(state, outcome)
-        return await self._change(
-            job_id,
-            lambda job: records.finish(
+
+        def end(job: JobRecord) -> Change:
+            return records.finish(
                 job, lease_id, state, outcome, usage, checkpoint, now, message, turn_usage
-            ),
-        )
+            )
+
+        def finish(connection: sqlite3.Connection) -> Job:
+            because = trees.ended_because(job_id, state)
+            return to_job(_end_in_tree(connection, None, job_id, end, because, now)[0])
+
+        return await self._db.transaction(finish)
+
+    async def await_children(
+        self,
+        job_id: str,
+        lease_id: str,
+        children: Sequence[str],
+        checkpoint: Checkpoint | None,
+        now: datetime,
+    ) -> tuple[Job, bool]:
+        def park(connection: sqlite3.Connection) -> tuple[Job, bool]:
+            parent = _locked_job(connection, job_id)
+            params = {"ids": json.dumps(list(children))}
+            rows = {
+                row["id"]: _record(row) for row in connection.execute(QUERIES["jobs_by_id"], params)
+            }
+            change, waiting = trees.await_children(
+                parent, lease_id, checkpoint, [(child, rows.get(child)) for child in children], now
+            )
+            _save(connection, [change])
+            return to_job(change.record), waiting
+
+        return await self._db.transaction(park)
 
     async def release(self, job_id: str, lease_id: str, reason: str, now: datetime) -> Job:
         return await self._change(job_id, lambda job: records.release(job, lease_id, reason, now))
 
     async def cancel(self, tenant: str | None, job_id: str, reason: str, now: datetime) -> Job:
+        def end(job: JobRecord) -> Change:
+            return records.cancel(job, reason or "cancelled", now)
+
         def cancel(connection: sqlite3.Connection) -> Job:
-            params = {"id": job_id, "tenant": tenant}
-            tree = [_record(row) for row in connection.execute(QUERIES["job_tree"], params)]
-            changes, job = records.cancel_tree(job_id, tree, reason, now)
-            _save(connection, changes)
-            _cancel_pending_actions(connection, changes, now)
-            return job
+            because = trees.cancelled_because(job_id)
+            return to_job(_end_in_tree(connection, tenant, job_id, end, because, now)[0])
 
         return await self._db.transaction(cancel)
 
     async def expire_deadlines(self, now: datetime, limit: int) -> list[Job]:
+        def end(job: JobRecord) -> Change:
+            return records.time_out(job, now)
+
         def expire(connection: sqlite3.Connection) -> list[Job]:
             params = {"now": _micros(now), "limit": limit}
-            rows = connection.execute(QUERIES["expired"], params).fetchall()
-            changes = [records.time_out(_record(row), now) for row in rows]
-            _save(connection, changes)
-            _cancel_pending_actions(connection, changes, now)
-            return [to_job(change.record) for change in changes]
+            expired = []
+            for row in connection.execute(QUERIES["expired"], params).fetchall():
+                # An earlier job's end may have ended this one already, with its tree.
+                if not records.overdue(_locked_job(connection, row["id"]), now):
+                    continue
+                because = trees.ended_because(row["id"], states.TIMED_OUT)
+                expired += _end_in_tree(connection, None, row["id"], end, because, now)[1]
+            return [to_job(record) for record in expired]
 
         return await self._db.transaction(expire)
 
@@ -395,9 +429,54 @@ def _create(new: NewJob, change: Change, connection: sqlite3.Connection) -> tupl
         row = connection.execute(QUERIES["job_by_request_id"], params).fetchone()
         if row is not None:
             return records.deduplicate(_record(row), new), False
+    if new.spec.parent:
+        parent = _job_or_none(connection, parse_job_name(new.spec.parent, "spec.parent"))
+        root = parent
+        if parent is not None and parent.root != parent.id:
+            root = _job_or_none(connection, parent.root)
+        now = change.record.create_time
+        change, noted = trees.create_child(new, change.record.id, parent, root, now)
+        _save(connection, [noted])
     connection.execute(QUERIES["insert_job"], _params(change.record))
     _insert_events(connection, change.events)
     return to_job(change.record), True
+
+
+def _end_in_tree(
+    connection: sqlite3.Connection,
+    tenant: str | None,
+    job_id: str,
+    end: trees.End,
+    because: str,
+    now: datetime,
+) -> tuple[JobRecord, list[JobRecord]]:
+    """End the job (of `tenant`, or any when None) with its unfinished descendants, and
+    tell its parent (services.jobs.trees.end_job); returns its new row and every job
+    ended."""
+    params = {"id": job_id, "tenant": tenant}
+    tree = [_record(row) for row in connection.execute(QUERIES["job_tree"], params)]
+    target = next((row for row in tree if row.id == job_id), None)
+    if target is None:
+        raise JobNotFound(job_name(job_id))
+    parent = _job_or_none(connection, target.parent) if target.parent else None
+    batch = trees.TreeBatch(tree + ([parent] if parent is not None else []))
+
+    def limits() -> trees.TreeLimits:
+        root = batch.row(target.root) or _job_or_none(connection, target.root)
+        return trees.limits_of(root or target)
+
+    ended = trees.end_job(batch, job_id, end, [row.id for row in tree], limits, because, now)
+    changes = batch.changes()
+    _save(connection, changes)
+    _cancel_pending_actions(
+        connection, [change for change in changes if change.record.state in states.TERMINAL], now
+    )
+    return ended, batch.ended()
+
+
+def _job_or_none(connection: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = connection.execute(QUERIES["get_job"], {"id": job_id, "tenant": None}).fetchone()
+    return None if row is None else _record(row)
 
 
 def _save(connection: sqlite3.Connection, changes: list[Change]) -> None:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from agentrt.common.v1.common_pb2 import Message, Role, ToolKind
-from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, JobSpec
+from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, JobSpec, OrchestrationConfig
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 
+from services.jobs import trees
 from services.jobs.store import NewAction, NewJob
 from services.kit.errors import FieldInvalid, FieldRequired, MessageTooLarge
 from services.kit.money import parse_amount
@@ -62,6 +63,8 @@ class JobLimits:
     """Longest spec.tool_options.call_timeout."""
     max_tool_attempts: int = 10
     """Largest spec.tool_options.max_attempts."""
+    max_node_chars: int = 128
+    """Longest spec.node."""
 
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -85,7 +88,8 @@ def new_job(
         raise FieldInvalid("trace_id", "32 lowercase hexadecimal digits")
     normalized = normalize_spec(spec, limits)
     request_hash = hashlib.sha256(normalized.SerializeToString(deterministic=True)).digest()
-    return NewJob(tenant, principal, normalized, request_id, request_hash, trace_id)
+    own_timeout = spec.HasField("timeout") and spec.timeout.ToNanoseconds() != 0
+    return NewJob(tenant, principal, normalized, request_id, request_hash, trace_id, own_timeout)
 
 
 def new_action(action: Action, timeout: Duration | None, limits: JobLimits) -> NewAction:
@@ -145,11 +149,33 @@ def normalize_spec(spec: JobSpec, limits: JobLimits) -> JobSpec:
         raise FieldInvalid("spec.session", f"at most {limits.max_session_chars} characters")
     if spec.parent:
         parse_job_name(spec.parent, "spec.parent")
+    _check_node(spec.node, limits)
+    _check_orchestration(spec.orchestration, limits)
     normalized = JobSpec()
     normalized.CopyFrom(spec)
     normalized.max_turns = _max_turns(spec.max_turns, limits)
     normalized.timeout.FromTimedelta(_timeout(spec, limits))
     return normalized
+
+
+def _check_node(node: str, limits: JobLimits) -> None:
+    if len(node) > limits.max_node_chars or not node.isprintable():
+        raise FieldInvalid("spec.node", f"at most {limits.max_node_chars} printable characters")
+
+
+def _check_orchestration(config: OrchestrationConfig, limits: JobLimits) -> None:
+    """Zero means the default everywhere, so only the ranges are checked."""
+    field = "spec.orchestration"
+    bounded(config.max_child_jobs, f"{field}.max_child_jobs", 0, trees.MAX_CHILD_JOBS)
+    bounded(config.max_depth, f"{field}.max_depth", 0, trees.MAX_DEPTH)
+    bounded(config.max_parallel, f"{field}.max_parallel", 0, trees.MAX_PARALLEL)
+    timeout = config.child_timeout
+    if timeout.seconds < 0 or timeout.nanos < 0 or timeout.ToTimedelta() > limits.max_timeout:
+        raise FieldInvalid(
+            f"{field}.child_timeout", f"must be positive and at most {limits.max_timeout}"
+        )
+    if config.on_child_failure not in OrchestrationConfig.ChildFailure.values():
+        raise FieldInvalid(f"{field}.on_child_failure", "must be FAIL_FAST or CONTINUE")
 
 
 def _check_budget(spec: JobSpec) -> None:

@@ -281,6 +281,8 @@ def output_delta_event(
         parent_job=job.spec.parent,
         trace_id=job.trace_id,
         job_state=JobState.JOB_STATE_RUNNING,
+        root_job=job.root or job.name,
+        node=job.spec.node,
         output_delta=common_pb2.OutputDelta(turn=turn, text=text),
     )
 

@@ -36,6 +36,10 @@ _TYPE_NAMES: dict[EventType.ValueType, str] = {
     EventType.EVENT_TYPE_ACTION_EXPIRED: "action.expired",
     EventType.EVENT_TYPE_TOOL_CALLED: "tool.called",
     EventType.EVENT_TYPE_USAGE_RECORDED: "usage.recorded",
+    EventType.EVENT_TYPE_CHILD_CREATED: "job.child.created",
+    EventType.EVENT_TYPE_CHILD_FINISHED: "job.child.finished",
+    EventType.EVENT_TYPE_NODE_STARTED: "workflow.node.started",
+    EventType.EVENT_TYPE_NODE_FINISHED: "workflow.node.finished",
 }
 
 _TERMINAL_TYPES = frozenset(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from agentrt.common.v1.common_pb2 import (
+    ChildEvent,
     ErrorReason,
     EventType,
     Failure,
@@ -18,10 +19,11 @@ from agentrt.common.v1.common_pb2 import (
     ToolCalled,
     Usage,
 )
-from agentrt.jobs.v1.jobs_pb2 import Checkpoint, Job, JobResult
+from agentrt.jobs.v1.jobs_pb2 import Checkpoint, Job, JobResult, JobSpec, OrchestrationConfig
 
 from services.jobs import states
 from services.jobs.store import JobFilter, JobLease, JobStore
+from services.jobs.trees import TreeLimitExceeded
 from services.kit.errors import (
     FieldInvalid,
     IllegalTransition,
@@ -433,13 +435,12 @@ async def test_cancel_of_a_running_job_revokes_its_lease(store: JobStore) -> Non
     assert (await store.lease_jobs("w2", 5, LEASE, seconds(100))).leases == []
 
 
-async def test_cancel_reaches_every_unfinished_descendant_of_the_tenant(store: JobStore) -> None:
+async def test_cancel_reaches_every_unfinished_descendant(store: JobStore) -> None:
     parent = await create(store)
     child = await create(store, spec=make_spec(parent=parent.name))
     grandchild = await create(store, spec=make_spec(parent=child.name))
     finished = await create(store, spec=make_spec(parent=parent.name))
     await store.cancel(None, id_of(finished), "", seconds(1))
-    stranger = await create(store, tenant="globex", spec=make_spec(parent=parent.name))
     unrelated = await create(store)
 
     await store.cancel("acme", id_of(parent), "", seconds(2))
@@ -451,7 +452,6 @@ async def test_cancel_reaches_every_unfinished_descendant_of_the_tenant(store: J
         event = (await history(store, descendant))[-1]
         assert types([event]) == ["JOB_CANCELLED"] and event.parent_job != ""
     assert len(await history(store, finished)) == 2
-    assert (await store.get_job(None, id_of(stranger))).state == states.QUEUED
     assert (await store.get_job(None, id_of(unrelated))).state == states.QUEUED
 
 
@@ -689,3 +689,371 @@ async def test_a_within_turn_checkpoint_keeps_the_turn_and_emits_nothing(
             id_of(job), lease.lease_id, checkpoint(2), None, None, seconds(4), within_turn=True
         )
     assert (await lease_after_expiry(store, job)).checkpoint == marked
+
+
+# Job trees
+
+
+def tree_spec(
+    parent: Job | None = None,
+    node: str = "",
+    *,
+    timeout: float = 0,
+    orchestration: OrchestrationConfig | None = None,
+) -> JobSpec:
+    spec = make_spec(parent=parent.name if parent else "", timeout=timeout)
+    spec.node = node
+    if orchestration is not None:
+        spec.orchestration.CopyFrom(orchestration)
+    return spec
+
+
+async def child_of(
+    store: JobStore, parent: Job, node: str = "step", now: datetime = T0, request_id: str = ""
+) -> Job:
+    job, created = await store.create_job(
+        make_new_job(request_id=request_id, spec=tree_spec(parent, node)), now
+    )
+    assert created
+    return job
+
+
+async def lease_all(store: JobStore, at: float = 1) -> dict[str, JobLease]:
+    batch = await store.lease_jobs("w1", 100, LEASE, seconds(at))
+    return {lease.job.name: lease for lease in batch.leases}
+
+
+async def test_a_top_level_job_is_the_root_of_its_own_tree(store: JobStore) -> None:
+    job = await create(store)
+
+    assert (job.root, job.depth) == (job.name, 0)
+    [event] = await history(store, job)
+    assert (event.root_job, event.node, event.parent_job) == (job.name, "", "")
+
+
+async def test_a_child_joins_its_parents_tree_and_its_parent_hears_of_it(
+    store: JobStore,
+) -> None:
+    root = await create(store)
+    child = await child_of(store, root, "plan", seconds(1))
+    grandchild = await child_of(store, child, "map[3]", seconds(2))
+
+    assert (child.root, child.depth, child.spec.node) == (root.name, 1, "plan")
+    assert (grandchild.root, grandchild.depth) == (root.name, 2)
+    [created] = await history(store, grandchild)
+    assert (created.root_job, created.node, created.parent_job) == (
+        root.name,
+        "map[3]",
+        child.name,
+    )
+    events = await history(store, root)
+    assert types(events) == ["JOB_CREATED", "CHILD_CREATED"]
+    assert events[1].child == ChildEvent(child=child.name, node="plan", state=states.QUEUED)
+    assert events[1].job_state == states.QUEUED and events[1].root_job == root.name
+    parent = await store.get_job(None, id_of(root))
+    assert parent.last_event_id == f"{id_of(root)}.2" and parent.update_time == root.update_time
+    assert types(await history(store, child)) == ["JOB_CREATED", "CHILD_CREATED"]
+
+
+async def test_a_child_needs_a_live_parent_of_its_own_tenant(store: JobStore) -> None:
+    parent = await create(store)
+    finished = await create(store)
+    await store.cancel(None, id_of(finished), "", seconds(1))
+
+    with pytest.raises(JobNotFound):
+        await store.create_job(make_new_job("globex", spec=tree_spec(parent)), seconds(2))
+    with pytest.raises(JobNotFound):
+        await store.create_job(make_new_job(spec=make_spec(parent=job_name("0" * 26))), seconds(2))
+    with pytest.raises(IllegalTransition):
+        await store.create_job(make_new_job(spec=tree_spec(finished)), seconds(2))
+
+    assert len(await history(store, parent)) == 1
+    jobs, _ = await store.list_jobs("acme", JobFilter(), 10, "")
+    assert len(jobs) == 2
+
+
+async def test_the_roots_max_depth_bounds_the_tree(store: JobStore) -> None:
+    root = await create(store, spec=tree_spec(orchestration=OrchestrationConfig(max_depth=2)))
+    child = await child_of(store, root)
+    grandchild = await child_of(store, child)
+
+    with pytest.raises(TreeLimitExceeded) as raised:
+        await store.create_job(make_new_job(spec=tree_spec(grandchild)), seconds(1))
+
+    assert raised.value.code == "RESOURCE_EXHAUSTED"
+    assert raised.value.reason == ErrorReason.ERROR_REASON_TREE_LIMIT_EXCEEDED
+    assert raised.value.metadata == {"limit": "max_depth", "value": "2"}
+    assert types(await history(store, grandchild)) == ["JOB_CREATED"]
+
+
+async def test_max_child_jobs_holds_but_a_retried_create_gets_its_child(
+    store: JobStore,
+) -> None:
+    limit = OrchestrationConfig(max_child_jobs=2)
+    root = await create(store, spec=tree_spec(orchestration=limit))
+    first = await child_of(store, root, "a", request_id="root/a/0")
+    await child_of(store, root, "b", request_id="root/b/0")
+
+    with pytest.raises(TreeLimitExceeded) as raised:
+        await store.create_job(make_new_job(request_id="root/c/0", spec=tree_spec(root, "c")), T0)
+    again, created = await store.create_job(
+        make_new_job(request_id="root/a/0", spec=tree_spec(root, "a")), seconds(5)
+    )
+
+    assert raised.value.metadata == {"limit": "max_child_jobs", "value": "2"}
+    assert not created and again == first
+    assert types(await history(store, root)) == ["JOB_CREATED", "CHILD_CREATED", "CHILD_CREATED"]
+
+
+async def test_the_child_limit_holds_under_concurrent_creates(store: JobStore) -> None:
+    root = await create(store, spec=tree_spec(orchestration=OrchestrationConfig(max_child_jobs=3)))
+
+    async def attempt(n: int) -> bool:
+        try:
+            await store.create_job(make_new_job(spec=tree_spec(root, f"map[{n}]")), T0)
+        except TreeLimitExceeded:
+            return False
+        return True
+
+    created = await asyncio.gather(*(attempt(n) for n in range(10)))
+
+    assert sum(created) == 3
+    children, _ = await store.list_jobs("acme", JobFilter(parent=id_of(root)), 50, "")
+    assert len(children) == 3
+    assert types(await history(store, root)).count("CHILD_CREATED") == 3
+
+
+async def test_a_childs_deadline_is_bounded_by_child_timeout_and_its_parents(
+    store: JobStore,
+) -> None:
+    config = OrchestrationConfig()
+    config.child_timeout.FromTimedelta(timedelta(seconds=60))
+    root = await create(store, spec=tree_spec(timeout=300, orchestration=config))
+
+    async def deadline_of(parent: Job, timeout: float, now: float = 0) -> timedelta:
+        spec = tree_spec(parent, timeout=timeout)
+        job, _ = await store.create_job(make_new_job(spec=spec), seconds(now))
+        return job.deadline.ToDatetime(tzinfo=T0.tzinfo) - T0
+
+    assert await deadline_of(root, 0) == timedelta(seconds=60)
+    assert await deadline_of(root, 30) == timedelta(seconds=30)
+    assert await deadline_of(root, 120) == timedelta(seconds=60)
+    assert await deadline_of(root, 0, now=280) == timedelta(seconds=300)
+
+
+async def test_a_childs_end_is_told_to_its_parent(store: JobStore) -> None:
+    root = await create(store)
+    await lease_all(store)
+    child = await child_of(store, root, "review", seconds(2))
+    lease = (await lease_all(store, 3))[child.name]
+    failure = Failure(reason=ErrorReason.ERROR_REASON_TOOL_ERROR, message="boom")
+
+    await store.finish(id_of(child), lease.lease_id, states.FAILED, failure, None, None, seconds(4))
+
+    events = await history(store, root)
+    assert types(events)[-1] == "CHILD_FINISHED"
+    assert events[-1].child == ChildEvent(
+        child=child.name, node="review", state=states.FAILED, failure=failure
+    )
+    assert events[-1].job_state == states.RUNNING
+    assert (await store.get_job(None, id_of(root))).state == states.RUNNING
+
+
+async def test_await_children_parks_the_parent_until_a_child_ends(store: JobStore) -> None:
+    root = await create(store)
+    parent_lease = (await lease_all(store))[root.name]
+    children = [await child_of(store, root, f"map[{n}]", seconds(2)) for n in range(2)]
+    saved = checkpoint(1, "waiting for the map")
+
+    job, waiting = await store.await_children(
+        id_of(root), parent_lease.lease_id, [id_of(c) for c in children], saved, seconds(3)
+    )
+
+    assert waiting and job.state == states.WAITING and job.turns == 1
+    assert types(await history(store, root))[-1] == "JOB_WAITING"
+    with pytest.raises(LeaseLost):
+        await store.heartbeat(id_of(root), parent_lease.lease_id, LEASE, seconds(4))
+    leases = await lease_all(store, 5)
+    assert set(leases) == {child.name for child in children}
+
+    first = leases[children[0].name]
+    result = JobResult(output="part one")
+    await store.finish(
+        id_of(children[0]), first.lease_id, states.SUCCEEDED, result, None, None, seconds(6)
+    )
+
+    events = await history(store, root)
+    assert types(events)[-2:] == ["CHILD_FINISHED", "JOB_REQUEUED"]
+    assert children[0].name in events[-1].attempt.reason
+    assert "finished" in events[-1].attempt.reason
+    resumed = (await lease_all(store, 7))[root.name]
+    assert resumed.checkpoint == saved
+    await store.finish(
+        id_of(children[1]),
+        leases[children[1].name].lease_id,
+        states.SUCCEEDED,
+        result,
+        None,
+        None,
+        seconds(8),
+    )
+    assert types(await history(store, root))[-1] == "CHILD_FINISHED"
+    assert (await store.get_job(None, id_of(root))).state == states.RUNNING
+
+
+async def test_await_children_keeps_the_lease_when_a_child_has_ended(store: JobStore) -> None:
+    root = await create(store)
+    parent_lease = (await lease_all(store))[root.name]
+    done = await child_of(store, root, "a", seconds(2))
+    running = await child_of(store, root, "b", seconds(2))
+    await store.cancel(None, id_of(done), "", seconds(3))
+    before = types(await history(store, root))
+
+    job, waiting = await store.await_children(
+        id_of(root), parent_lease.lease_id, [id_of(running), id_of(done)], checkpoint(1), seconds(4)
+    )
+
+    assert not waiting and job.state == states.RUNNING and job.turns == 1
+    assert types(await history(store, root)) == before
+    await store.heartbeat(id_of(root), parent_lease.lease_id, LEASE, seconds(5))
+    assert (await lease_after_expiry(store, root)).checkpoint == checkpoint(1)
+
+
+async def test_await_children_refuses_jobs_that_are_not_its_children(store: JobStore) -> None:
+    root = await create(store)
+    parent_lease = (await lease_all(store))[root.name]
+    child = await child_of(store, root)
+    stranger = await create(store)
+    grandchild = await child_of(store, child)
+
+    for wrong in (id_of(stranger), id_of(grandchild), "0" * 26):
+        with pytest.raises(FieldInvalid) as raised:
+            await store.await_children(
+                id_of(root), parent_lease.lease_id, [id_of(child), wrong], None, seconds(2)
+            )
+        assert raised.value.field == "children[1]"
+    with pytest.raises(LeaseLost):
+        await store.await_children(id_of(root), "not-the-lease", [id_of(child)], None, seconds(2))
+    assert (await store.get_job(None, id_of(root))).state == states.RUNNING
+
+
+async def test_cancelling_a_root_cancels_its_tree_deepest_first(store: JobStore) -> None:
+    root = await create(store)
+    parent_lease = (await lease_all(store))[root.name]
+    child = await child_of(store, root, "plan", seconds(1))
+    grandchildren = [await child_of(store, child, f"map[{n}]", seconds(1)) for n in range(2)]
+    great = await child_of(store, grandchildren[0], "deep", seconds(1))
+    leases = await lease_all(store, 2)
+    await store.await_children(id_of(root), parent_lease.lease_id, [id_of(child)], None, seconds(2))
+
+    cancelled = await store.cancel("acme", id_of(root), "user asked", seconds(3))
+
+    assert cancelled.state == states.CANCELLED
+    for job in [child, *grandchildren, great]:
+        ended = await store.get_job(None, id_of(job))
+        assert ended.state == states.CANCELLED
+        assert root.name in ended.failure.message
+        assert types(await history(store, job))[-1] == "JOB_CANCELLED"
+        if job.name in leases:
+            with pytest.raises(LeaseLost):
+                await store.heartbeat(id_of(job), leases[job.name].lease_id, LEASE, seconds(4))
+    # Every parent hears of each child's end before its own.
+    assert types(await history(store, child))[-3:] == [
+        "CHILD_FINISHED",
+        "CHILD_FINISHED",
+        "JOB_CANCELLED",
+    ]
+    root_events = await history(store, root)
+    assert types(root_events)[-2:] == ["CHILD_FINISHED", "JOB_CANCELLED"]
+    assert root_events[-2].child.state == states.CANCELLED
+    assert root_events[-1].failure.message == "user asked"
+
+
+async def test_a_root_that_does_not_propagate_cancels_itself_alone(store: JobStore) -> None:
+    config = OrchestrationConfig(propagate_cancellation=False)
+    root = await create(store, spec=tree_spec(orchestration=config))
+    child = await child_of(store, root)
+
+    await store.cancel(None, id_of(root), "", seconds(1))
+
+    assert (await store.get_job(None, id_of(child))).state == states.QUEUED
+    await store.cancel(None, id_of(child), "", seconds(2))
+    # The parent has ended: its history is closed.
+    assert types(await history(store, root))[-1] == "JOB_CANCELLED"
+
+
+async def test_a_parent_that_finishes_cancels_its_unfinished_children(store: JobStore) -> None:
+    root = await create(store)
+    lease = (await lease_all(store))[root.name]
+    child = await child_of(store, root, "forgotten", seconds(1))
+
+    result = JobResult(output="ok")
+    await store.finish(
+        id_of(root), lease.lease_id, states.SUCCEEDED, result, None, None, seconds(2)
+    )
+
+    ended = await store.get_job(None, id_of(child))
+    assert ended.state == states.CANCELLED and "SUCCEEDED" in ended.failure.message
+    assert types(await history(store, root))[-2:] == ["CHILD_FINISHED", "JOB_SUCCEEDED"]
+
+
+async def test_a_child_timed_out_by_the_sweep_wakes_its_waiting_parent(store: JobStore) -> None:
+    root = await create(store)
+    parent_lease = (await lease_all(store))[root.name]
+    spec = tree_spec(root, "slow", timeout=10)
+    child, _ = await store.create_job(make_new_job(spec=spec), seconds(1))
+    await store.await_children(id_of(root), parent_lease.lease_id, [id_of(child)], None, seconds(2))
+
+    # Leasing leaves an overdue job of a tree to the sweep, which tells its parent.
+    batch = await store.lease_jobs("w1", 5, LEASE, seconds(20))
+    assert batch.leases == [] and batch.timed_out == [] and batch.overdue == 1
+    expired = await store.expire_deadlines(seconds(20), 10)
+
+    assert [job.name for job in expired] == [child.name]
+    assert expired[0].state == states.TIMED_OUT
+    assert types(await history(store, root))[-2:] == ["CHILD_FINISHED", "JOB_REQUEUED"]
+    assert (await store.get_job(None, id_of(root))).state == states.QUEUED
+
+
+async def test_a_parent_timed_out_ends_its_tree(store: JobStore) -> None:
+    root = await create(store, spec=tree_spec(timeout=10))
+    child = await child_of(store, root)
+    grandchild = await child_of(store, child)
+
+    expired = await store.expire_deadlines(seconds(11), 10)
+
+    # The children's deadlines are their parent's: each is timed out once.
+    assert sorted(job.name for job in expired) == sorted(
+        job.name for job in (root, child, grandchild)
+    )
+    for job in (root, child, grandchild):
+        assert (await store.get_job(None, id_of(job))).state == states.TIMED_OUT
+        assert types(await history(store, job)).count("JOB_TIMED_OUT") == 1
+    assert types(await history(store, root))[-2:] == ["CHILD_FINISHED", "JOB_TIMED_OUT"]
+
+
+async def test_list_jobs_filters_a_jobs_children_and_its_tree(store: JobStore) -> None:
+    root = await create(store)
+    child = await child_of(store, root, now=seconds(1))
+    grandchild = await child_of(store, child, now=seconds(2))
+    sibling = await child_of(store, root, now=seconds(3))
+    other = await create(store, seconds(4))
+    await child_of(store, other, now=seconds(5))
+
+    async def names(job_filter: JobFilter) -> list[str]:
+        jobs, _ = await store.list_jobs("acme", job_filter, 10, "")
+        return [job.name for job in jobs]
+
+    assert await names(JobFilter(parent=id_of(root))) == [sibling.name, child.name]
+    assert await names(JobFilter(root=id_of(root))) == [
+        sibling.name,
+        grandchild.name,
+        child.name,
+        root.name,
+    ]
+    assert await names(JobFilter(parent=id_of(child), root=id_of(root))) == [grandchild.name]
+    assert await names(JobFilter(parent=id_of(child), root=id_of(other))) == []
+    page, token = await store.list_jobs("acme", JobFilter(root=id_of(root)), 2, "")
+    rest, _ = await store.list_jobs("acme", JobFilter(root=id_of(root)), 2, token)
+    assert [job.name for job in page + rest] == await names(JobFilter(root=id_of(root)))
+    assert await store.list_jobs("globex", JobFilter(root=id_of(root)), 10, "") == ([], "")

@@ -8,9 +8,9 @@
 WITH job AS (
     INSERT INTO jobs (
         id, tenant, principal, session, parent, state, request_id, request_hash, spec,
-        deadline, create_time, update_time, trace_id, event_seq
+        deadline, create_time, update_time, trace_id, event_seq, root, depth, node
     )
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $15, $16, $17)
     ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
     RETURNING id, event_seq
 )
@@ -31,21 +31,32 @@ SELECT state FROM jobs WHERE id = $1;
 -- name: job_for_update
 SELECT * FROM jobs WHERE id = $1 FOR UPDATE;
 
--- name: job_tree_for_update
--- The job (of tenant $2, or any when NULL) and its unfinished descendants of the same
--- tenant, locked in id order so that concurrent cancels of overlapping trees cannot
--- deadlock.
-WITH RECURSIVE tree (id, tenant) AS (
-    SELECT id, tenant FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)
+-- name: tree_members
+-- For each job of $1 (of tenant $2, or any when NULL): the job itself, its parent, and
+-- its unfinished descendants of the same tenant, as (target, id). Read without locks:
+-- the store locks them with jobs_for_update, then asks again until nothing is new.
+WITH RECURSIVE tree (target, id, tenant) AS (
+    SELECT id, id, tenant FROM jobs
+    WHERE id = ANY ($1::text[]) AND ($2::text IS NULL OR tenant = $2)
     UNION
-    SELECT child.id, child.tenant
+    SELECT tree.target, child.id, child.tenant
     FROM jobs AS child JOIN tree ON child.parent = tree.id AND child.tenant = tree.tenant
-    WHERE child.parent <> ''  -- lets the partial index jobs_parent serve the join
+    WHERE child.parent <> ''  -- lets the partial index jobs_children serve the join
 )
-SELECT jobs.* FROM jobs JOIN tree USING (id)
-WHERE jobs.id = $1 OR jobs.state IN (1, 2, 3)
-ORDER BY jobs.id
-FOR UPDATE OF jobs;
+SELECT tree.target, jobs.id FROM tree JOIN jobs USING (id)
+WHERE jobs.id = tree.target OR jobs.state IN (1, 2, 3)
+UNION
+SELECT jobs.id, jobs.parent FROM jobs
+WHERE jobs.id = ANY ($1::text[]) AND jobs.parent <> ''
+    AND ($2::text IS NULL OR jobs.tenant = $2);
+
+-- name: jobs_for_update
+-- Jobs $1, locked in id order, so that transactions locking overlapping sets of jobs
+-- this way cannot deadlock.
+SELECT * FROM jobs WHERE id = ANY ($1::text[]) ORDER BY id FOR UPDATE;
+
+-- name: jobs_by_id
+SELECT * FROM jobs WHERE id = ANY ($1::text[]);
 
 -- name: lease_candidates_for_update
 -- Up to $2 runnable jobs at time $1: RUNNING ones whose lease expired first (they have
@@ -68,18 +79,19 @@ SELECT * FROM takeovers
 UNION ALL
 SELECT * FROM queued;
 
--- name: expired_for_update
+-- name: expired
 -- Up to $2 unfinished jobs past their deadline at time $1, except RUNNING ones whose
--- worker still holds a live lease (that worker times the job out itself).
-SELECT * FROM jobs
+-- worker still holds a live lease (that worker times the job out itself). Read without
+-- locks: the store locks each with its tree and checks it again.
+SELECT id FROM jobs
 WHERE state IN (1, 2, 3) AND deadline <= $1 AND (state <> 2 OR lease_expire_time <= $1)
 ORDER BY deadline
-LIMIT $2
-FOR UPDATE SKIP LOCKED;
+LIMIT $2;
 
 -- name: save_jobs
--- Writes the mutable columns of changed jobs (arrays $1..$15, one element a job) and
--- appends their events (arrays $16..$18, in order). A NULL checkpoint keeps the stored one.
+-- Writes the mutable columns of changed jobs (arrays $1..$15 and $19..$20, one element a
+-- job) and appends their events (arrays $16..$18, in order). A NULL checkpoint keeps the
+-- stored one.
 WITH changed AS (
     UPDATE jobs AS j SET
         state = c.state,
@@ -95,14 +107,17 @@ WITH changed AS (
         update_time = c.update_time,
         start_time = c.start_time,
         end_time = c.end_time,
-        event_seq = c.event_seq
+        event_seq = c.event_seq,
+        children = c.children,
+        awaiting = c.awaiting
     FROM unnest(
         $1::text[], $2::smallint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[],
         $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::timestamptz[],
-        $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bigint[]
+        $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bigint[],
+        $19::bigint[], $20::text[]
     ) AS c (
         id, state, result, failure, usage, checkpoint, attempt, turns, lease_id, lease_owner,
-        lease_expire_time, start_time, end_time, update_time, event_seq
+        lease_expire_time, start_time, end_time, update_time, event_seq, children, awaiting
     )
     WHERE j.id = c.id
     RETURNING j.id
@@ -124,6 +139,29 @@ RETURNING lease_expire_time;
 -- ('': all), $7 rows.
 SELECT * FROM jobs
 WHERE tenant = $1
+    AND (create_time, id) < ($2, $3)
+    AND create_time >= $4
+    AND (cardinality($5::smallint[]) = 0 OR state = ANY ($5::smallint[]))
+    AND ($6 = '' OR session = $6)
+ORDER BY create_time DESC, id DESC
+LIMIT $7;
+
+-- name: list_children
+-- list_jobs of the children of job $8 (served by jobs_children); $9 root ('': any).
+SELECT * FROM jobs
+WHERE parent = $8 AND parent <> '' AND tenant = $1
+    AND (create_time, id) < ($2, $3)
+    AND create_time >= $4
+    AND (cardinality($5::smallint[]) = 0 OR state = ANY ($5::smallint[]))
+    AND ($6 = '' OR session = $6)
+    AND ($9 = '' OR root = $9)
+ORDER BY create_time DESC, id DESC
+LIMIT $7;
+
+-- name: list_tree
+-- list_jobs of the tree of root $8 (served by jobs_tree).
+SELECT * FROM jobs
+WHERE root = $8 AND tenant = $1
     AND (create_time, id) < ($2, $3)
     AND create_time >= $4
     AND (cardinality($5::smallint[]) = 0 OR state = ANY ($5::smallint[]))

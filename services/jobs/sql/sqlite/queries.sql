@@ -6,11 +6,11 @@
 -- name: insert_job
 INSERT INTO jobs (
     id, tenant, principal, session, parent, state, request_id, request_hash, spec,
-    deadline, create_time, update_time, trace_id, event_seq
+    deadline, create_time, update_time, trace_id, event_seq, root, depth, node
 )
 VALUES (
     :id, :tenant, :principal, :session, :parent, :state, :request_id, :request_hash, :spec,
-    :deadline, :create_time, :update_time, :trace_id, :event_seq
+    :deadline, :create_time, :update_time, :trace_id, :event_seq, :root, :depth, :node
 );
 
 -- name: job_by_request_id
@@ -27,7 +27,7 @@ WITH RECURSIVE tree (id, tenant) AS (
     UNION
     SELECT child.id, child.tenant
     FROM jobs AS child JOIN tree ON child.parent = tree.id AND child.tenant = tree.tenant
-    WHERE child.parent <> ''  -- lets the partial index jobs_parent serve the join
+    WHERE child.parent <> ''  -- lets the partial index jobs_children serve the join
 )
 SELECT jobs.* FROM jobs JOIN tree USING (id)
 WHERE jobs.id = :id OR jobs.state IN (1, 2, 3);
@@ -67,7 +67,9 @@ UPDATE jobs SET
     update_time = :update_time,
     start_time = :start_time,
     end_time = :end_time,
-    event_seq = :event_seq
+    event_seq = :event_seq,
+    children = :children,
+    awaiting = :awaiting
 WHERE id = :id;
 
 -- name: insert_event
@@ -92,6 +94,32 @@ WHERE tenant = :tenant
     AND (:session = '' OR session = :session)
 ORDER BY create_time DESC, id DESC
 LIMIT :limit;
+
+-- name: list_children
+-- list_jobs of the children of job :parent (served by jobs_children); :root ('': any).
+SELECT * FROM jobs
+WHERE parent = :parent AND parent <> '' AND tenant = :tenant
+    AND (create_time, id) < (:before_time, :before_id)
+    AND create_time >= :after
+    AND (:states = '[]' OR state IN (SELECT value FROM json_each(:states)))
+    AND (:session = '' OR session = :session)
+    AND (:root = '' OR root = :root)
+ORDER BY create_time DESC, id DESC
+LIMIT :limit;
+
+-- name: list_tree
+-- list_jobs of the tree of root :root (served by jobs_tree).
+SELECT * FROM jobs
+WHERE root = :root AND tenant = :tenant
+    AND (create_time, id) < (:before_time, :before_id)
+    AND create_time >= :after
+    AND (:states = '[]' OR state IN (SELECT value FROM json_each(:states)))
+    AND (:session = '' OR session = :session)
+ORDER BY create_time DESC, id DESC
+LIMIT :limit;
+
+-- name: jobs_by_id
+SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: list_events
 -- The job's state and its events after sequence :after (at most :limit); no row for an

@@ -88,6 +88,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The same idempotency key was used for a different call."""
     ERROR_REASON_TOOL_ERROR: _ErrorReason.ValueType  # 27
     """A tool call failed, or a tool is unknown or unhealthy."""
+    ERROR_REASON_TREE_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 28
+    """A child job would exceed its tree's limits (max_child_jobs, max_depth);
+    metadata["limit"] names the limit and metadata["value"] its value.
+    """
     ERROR_REASON_NODE_FAILED: _ErrorReason.ValueType  # 30
     """A node of the job's workflow failed (its child job failed, was
     cancelled or timed out) and the workflow fails fast. metadata["node"].
@@ -169,6 +173,10 @@ ERROR_REASON_IDEMPOTENCY_CONFLICT: ErrorReason.ValueType  # 26
 """The same idempotency key was used for a different call."""
 ERROR_REASON_TOOL_ERROR: ErrorReason.ValueType  # 27
 """A tool call failed, or a tool is unknown or unhealthy."""
+ERROR_REASON_TREE_LIMIT_EXCEEDED: ErrorReason.ValueType  # 28
+"""A child job would exceed its tree's limits (max_child_jobs, max_depth);
+metadata["limit"] names the limit and metadata["value"] its value.
+"""
 ERROR_REASON_NODE_FAILED: ErrorReason.ValueType  # 30
 """A node of the job's workflow failed (its child job failed, was
 cancelled or timed out) and the workflow fails fast. metadata["node"].

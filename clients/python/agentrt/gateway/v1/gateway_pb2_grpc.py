@@ -131,9 +131,11 @@ class RuntimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists the caller's tenant's jobs, newest first.
+        """Lists the caller's tenant's jobs, newest first; `parent` and `root` list
+        a job's children or its whole tree.
         Caller: applications, operators.
-        Errors: INVALID_ARGUMENT (FIELD_INVALID).
+        Errors: INVALID_ARGUMENT (FIELD_INVALID, NAME_INVALID for a bad parent
+        or root).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -69,9 +69,11 @@ class RuntimeServiceStub:
     Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (JOB_NOT_FOUND).
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListJobsRequest, _gateway_pb2.ListJobsResponse]
-    """Lists the caller's tenant's jobs, newest first.
+    """Lists the caller's tenant's jobs, newest first; `parent` and `root` list
+    a job's children or its whole tree.
     Caller: applications, operators.
-    Errors: INVALID_ARGUMENT (FIELD_INVALID).
+    Errors: INVALID_ARGUMENT (FIELD_INVALID, NAME_INVALID for a bad parent
+    or root).
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelJobRequest, _jobs_pb2.Job]
     """Cancels a job that has not finished; an in-flight model call is cut.
@@ -127,9 +129,11 @@ class RuntimeServiceAsyncStub(RuntimeServiceStub):
     Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (JOB_NOT_FOUND).
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListJobsRequest, _gateway_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """Lists the caller's tenant's jobs, newest first.
+    """Lists the caller's tenant's jobs, newest first; `parent` and `root` list
+    a job's children or its whole tree.
     Caller: applications, operators.
-    Errors: INVALID_ARGUMENT (FIELD_INVALID).
+    Errors: INVALID_ARGUMENT (FIELD_INVALID, NAME_INVALID for a bad parent
+    or root).
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Cancels a job that has not finished; an in-flight model call is cut.
@@ -212,9 +216,11 @@ class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListJobsResponse, _abc.Awaitable[_gateway_pb2.ListJobsResponse]]:
-        """Lists the caller's tenant's jobs, newest first.
+        """Lists the caller's tenant's jobs, newest first; `parent` and `root` list
+        a job's children or its whole tree.
         Caller: applications, operators.
-        Errors: INVALID_ARGUMENT (FIELD_INVALID).
+        Errors: INVALID_ARGUMENT (FIELD_INVALID, NAME_INVALID for a bad parent
+        or root).
         """
 
     @_abc_1.abstractmethod

@@ -123,11 +123,21 @@ class JobServiceServicer:
 
     def CreateJob(self, request, context):
         """Creates a job in QUEUED, or returns the existing one when the tenant
-        already created a job with the same request_id and the same spec.
-        Caller: gateway.
+        already created a job with the same request_id and the same spec. With
+        spec.parent the job is a child of that job of the same tenant (which
+        must not have finished): it joins the parent's tree (root, depth + 1),
+        its deadline is never past the parent's, and job.child.created is
+        written to the parent's history in the same transaction. A retried
+        create with the same request_id returns the same child, even once the
+        tree's limits are reached.
+        Caller: gateway (top-level jobs), orchestrator (child jobs).
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
         MESSAGE_TOO_LARGE, REQUEST_ID_REUSED for the same request_id with a
-        different spec).
+        different spec), NOT_FOUND (JOB_NOT_FOUND for a parent that does not
+        exist or is another tenant's), FAILED_PRECONDITION (ILLEGAL_TRANSITION
+        for a parent that has finished), RESOURCE_EXHAUSTED
+        (TREE_LIMIT_EXCEEDED when the child would pass the root's max_depth or
+        its parent's max_child_jobs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,10 +154,11 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists the tenant's jobs, newest first.
-        Caller: gateway.
+        """Lists the tenant's jobs, newest first; `parent` and `root` list a
+        job's children or its whole tree.
+        Caller: gateway, orchestrator.
         Errors: INVALID_ARGUMENT (FIELD_INVALID for a bad filter, page size or
-        page token).
+        page token, NAME_INVALID for a bad parent or root).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,9 +166,11 @@ class JobServiceServicer:
 
     def CancelJob(self, request, context):
         """Cancels a job that has not finished: it becomes CANCELLED at once, its
-        lease is revoked (the worker learns it on its next heartbeat) and its
-        children are cancelled.
-        Caller: gateway.
+        lease is revoked (the worker learns it on its next heartbeat) and, unless
+        its root's orchestration.propagate_cancellation is false, every
+        unfinished descendant is cancelled in the same transaction, each with
+        its own job.cancelled event.
+        Caller: gateway, orchestrator.
         Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
         (ILLEGAL_TRANSITION when the job has already finished).
         """
@@ -200,7 +213,11 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FinishJob(self, request, context):
-        """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT.
+        """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT. A child's end
+        is written to its parent's history (job.child.finished) in the same
+        transaction, which queues a parent waiting on it (AwaitChildren) again;
+        the job's unfinished descendants are cancelled with it unless its
+        root's orchestration.propagate_cancellation is false.
         Caller: orchestrator.
         Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
         (FIELD_INVALID for another target state or a missing outcome).

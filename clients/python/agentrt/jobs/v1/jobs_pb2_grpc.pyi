@@ -42,11 +42,21 @@ class JobServiceStub:
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
     CreateJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobRequest, _jobs_pb2.Job]
     """Creates a job in QUEUED, or returns the existing one when the tenant
-    already created a job with the same request_id and the same spec.
-    Caller: gateway.
+    already created a job with the same request_id and the same spec. With
+    spec.parent the job is a child of that job of the same tenant (which
+    must not have finished): it joins the parent's tree (root, depth + 1),
+    its deadline is never past the parent's, and job.child.created is
+    written to the parent's history in the same transaction. A retried
+    create with the same request_id returns the same child, even once the
+    tree's limits are reached.
+    Caller: gateway (top-level jobs), orchestrator (child jobs).
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
     MESSAGE_TOO_LARGE, REQUEST_ID_REUSED for the same request_id with a
-    different spec).
+    different spec), NOT_FOUND (JOB_NOT_FOUND for a parent that does not
+    exist or is another tenant's), FAILED_PRECONDITION (ILLEGAL_TRANSITION
+    for a parent that has finished), RESOURCE_EXHAUSTED
+    (TREE_LIMIT_EXCEEDED when the child would pass the root's max_depth or
+    its parent's max_child_jobs).
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]
     """Returns a job of the tenant.
@@ -55,16 +65,19 @@ class JobServiceStub:
     for another tenant's job).
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
-    """Lists the tenant's jobs, newest first.
-    Caller: gateway.
+    """Lists the tenant's jobs, newest first; `parent` and `root` list a
+    job's children or its whole tree.
+    Caller: gateway, orchestrator.
     Errors: INVALID_ARGUMENT (FIELD_INVALID for a bad filter, page size or
-    page token).
+    page token, NAME_INVALID for a bad parent or root).
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]
     """Cancels a job that has not finished: it becomes CANCELLED at once, its
-    lease is revoked (the worker learns it on its next heartbeat) and its
-    children are cancelled.
-    Caller: gateway.
+    lease is revoked (the worker learns it on its next heartbeat) and, unless
+    its root's orchestration.propagate_cancellation is false, every
+    unfinished descendant is cancelled in the same transaction, each with
+    its own job.cancelled event.
+    Caller: gateway, orchestrator.
     Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
     (ILLEGAL_TRANSITION when the job has already finished).
     """
@@ -91,7 +104,11 @@ class JobServiceStub:
     tool_calls).
     """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.Job]
-    """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT.
+    """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT. A child's end
+    is written to its parent's history (job.child.finished) in the same
+    transaction, which queues a parent waiting on it (AwaitChildren) again;
+    the job's unfinished descendants are cancelled with it unless its
+    root's orchestration.propagate_cancellation is false.
     Caller: orchestrator.
     Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
     (FIELD_INVALID for another target state or a missing outcome).
@@ -157,11 +174,21 @@ class JobServiceAsyncStub(JobServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Creates a job in QUEUED, or returns the existing one when the tenant
-    already created a job with the same request_id and the same spec.
-    Caller: gateway.
+    already created a job with the same request_id and the same spec. With
+    spec.parent the job is a child of that job of the same tenant (which
+    must not have finished): it joins the parent's tree (root, depth + 1),
+    its deadline is never past the parent's, and job.child.created is
+    written to the parent's history in the same transaction. A retried
+    create with the same request_id returns the same child, even once the
+    tree's limits are reached.
+    Caller: gateway (top-level jobs), orchestrator (child jobs).
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
     MESSAGE_TOO_LARGE, REQUEST_ID_REUSED for the same request_id with a
-    different spec).
+    different spec), NOT_FOUND (JOB_NOT_FOUND for a parent that does not
+    exist or is another tenant's), FAILED_PRECONDITION (ILLEGAL_TRANSITION
+    for a parent that has finished), RESOURCE_EXHAUSTED
+    (TREE_LIMIT_EXCEEDED when the child would pass the root's max_depth or
+    its parent's max_child_jobs).
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Returns a job of the tenant.
@@ -170,16 +197,19 @@ class JobServiceAsyncStub(JobServiceStub):
     for another tenant's job).
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """Lists the tenant's jobs, newest first.
-    Caller: gateway.
+    """Lists the tenant's jobs, newest first; `parent` and `root` list a
+    job's children or its whole tree.
+    Caller: gateway, orchestrator.
     Errors: INVALID_ARGUMENT (FIELD_INVALID for a bad filter, page size or
-    page token).
+    page token, NAME_INVALID for a bad parent or root).
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Cancels a job that has not finished: it becomes CANCELLED at once, its
-    lease is revoked (the worker learns it on its next heartbeat) and its
-    children are cancelled.
-    Caller: gateway.
+    lease is revoked (the worker learns it on its next heartbeat) and, unless
+    its root's orchestration.propagate_cancellation is false, every
+    unfinished descendant is cancelled in the same transaction, each with
+    its own job.cancelled event.
+    Caller: gateway, orchestrator.
     Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
     (ILLEGAL_TRANSITION when the job has already finished).
     """
@@ -206,7 +236,11 @@ class JobServiceAsyncStub(JobServiceStub):
     tool_calls).
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
-    """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT.
+    """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT. A child's end
+    is written to its parent's history (job.child.finished) in the same
+    transaction, which queues a parent waiting on it (AwaitChildren) again;
+    the job's unfinished descendants are cancelled with it unless its
+    root's orchestration.propagate_cancellation is false.
     Caller: orchestrator.
     Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
     (FIELD_INVALID for another target state or a missing outcome).
@@ -275,11 +309,21 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
         """Creates a job in QUEUED, or returns the existing one when the tenant
-        already created a job with the same request_id and the same spec.
-        Caller: gateway.
+        already created a job with the same request_id and the same spec. With
+        spec.parent the job is a child of that job of the same tenant (which
+        must not have finished): it joins the parent's tree (root, depth + 1),
+        its deadline is never past the parent's, and job.child.created is
+        written to the parent's history in the same transaction. A retried
+        create with the same request_id returns the same child, even once the
+        tree's limits are reached.
+        Caller: gateway (top-level jobs), orchestrator (child jobs).
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED, FIELD_INVALID,
         MESSAGE_TOO_LARGE, REQUEST_ID_REUSED for the same request_id with a
-        different spec).
+        different spec), NOT_FOUND (JOB_NOT_FOUND for a parent that does not
+        exist or is another tenant's), FAILED_PRECONDITION (ILLEGAL_TRANSITION
+        for a parent that has finished), RESOURCE_EXHAUSTED
+        (TREE_LIMIT_EXCEEDED when the child would pass the root's max_depth or
+        its parent's max_child_jobs).
         """
 
     @_abc_1.abstractmethod
@@ -300,10 +344,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListJobsResponse, _abc.Awaitable[_jobs_pb2.ListJobsResponse]]:
-        """Lists the tenant's jobs, newest first.
-        Caller: gateway.
+        """Lists the tenant's jobs, newest first; `parent` and `root` list a
+        job's children or its whole tree.
+        Caller: gateway, orchestrator.
         Errors: INVALID_ARGUMENT (FIELD_INVALID for a bad filter, page size or
-        page token).
+        page token, NAME_INVALID for a bad parent or root).
         """
 
     @_abc_1.abstractmethod
@@ -313,9 +358,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
         """Cancels a job that has not finished: it becomes CANCELLED at once, its
-        lease is revoked (the worker learns it on its next heartbeat) and its
-        children are cancelled.
-        Caller: gateway.
+        lease is revoked (the worker learns it on its next heartbeat) and, unless
+        its root's orchestration.propagate_cancellation is false, every
+        unfinished descendant is cancelled in the same transaction, each with
+        its own job.cancelled event.
+        Caller: gateway, orchestrator.
         Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
         (ILLEGAL_TRANSITION when the job has already finished).
         """
@@ -366,7 +413,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.FinishJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
-        """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT.
+        """Finishes a leased job as SUCCEEDED, FAILED or TIMED_OUT. A child's end
+        is written to its parent's history (job.child.finished) in the same
+        transaction, which queues a parent waiting on it (AwaitChildren) again;
+        the job's unfinished descendants are cancelled with it unless its
+        root's orchestration.propagate_cancellation is false.
         Caller: orchestrator.
         Errors: FAILED_PRECONDITION (LEASE_LOST), INVALID_ARGUMENT
         (FIELD_INVALID for another target state or a missing outcome).

@@ -371,7 +371,9 @@ def _debate(spec: workflow_pb2.Debate, where: str) -> Graph:
     rounds = spec.rounds or DEFAULT_ROUNDS
     if not 1 <= rounds <= MAX_ROUNDS:
         raise FieldInvalid(f"{where}.rounds", f"must be from 0 to {MAX_ROUNDS}")
-    go_on = Condition("contains", spec.agreement or DEFAULT_AGREEMENT, negate=True)
+    # A word, so that "DISAGREE" is no agreement.
+    marker = re.escape(spec.agreement or DEFAULT_AGREEMENT)
+    go_on = Condition("matches", rf"(?i)(?<!\w){marker}(?!\w)", negate=True)
     nodes: list[Node] = []
     edges: list[Edge] = []
     for r in range(1, rounds + 1):

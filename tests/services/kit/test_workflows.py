@@ -71,7 +71,8 @@ def test_debate_rounds_go_on_only_without_agreement() -> None:
     edge = graph.incoming["round2-p"][0]
     assert edge.source == "round1-moderator"
     assert edge.condition is not None
-    assert not edge.condition.holds("We AGREE.") and edge.condition.holds("no")
+    assert not edge.condition.holds("We agree.") and edge.condition.holds("no")
+    assert edge.condition.holds("DISAGREE")
     assert certain_children(graph) == 3
 
 

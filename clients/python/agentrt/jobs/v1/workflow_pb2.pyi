@@ -284,8 +284,8 @@ class Debate(_message.Message):
     rounds: _builtins.int
     """Rounds at most; 0 means 2, at most 10."""
     agreement: _builtins.str
-    """A verdict that contains this text (case-insensitive) ends the debate;
-    empty means "AGREE".
+    """A verdict that contains this text as a word (case-insensitive, so
+    "DISAGREE" is no "AGREE") ends the debate; empty means "AGREE".
     """
     @_builtins.property
     def debaters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

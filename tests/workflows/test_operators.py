@@ -10,7 +10,7 @@ from agentrt.common.v1.common_pb2 import ErrorReason, EventType, JobState
 from agentrt.jobs.v1 import jobs_pb2
 
 from services.dev import LocalSystem
-from tests.services.orchestrator.workflow.conftest import (
+from tests.workflows.trees import (
     agents,
     children_of,
     history,

@@ -34,7 +34,7 @@ from services.orchestrator.ports import (
     ToolsPort,
     retry_delay,
 )
-from services.orchestrator.workflow import WorkflowRun, is_workflow
+from services.orchestrator.workflow.executor import WorkflowRun, is_workflow
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentrt.orchestrator")
@@ -219,6 +219,7 @@ class WorkerPool:
                     tools=self._tools,
                     policy=self._policy,
                     spend=self._spend,
+                    tree=self._jobs,
                 )
             try:
                 end = await run_leased_job(run, self._jobs, self._config.heartbeat_seconds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from agentrt import workflows as wf
+from agentrt.common.v1 import common_pb2
 from agentrt.common.v1.common_pb2 import ErrorReason, EventType, JobState
 from agentrt.jobs.v1 import jobs_pb2
 
@@ -213,3 +214,36 @@ async def test_max_parallel_bounds_the_children_running_at_once(system: LocalSys
     mappers = [c for c in tree.children if c.spec.node.startswith("map[")]
     assert len(mappers) == 6
     assert most_at_once(mappers) == 2
+
+
+async def test_run_agent_starts_a_sub_agent_and_answers_with_its_result(
+    system: LocalSystem,
+) -> None:
+    spec = jobs_pb2.JobSpec(
+        prompt='call run_agent {"agent": "helper", "prompt": "fix the bug"}',
+        model="local",
+        tools=[common_pb2.ToolSpec(name="run_agent")],
+    )
+    spec.agents["helper"].CopyFrom(wf.agent("reply: helped with {input}"))
+    tree = await run_tree(system, spec)
+    assert tree.root.state == SUCCEEDED, tree.root.failure
+    assert "Tool run_agent returned: helped with fix the bug" in tree.root.result.output
+    [child] = tree.children
+    assert child.spec.node.startswith("run_agent.1.") and child.depth == 1
+    events = await history(system, tree.root.name)
+    [called] = [e.tool_called for e in events if e.type == EventType.EVENT_TYPE_TOOL_CALLED]
+    assert called.ok and called.output == "helped with fix the bug"
+    assert any(e.type == EventType.EVENT_TYPE_JOB_WAITING for e in events)
+
+
+async def test_run_agent_with_an_unknown_agent_tells_the_model(system: LocalSystem) -> None:
+    spec = jobs_pb2.JobSpec(
+        prompt='call run_agent {"agent": "nobody", "prompt": "x"}',
+        model="local",
+        tools=[common_pb2.ToolSpec(name="run_agent")],
+    )
+    spec.agents["helper"].CopyFrom(wf.agent("reply: hi"))
+    tree = await run_tree(system, spec)
+    assert tree.root.state == SUCCEEDED
+    assert "there is no agent 'nobody'; the agents are: helper" in tree.root.result.output
+    assert tree.children == []

@@ -37,6 +37,7 @@ from services.orchestrator.workflow.graph_state import (
     Unit,
     WorkflowFailed,
 )
+from services.orchestrator.workflow.sub_agents import agent_spec
 
 log = logging.getLogger(__name__)
 
@@ -81,35 +82,26 @@ def child_spec(
 ) -> jobs_pb2.JobSpec:
     """What a node's child runs: its agent (or its nested workflow), the unit's input as
     the prompt."""
-    spec = parent.spec
     node = graph.nodes[activation.node]
+    label = activation.label(unit)
+    if node.workflow is None:
+        return agent_spec(parent, node.agent, unit.input, label)
+    spec = parent.spec
     child = jobs_pb2.JobSpec(
         prompt=unit.input or "(empty input)",
         parent=parent.name,
-        node=activation.label(unit),
+        node=label,
         orchestration=spec.orchestration,
+        model=spec.model,
+        workflow=node.workflow,
+        policy=spec.policy,
+        tool_options=spec.tool_options,
     )
     child.labels.update(spec.labels)
     if spec.orchestration.HasField("child_timeout"):
         child.timeout.CopyFrom(spec.orchestration.child_timeout)
-    if node.workflow is not None:
-        child.model = spec.model
-        child.workflow.CopyFrom(node.workflow)
-        for name, agent in spec.agents.items():
-            child.agents[name].CopyFrom(agent)
-        child.policy.CopyFrom(spec.policy)
-        return child
-    agent = spec.agents[node.agent]
-    child.model = agent.model or spec.model
-    child.system_prompt = agent.system_prompt
-    child.tools.extend(agent.tools)
-    child.params.CopyFrom(agent.params)
-    child.budget.CopyFrom(agent.budget)
-    child.max_turns = agent.max_turns
-    child.policy.CopyFrom(agent.policy if agent.HasField("policy") else spec.policy)
-    child.tool_options.CopyFrom(
-        agent.tool_options if agent.HasField("tool_options") else spec.tool_options
-    )
+    for name, agent in spec.agents.items():
+        child.agents[name].CopyFrom(agent)
     return child
 
 

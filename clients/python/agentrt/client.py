@@ -414,12 +414,20 @@ class Client:
         session: str = "",
         page_size: int = 0,
         page_token: str = "",
+        parent: str | jobs_pb2.Job = "",
+        root: str | jobs_pb2.Job = "",
     ) -> JobPage:
         """Returns one page of your tenant's jobs, newest first, and the token of the next
-        page ("" on the last one). `states` and `session` filter; `page_size` is at most
-        500 (0: 50). See `iter_jobs` to go through every page."""
+        page ("" on the last one). `states` and `session` filter, `parent` lists a job's
+        children and `root` its whole tree; `page_size` is at most 500 (0: 50). See
+        `iter_jobs` to go through every page."""
         request = gateway_pb2.ListJobsRequest(
-            states=states, session=session, page_size=page_size, page_token=page_token
+            states=states,
+            session=session,
+            page_size=page_size,
+            page_token=page_token,
+            parent=job_name(parent) if parent else "",
+            root=job_name(root) if root else "",
         )
         with _translated_errors():
             response = await self._api.ListJobs(request, **self._unary_options())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from agentrt.cli import actions, admin, jobs, manage
+from agentrt.cli import actions, admin, jobs, manage, workflows
 from agentrt.cli.console import CommandError, Console
 from agentrt.cli.render import parse_state
 from agentrt.cli.target import Target, resolve_target
@@ -127,7 +127,9 @@ def _add_client_commands(
     run = commands.add_parser(
         "run", parents=[connection], help="run an agent and show its answer as it comes"
     )
-    run.add_argument("prompt", help="what to ask; - reads it from standard input")
+    run.add_argument(
+        "prompt", nargs="?", default="", help="what to ask; - reads it from standard input"
+    )
     run.add_argument("--model", default="", help="model id (default: the deployment's)")
     run.add_argument("--system", default="", help="a system prompt")
     run.add_argument("--max-turns", type=_count, default=0, help="model calls at most (8)")
@@ -138,6 +140,9 @@ def _add_client_commands(
     )
     run.add_argument("--policy", default="", help="the policy set (default: `default`)")
     run.add_argument("--json", action="store_true", help="print the finished job as JSON")
+    run.add_argument(
+        "--workflow", metavar="FILE", help="run the workflow of a YAML or JSON job spec"
+    )
     run.set_defaults(client_command=jobs.run_job)
 
     job_commands = commands.add_parser("jobs", help="list, inspect, cancel and watch jobs")
@@ -160,6 +165,10 @@ def _add_client_commands(
     cancel.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
     cancel.add_argument("--reason", default="cancelled from the agentrt CLI", help="why")
     cancel.set_defaults(client_command=jobs.cancel_job)
+
+    tree = actions.add_parser("tree", parents=[connection], help="a job and the jobs below it")
+    tree.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
+    tree.set_defaults(client_command=workflows.show_tree)
 
     watch = actions.add_parser("watch", parents=[connection], help="follow a job until it ends")
     watch.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")

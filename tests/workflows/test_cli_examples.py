@@ -1,5 +1,5 @@
 """Every file in examples/ runs from the CLI (`agentrt run --workflow`) on the in-process
-system, showing its tree live; `agentrt jobs tree` shows a finished one."""
+system, showing its tree live."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from agentrt.cli import build_parser
 from agentrt.cli.console import CommandError, Console
 from agentrt.client import Client
+from agentrt.common.v1 import common_pb2
 
 from services.dev import LocalSystem
 
@@ -49,10 +50,9 @@ async def test_an_example_runs_from_the_cli_and_shows_its_tree(
         root = re.search(r"^root  (jobs/\w+)  SUCCEEDED$", err, re.M)
         assert root, err
         assert re.search(r"^  \S+  jobs/\w+  SUCCEEDED$", err, re.M), "children, indented"
-        code, tree, _ = await cli(client, "jobs", "tree", root.group(1))
-    assert code == 0
-    lines = tree.splitlines()
-    assert lines[0].startswith("root  ") and all(line.startswith("  ") for line in lines[1:])
+        tree = await client.tree(root.group(1))
+    assert [job.depth for job in tree][:2] == [0, 1]
+    assert all(job.state == common_pb2.JOB_STATE_SUCCEEDED for job in tree)
 
 
 async def test_a_prompt_on_the_command_line_replaces_the_files(system: LocalSystem) -> None:

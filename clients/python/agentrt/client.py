@@ -418,9 +418,9 @@ class Client:
         root: str | jobs_pb2.Job = "",
     ) -> JobPage:
         """Returns one page of your tenant's jobs, newest first, and the token of the next
-        page ("" on the last one). `states` and `session` filter, `parent` lists a job's
-        children and `root` its whole tree; `page_size` is at most 500 (0: 50). See
-        `iter_jobs` to go through every page."""
+        page ("" on the last one). `states` and `session` filter, `parent` keeps a job's
+        children and `root` the jobs of a tree (its root included); `page_size` is at most
+        500 (0: 50). See `iter_jobs` to go through every page, `tree` for a whole tree."""
         request = gateway_pb2.ListJobsRequest(
             states=states,
             session=session,
@@ -434,19 +434,48 @@ class Client:
         return [*response.jobs], response.next_page_token
 
     async def iter_jobs(
-        self, *, states: Iterable[JobState] = (), session: str = "", page_size: int = 0
+        self,
+        *,
+        states: Iterable[JobState] = (),
+        session: str = "",
+        page_size: int = 0,
+        parent: str | jobs_pb2.Job = "",
+        root: str | jobs_pb2.Job = "",
     ) -> AsyncIterator[jobs_pb2.Job]:
-        """Yields your tenant's jobs, newest first, fetching page after page as needed."""
+        """Yields your tenant's jobs, newest first, fetching page after page as needed;
+        the filters are those of `list`."""
         wanted = [*states]
         token = ""
         while True:
             jobs, token = await self.list(
-                states=wanted, session=session, page_size=page_size, page_token=token
+                states=wanted,
+                session=session,
+                page_size=page_size,
+                page_token=token,
+                parent=parent,
+                root=root,
             )
             for job in jobs:
                 yield job
             if not token:
                 return
+
+    async def tree(self, job: str | jobs_pb2.Job) -> builtins.list[jobs_pb2.Job]:
+        """Returns the job and all its descendants, depth first: each job before its
+        children, children oldest first; `depth` says how deep each is in the tree (the
+        root's is 0). Give a tree's root for the whole tree. Raises JobNotFoundError."""
+        top = await self.get(job)
+        children: dict[str, builtins.list[jobs_pb2.Job]] = {}
+        async for member in self.iter_jobs(root=top.root, page_size=500):
+            children.setdefault(member.spec.parent, []).append(member)
+        ordered: builtins.list[jobs_pb2.Job] = []
+        pending = [top]
+        while pending:
+            current = pending.pop()
+            ordered.append(current)
+            # Listed newest first: pushed as they come, the oldest is taken first.
+            pending.extend(children.get(current.name, []))
+        return ordered
 
     async def cancel(self, job: str | jobs_pb2.Job, reason: str = "") -> jobs_pb2.Job:
         """Cancels a job that has not finished and returns it, CANCELLED; an in-flight

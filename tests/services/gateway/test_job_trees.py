@@ -1,5 +1,5 @@
-"""Job trees through the gateway: listing a job's children and tree, and a cancel of the
-root that reaches every descendant and stops their model streams."""
+"""Job trees through the whole system: listing a job's children and tree, a cancel of the
+root that reaches every descendant and stops their model streams, usage by tree."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import grpc
 from agentrt.common.v1.common_pb2 import EventType, JobState
 from agentrt.gateway.v1 import gateway_pb2
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.dev import DEV_PRINCIPAL, DEV_TENANT, LocalSystem
 from tests.services.gateway.conftest import (
@@ -32,10 +33,14 @@ LONG_PROMPT = " ".join(f"word{n}" for n in range(400))
 
 
 async def create_child(
-    jobs: jobs_pb2_grpc.JobServiceAsyncStub, parent: jobs_pb2.Job, node: str, model: str = "local"
+    jobs: jobs_pb2_grpc.JobServiceAsyncStub,
+    parent: jobs_pb2.Job,
+    node: str,
+    model: str = "local",
+    prompt_text: str = LONG_PROMPT,
 ) -> jobs_pb2.Job:
     """A child job made as the orchestrator makes one: through the jobs service."""
-    spec = jobs_pb2.JobSpec(prompt=LONG_PROMPT, model=model, parent=parent.name, node=node)
+    spec = jobs_pb2.JobSpec(prompt=prompt_text, model=model, parent=parent.name, node=node)
     return await jobs.CreateJob(
         jobs_pb2.CreateJobRequest(tenant=DEV_TENANT, principal=DEV_PRINCIPAL, spec=spec),
         timeout=TIMEOUT,
@@ -151,3 +156,72 @@ async def test_cancelling_the_root_stops_every_descendant_within_two_seconds(
         )
     ]
     assert child_history.count(EventType.EVENT_TYPE_CHILD_FINISHED) == 2
+
+
+async def test_usage_by_job_tree_names_the_root_at_every_depth(
+    system: LocalSystem, runtime: RuntimeStub, dev: Metadata
+) -> None:
+    root = await runtime.Execute(prompt(LONG_PROMPT, model="local-slow"), metadata=dev)
+    async with grpc.aio.insecure_channel(system.endpoint) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+        child = await create_child(jobs, root, "plan", "local-slow", prompt_text="a few words")
+        grandchild = await create_child(jobs, child, "map[0]", prompt_text="hello")
+        for job in (grandchild, child):
+            watch = runtime.WatchJob(
+                gateway_pb2.WatchJobRequest(name=job.name), metadata=dev, timeout=TIMEOUT
+            )
+            assert [event.type async for event in watch][-1] == EventType.EVENT_TYPE_JOB_SUCCEEDED
+
+        listed = await ledger.ListUsageRecords(
+            ledger_pb2.ListUsageRecordsRequest(tenant=DEV_TENANT, root_job=root.name),
+            timeout=TIMEOUT,
+        )
+    await runtime.CancelJob(gateway_pb2.CancelJobRequest(name=root.name), metadata=dev)
+
+    by_job = {record.job: record for record in listed.usage_records}
+    assert set(by_job) == {child.name, grandchild.name}
+    assert by_job[grandchild.name].root_job == root.name
+    assert by_job[grandchild.name].parent_job == child.name
+    assert by_job[child.name].root_job == root.name
+
+
+async def test_cancel_through_the_jobs_service_ends_a_three_level_tree(
+    system: LocalSystem,
+) -> None:
+    async with grpc.aio.insecure_channel(system.endpoint) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        spec = jobs_pb2.JobSpec(prompt=LONG_PROMPT, model="local-slow")
+        root = await jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(tenant=DEV_TENANT, principal=DEV_PRINCIPAL, spec=spec),
+            timeout=TIMEOUT,
+        )
+        child = await create_child(jobs, root, "plan", "local-slow")
+        grandchildren = [
+            await create_child(jobs, child, f"map[{n}]", "local-slow") for n in range(2)
+        ]
+
+        await jobs.CancelJob(
+            jobs_pb2.CancelJobRequest(tenant=DEV_TENANT, name=root.name, reason="stop"),
+            timeout=TIMEOUT,
+        )
+
+        async def history(job: jobs_pb2.Job) -> list[EventType.ValueType]:
+            listed = await jobs.ListJobEvents(
+                jobs_pb2.ListJobEventsRequest(tenant=DEV_TENANT, name=job.name), timeout=TIMEOUT
+            )
+            assert listed.job_state == JobState.JOB_STATE_CANCELLED
+            assert {event.root_job for event in listed.events} == {root.name}
+            return [event.type for event in listed.events]
+
+        for job in grandchildren:
+            assert (await history(job))[-1] == EventType.EVENT_TYPE_JOB_CANCELLED
+        assert (await history(child))[-3:] == [
+            EventType.EVENT_TYPE_CHILD_FINISHED,
+            EventType.EVENT_TYPE_CHILD_FINISHED,
+            EventType.EVENT_TYPE_JOB_CANCELLED,
+        ]
+        assert (await history(root))[-2:] == [
+            EventType.EVENT_TYPE_CHILD_FINISHED,
+            EventType.EVENT_TYPE_JOB_CANCELLED,
+        ]

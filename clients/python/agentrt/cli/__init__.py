@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from agentrt.cli import actions, admin, jobs, manage, workflows
+from agentrt.cli import actions, admin, jobs, manage
 from agentrt.cli.console import CommandError, Console
 from agentrt.cli.render import parse_state
 from agentrt.cli.target import Target, resolve_target
@@ -152,6 +152,8 @@ def _add_client_commands(
         "--state", type=_state, action="append", default=[], help="only this state (repeatable)"
     )
     listing.add_argument("--session", default="", help="only jobs of this session")
+    listing.add_argument("--parent", type=_job, help="only this job's children")
+    listing.add_argument("--root", type=_job, help="only the jobs of this root's tree")
     listing.add_argument("--limit", type=_positive, default=20, help="jobs at most (20)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.set_defaults(client_command=jobs.list_jobs)
@@ -161,14 +163,17 @@ def _add_client_commands(
     get.add_argument("--json", action="store_true", help="print the job as JSON")
     get.set_defaults(client_command=jobs.get_job)
 
+    tree = actions.add_parser(
+        "tree", parents=[connection], help="a job and its descendants, indented by depth"
+    )
+    tree.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
+    tree.add_argument("--json", action="store_true", help="print a JSON array, depth first")
+    tree.set_defaults(client_command=jobs.job_tree)
+
     cancel = actions.add_parser("cancel", parents=[connection], help="cancel a job")
     cancel.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
     cancel.add_argument("--reason", default="cancelled from the agentrt CLI", help="why")
     cancel.set_defaults(client_command=jobs.cancel_job)
-
-    tree = actions.add_parser("tree", parents=[connection], help="a job and the jobs below it")
-    tree.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")
-    tree.set_defaults(client_command=workflows.show_tree)
 
     watch = actions.add_parser("watch", parents=[connection], help="follow a job until it ends")
     watch.add_argument("job", type=_job, metavar="JOB", help="jobs/<id> or <id>")

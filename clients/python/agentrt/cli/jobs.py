@@ -1,4 +1,4 @@
-"""The CLI's client commands: `agentrt run` and `agentrt jobs list|get|cancel|watch`."""
+"""The CLI's client commands: `agentrt run` and `agentrt jobs list|get|tree|cancel|watch`."""
 
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ async def list_jobs(args: argparse.Namespace, client: Client, console: Console) 
             session=args.session,
             page_size=min(args.limit - len(jobs), 500),
             page_token=token,
+            parent=args.parent or "",
+            root=args.root or "",
         )
         jobs += page
         if not token:
@@ -94,6 +96,17 @@ async def get_job(args: argparse.Namespace, client: Client, console: Console) ->
     """`agentrt jobs get`: one job, in detail."""
     job = await client.get(args.job)
     console.print(render.as_json(job) if args.json else render.job_details(job))
+    return 0
+
+
+async def job_tree(args: argparse.Namespace, client: Client, console: Console) -> int:
+    """`agentrt jobs tree`: a job and its descendants, indented by depth, with each one's
+    node, state and usage (a JSON array with --json)."""
+    jobs = await client.tree(args.job)
+    if args.json:
+        console.print(json.dumps([json_format.MessageToDict(job) for job in jobs], indent=2))
+    else:
+        console.print(render.job_tree(jobs))
     return 0
 
 

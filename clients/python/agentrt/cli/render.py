@@ -32,6 +32,8 @@ EVENT_TYPES: Mapping[common_pb2.EventType.ValueType, str] = {
     common_pb2.EVENT_TYPE_ACTION_EXPIRED: "action.expired",
     common_pb2.EVENT_TYPE_TOOL_CALLED: "tool.called",
     common_pb2.EVENT_TYPE_USAGE_RECORDED: "usage.recorded",
+    common_pb2.EVENT_TYPE_CHILD_CREATED: "job.child.created",
+    common_pb2.EVENT_TYPE_CHILD_FINISHED: "job.child.finished",
 }
 """The dotted type string of each event type, as the common proto documents it."""
 
@@ -82,9 +84,17 @@ def event_line(event: common_pb2.RuntimeEvent) -> str:
         detail = f"{event.tool_called.call.name} {'ok' if event.tool_called.ok else 'failed'}"
     elif payload == "usage":
         detail = usage_text(event.usage)
+    elif payload == "child":
+        detail = child_text(event.child)
     else:
         detail = ""
     return f"{kind} ({detail})" if detail else kind
+
+
+def child_text(child: common_pb2.ChildEvent) -> str:
+    """ "jobs/01j… map[2] FAILED: TOOL_ERROR: boom" for a child's creation or end."""
+    text = " ".join(part for part in (child.child, child.node, state_name(child.state)) if part)
+    return f"{text}: {failure_text(child.failure)}" if child.HasField("failure") else text
 
 
 def usage_text(usage: common_pb2.Usage) -> str:
@@ -114,6 +124,26 @@ def job_table(jobs: Iterable[jobs_pb2.Job]) -> str:
         for job in jobs
     ]
     return table(rows)
+
+
+def job_tree(jobs: Sequence[jobs_pb2.Job]) -> str:
+    """A tree of jobs (depth first, as Client.tree returns it) as an aligned table, each
+    job indented by its depth below the first."""
+    top = jobs[0].depth if jobs else 0
+    header = ("JOB", "NODE", "STATE", "TOKENS", "COST", "MODEL CALLS", "TOOL CALLS")
+    rows = [header] + [
+        (
+            "  " * (job.depth - top) + job_id(job.name),
+            job.spec.node or "-",
+            state_name(job.state),
+            f"{job.usage.total_tokens:,}",
+            f"${job.usage.cost}" if job.usage.cost else "-",
+            str(job.usage.model_calls),
+            str(job.usage.tool_calls),
+        )
+        for job in jobs
+    ]
+    return table(rows, right={3, 4, 5, 6})
 
 
 def table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> str:

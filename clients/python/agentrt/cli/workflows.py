@@ -1,4 +1,4 @@
-"""The CLI's workflow commands: `agentrt run --workflow FILE` and `agentrt jobs tree JOB`.
+"""The CLI's `agentrt run --workflow FILE`: a workflow run, its tree shown live.
 
 A workflow file is a JobSpec in YAML or JSON (protobuf JSON names), e.g.
 
@@ -63,8 +63,9 @@ async def run_workflow(
     shown: dict[str, int] = {}
     try:
         while True:
-            root = await client.get(root.name)
-            for job in [root, *await tree_of(client, root.name)]:
+            tree = await client.tree(root.name)
+            root = tree[0]
+            for job in tree:
                 if shown.get(job.name) != job.state:
                     shown[job.name] = job.state
                     console.progress(tree_line(job))
@@ -75,39 +76,7 @@ async def run_workflow(
         return root, False
 
 
-async def tree_of(client: Client, root: str) -> list[jobs_pb2.Job]:
-    """Every job below `root`, parents before their children, siblings oldest first."""
-    jobs: list[jobs_pb2.Job] = []
-    token = ""
-    while True:
-        page, token = await client.list(root=root, page_size=500, page_token=token)
-        jobs += page
-        if not token:
-            break
-    below = [job for job in jobs if job.name != root]
-    children: dict[str, list[jobs_pb2.Job]] = {}
-    for job in sorted(below, key=lambda j: (j.create_time.ToNanoseconds(), j.name)):
-        children.setdefault(job.spec.parent, []).append(job)
-    ordered: list[jobs_pb2.Job] = []
-
-    def walk(parent: str) -> None:
-        for child in children.get(parent, []):
-            ordered.append(child)
-            walk(child.name)
-
-    walk(root)
-    return ordered
-
-
 def tree_line(job: jobs_pb2.Job) -> str:
     """`  map[2]  jobs/…  RUNNING`, indented by the job's depth."""
     node = job.spec.node or "root"
     return f"{'  ' * job.depth}{node}  {job.name}  {render.state_name(job.state)}"
-
-
-async def show_tree(args: argparse.Namespace, client: Client, console: Console) -> int:
-    """`agentrt jobs tree JOB`: the job and every job below it, indented by depth."""
-    root = await client.get(args.job)
-    for job in [root, *await tree_of(client, root.name)]:
-        console.print(tree_line(job))
-    return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from agentrt import workflows as wf
+from agentrt.client import Client
 from agentrt.common.v1 import common_pb2
 from agentrt.common.v1.common_pb2 import ErrorReason, EventType, JobState
 from agentrt.jobs.v1 import jobs_pb2
@@ -247,3 +248,27 @@ async def test_run_agent_with_an_unknown_agent_tells_the_model(system: LocalSyst
     assert tree.root.state == SUCCEEDED
     assert "there is no agent 'nobody'; the agents are: helper" in tree.root.result.output
     assert tree.children == []
+
+
+async def test_node_events_are_streamed_live_with_the_nodes_children(
+    system: LocalSystem,
+) -> None:
+    spec = wf.workflow_spec(
+        "t", wf.chain("a", "b"), agents=agents(a="reply: A", b="reply: B"), model="local"
+    )
+    async with Client(system.endpoint, system.api_key) as client:
+        events = [event async for event in client.execute_stream_spec(spec)]
+    nodes = [
+        (EventType.Name(e.type), e.node_event.node, e.node_event.output_preview)
+        for e in events
+        if e.type in (EventType.EVENT_TYPE_NODE_STARTED, EventType.EVENT_TYPE_NODE_FINISHED)
+    ]
+    assert nodes == [
+        ("EVENT_TYPE_NODE_STARTED", "a", ""),
+        ("EVENT_TYPE_NODE_FINISHED", "a", "A"),
+        ("EVENT_TYPE_NODE_STARTED", "b", ""),
+        ("EVENT_TYPE_NODE_FINISHED", "b", "B"),
+    ]
+    finished = [e for e in events if e.type == EventType.EVENT_TYPE_NODE_FINISHED]
+    assert all(len(e.node_event.children) == 1 for e in finished)
+    assert events[-1].type == EventType.EVENT_TYPE_JOB_SUCCEEDED

@@ -272,3 +272,21 @@ async def test_node_events_are_streamed_live_with_the_nodes_children(
     finished = [e for e in events if e.type == EventType.EVENT_TYPE_NODE_FINISHED]
     assert all(len(e.node_event.children) == 1 for e in finished)
     assert events[-1].type == EventType.EVENT_TYPE_JOB_SUCCEEDED
+
+
+async def test_children_past_max_child_jobs_at_run_time_fail_the_root_clearly(
+    system: LocalSystem,
+) -> None:
+    items = json.dumps([str(i) for i in range(6)])
+    spec = wf.workflow_spec(
+        "x",
+        wf.map_reduce("m", "r", splitter="s"),
+        agents=agents(s=f"reply: {items}", m="reply: ok", r="reply: done"),
+        orchestration=jobs_pb2.OrchestrationConfig(max_child_jobs=4, max_parallel=10),
+    )
+    tree = await run_tree(system, spec)
+    assert tree.root.state == JobState.JOB_STATE_FAILED
+    assert tree.root.failure.reason == ErrorReason.ERROR_REASON_TREE_LIMIT_EXCEEDED
+    assert tree.root.failure.metadata["node"] == "map[3]"
+    assert len(tree.children) == 4
+    assert all(c.state in (SUCCEEDED, JobState.JOB_STATE_CANCELLED) for c in tree.children)

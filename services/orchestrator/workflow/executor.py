@@ -14,6 +14,7 @@ import logging
 from typing import Protocol
 
 import grpc
+from agentrt.client import TERMINAL_STATES
 from agentrt.common.v1 import common_pb2
 from agentrt.errors import error_from_rpc
 from agentrt.jobs.v1 import jobs_pb2
@@ -45,14 +46,6 @@ JobState = common_pb2.JobState
 ErrorReason = common_pb2.ErrorReason
 DEFAULT_MAX_PARALLEL = 5
 """OrchestrationConfig.max_parallel when 0, as jobs.proto documents it."""
-_ENDED = frozenset(
-    {
-        JobState.JOB_STATE_SUCCEEDED,
-        JobState.JOB_STATE_FAILED,
-        JobState.JOB_STATE_CANCELLED,
-        JobState.JOB_STATE_TIMED_OUT,
-    }
-)
 _PREVIEW_CHARS = 200
 
 
@@ -174,7 +167,7 @@ class WorkflowRun:
         while True:
             for child in run.running():
                 job = await self._jobs.get_job(self._job.tenant, child)
-                if job.state in _ENDED:
+                if job.state in TERMINAL_STATES:
                     answer = (
                         job.result.output if job.state == JobState.JOB_STATE_SUCCEEDED else None
                     )

@@ -15,20 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from agentrt.client import TERMINAL_STATES
 from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
 
 from services.orchestrator.ports import TreePort
 
 RUN_AGENT = "run_agent"
-_ENDED = frozenset(
-    {
-        common_pb2.JOB_STATE_SUCCEEDED,
-        common_pb2.JOB_STATE_FAILED,
-        common_pb2.JOB_STATE_CANCELLED,
-        common_pb2.JOB_STATE_TIMED_OUT,
-    }
-)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -132,7 +125,7 @@ async def answer_run_agent(
         ):
             raise
         return SubAgentReply(f"Error: the agent could not be started: {error.details()}", False)
-    if child.state not in _ENDED:
+    if child.state not in TERMINAL_STATES:
         if await tree.await_children(parent.name, lease_id, [child.name], checkpoint):
             return None
         child = await tree.get_job(parent.tenant, child.name)

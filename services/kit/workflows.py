@@ -225,8 +225,8 @@ def _validate(
 
 def certain_children(graph: Graph) -> int:
     """Child jobs the graph creates whatever its answers: those of its start nodes and of
-    the nodes every path from them reaches through unconditional edges into
-    all-joins, fan-out nodes counted once (their items are not known)."""
+    the nodes every path from them reaches through unconditional edges, a fan-out node
+    once per item when its items are given, else once."""
     reached = set(graph.starts)
     changed = True
     while changed:
@@ -240,7 +240,20 @@ def certain_children(graph: Graph) -> int:
             ):
                 reached.add(node.id)
                 changed = True
-    return sum(1 for node in reached if graph.nodes[node].runs_child)
+    return sum(_children_of(graph, graph.nodes[node]) for node in reached)
+
+
+def _children_of(graph: Graph, node: Node) -> int:
+    """The children one run of a node creates, as far as the spec shows: a fan-out over
+    a constant (the items a caller gave) creates one per item."""
+    if not node.runs_child:
+        return 0
+    if not node.fan_out or node.input:
+        return 1
+    sources = [graph.nodes[s] for s in graph.sources(node.id)]
+    if len(sources) == 1 and sources[0].constant is not None:
+        return len(items_of(sources[0].constant) or ())
+    return 1
 
 
 def _build(

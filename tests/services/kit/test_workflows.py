@@ -55,7 +55,11 @@ def test_map_reduce_with_items_fans_out_over_them() -> None:
     graph = compile_workflow(W.Workflow(map_reduce=mr))
     assert graph.nodes["split"].constant == '["1", "2"]'
     assert graph.nodes["map"].fan_out == 100
-    assert certain_children(graph) == 2  # map (once: its items are not counted) + reduce
+    assert certain_children(graph) == 3  # map over the two given items, then reduce
+    split = compile_workflow(
+        W.Workflow(map_reduce=W.MapReduce(mapper="m", reducer="r", splitter="s"))
+    )
+    assert certain_children(split) == 3  # split, map (its items unknown: once), reduce
 
 
 def test_router_is_exclusive_with_one_edge_a_route() -> None:
@@ -127,6 +131,10 @@ def test_validation_refuses_child_counts_and_depth_the_spec_shows() -> None:
         validate_workflow(_spec(chain, "a"))
     assert error.value.field == "spec.orchestration.max_child_jobs"
     validate_workflow(_spec(chain, "a", max_child_jobs=11))
+    many = W.Workflow(map_reduce=W.MapReduce(mapper="a", reducer="a", items=["x"] * 10))
+    with pytest.raises(FieldInvalid) as error:
+        validate_workflow(_spec(many, "a"))
+    assert "at least 11 child jobs" in error.value.message
     nested = W.Workflow(chain=W.Chain(agents=["a"]))
     for _ in range(3):
         nested = W.Workflow(graph=W.Graph(nodes=[W.GraphNode(id="n", workflow=nested)]))

@@ -461,6 +461,9 @@ class PostgresJobStore:
 _ChangeFn = Callable[[JobRecord], Change]
 _SettleFn = Callable[[JobRecord, ActionRecord], tuple[Change | None, ActionRecord]]
 _DEADLOCK_ATTEMPTS = 5
+_LOCK_ROUNDS = 3
+"""Rounds of asking for a tree and locking it while it keeps growing; children created
+after the first round's lock of their parent cannot exist, so a second round is rare."""
 
 
 async def _insert(connection: PoolConnection, change: Change) -> bool:
@@ -500,18 +503,31 @@ async def _lock_trees(
     connection: PoolConnection, tenant: str | None, job_ids: list[str]
 ) -> tuple[dict[str, JobRecord], dict[str, list[str]]]:
     """Lock the jobs, their parents and their unfinished descendants; returns the locked
-    rows and, for each job, the ids of its parent and descendants. The members are asked
-    for again once locked, until none is new: a child created meanwhile is locked too."""
+    rows and, for each job, the ids of its parent and unfinished descendants. When a
+    locked job turns out to have more children than were seen (one was created before
+    the lock was taken), the members are asked for again and the new ones locked too."""
     locked: dict[str, JobRecord] = {}
-    while True:
+    for _ in range(_LOCK_ROUNDS):
         members: dict[str, list[str]] = {}
+        seen: dict[str, set[str]] = {}
+        subtree: set[str] = set()
         for row in await connection.fetch(QUERIES["tree_members"], job_ids, tenant):
-            members.setdefault(row["target"], []).append(row["id"])
+            if row["kind"] != "finished":
+                members.setdefault(row["target"], []).append(row["id"])
+            if row["kind"] != "parent":
+                subtree.add(row["id"])
+            if row["kind"] in ("unfinished", "finished"):
+                seen.setdefault(row["parent"], set()).add(row["id"])
         wanted = {member for ids in members.values() for member in ids} - locked.keys()
-        if not wanted:
-            return locked, members
         for row in await connection.fetch(QUERIES["jobs_for_update"], sorted(wanted)):
             locked[row["id"]] = record_from_row(row)
+        # A parent's other children are not this change's business; the others' are.
+        if not any(
+            job_id in locked and locked[job_id].children > len(seen.get(job_id, ()))
+            for job_id in subtree
+        ):
+            break
+    return locked, members
 
 
 async def _end_locked(

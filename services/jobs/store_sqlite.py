@@ -389,10 +389,10 @@ _SettleFn = Callable[[JobRecord, ActionRecord], tuple[Change | None, ActionRecor
 
 def _locked_job(connection: sqlite3.Connection, job_id: str) -> JobRecord:
     """The job, read inside the write transaction (which locks the whole database)."""
-    row = connection.execute(QUERIES["get_job"], {"id": job_id, "tenant": None}).fetchone()
-    if row is None:
+    job = _job_or_none(connection, job_id)
+    if job is None:
         raise JobNotFound(job_name(job_id))
-    return _record(row)
+    return job
 
 
 def _find_action(target: ActionTarget) -> tuple[str, dict[str, Any]]:
@@ -429,16 +429,19 @@ def _create(new: NewJob, change: Change, connection: sqlite3.Connection) -> tupl
         row = connection.execute(QUERIES["job_by_request_id"], params).fetchone()
         if row is not None:
             return records.deduplicate(_record(row), new), False
+    noted: list[Change] = []
     if new.spec.parent:
         parent = _job_or_none(connection, parse_job_name(new.spec.parent, "spec.parent"))
         root = parent
         if parent is not None and parent.root != parent.id:
             root = _job_or_none(connection, parent.root)
         now = change.record.create_time
-        change, noted = trees.create_child(new, change.record.id, parent, root, now)
-        _save(connection, [noted])
+        change, parent_change = trees.create_child(new, change.record.id, parent, root, now)
+        noted.append(parent_change)
     connection.execute(QUERIES["insert_job"], _params(change.record))
     _insert_events(connection, change.events)
+    # The child's job.created goes out before its parent's job.child.created.
+    _save(connection, noted)
     return to_job(change.record), True
 
 

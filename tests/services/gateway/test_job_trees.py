@@ -12,6 +12,7 @@ from agentrt.common.v1.common_pb2 import EventType, JobState
 from agentrt.gateway.v1 import gateway_pb2
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
 
 from services.dev import DEV_PRINCIPAL, DEV_TENANT, LocalSystem
 from tests.services.gateway.conftest import (
@@ -21,6 +22,7 @@ from tests.services.gateway.conftest import (
     prompt,
     refused,
 )
+from tests.services.gateway.test_actions import take_over
 
 if TYPE_CHECKING:
     from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub as RuntimeStub
@@ -225,3 +227,64 @@ async def test_cancel_through_the_jobs_service_ends_a_three_level_tree(
             EventType.EVENT_TYPE_CHILD_FINISHED,
             EventType.EVENT_TYPE_JOB_CANCELLED,
         ]
+
+
+async def test_await_children_over_grpc_parks_the_parent_until_a_child_ends(
+    system: LocalSystem, runtime: RuntimeStub, dev: Metadata
+) -> None:
+    day = Duration(seconds=24 * 3600)
+    root = await runtime.Execute(
+        prompt(LONG_PROMPT, model="local-slow", timeout=day), metadata=dev, timeout=TIMEOUT
+    )
+    lease_id = await take_over(system, root.name)
+    stranger = await runtime.Execute(prompt("hello"), metadata=dev, timeout=TIMEOUT)
+    async with grpc.aio.insecure_channel(system.endpoint) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        child = await create_child(jobs, root, "review", "local-slow")
+
+        code, info = await refused(
+            jobs.AwaitChildren(
+                jobs_pb2.AwaitChildrenRequest(
+                    name=root.name, lease_id=lease_id, children=[stranger.name]
+                ),
+                timeout=TIMEOUT,
+            )
+        )
+        assert (code, info.reason, info.metadata["field"]) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "FIELD_INVALID",
+            "children[0]",
+        )
+
+        parked = await jobs.AwaitChildren(
+            jobs_pb2.AwaitChildrenRequest(
+                name=root.name,
+                lease_id=lease_id,
+                children=[child.name],
+                checkpoint=jobs_pb2.Checkpoint(turn=0, state=b"waiting for review"),
+            ),
+            timeout=TIMEOUT,
+        )
+        assert parked.waiting and parked.job.state == JobState.JOB_STATE_WAITING
+
+        await jobs.CancelJob(
+            jobs_pb2.CancelJobRequest(tenant=DEV_TENANT, name=child.name), timeout=TIMEOUT
+        )
+        listed = await jobs.ListJobEvents(
+            jobs_pb2.ListJobEventsRequest(tenant=DEV_TENANT, name=root.name), timeout=TIMEOUT
+        )
+    await runtime.CancelJob(gateway_pb2.CancelJobRequest(name=root.name), metadata=dev)
+
+    waited = [event.type for event in listed.events]
+    start = waited.index(EventType.EVENT_TYPE_JOB_WAITING)
+    assert waited[start : start + 3] == [
+        EventType.EVENT_TYPE_JOB_WAITING,
+        EventType.EVENT_TYPE_CHILD_FINISHED,
+        EventType.EVENT_TYPE_JOB_REQUEUED,
+    ]
+    finished = listed.events[start + 1].child
+    assert (finished.child, finished.node, finished.state) == (
+        child.name,
+        "review",
+        JobState.JOB_STATE_CANCELLED,
+    )

@@ -1057,3 +1057,73 @@ async def test_list_jobs_filters_a_jobs_children_and_its_tree(store: JobStore) -
     rest, _ = await store.list_jobs("acme", JobFilter(root=id_of(root)), 2, token)
     assert [job.name for job in page + rest] == await names(JobFilter(root=id_of(root)))
     assert await store.list_jobs("globex", JobFilter(root=id_of(root)), 10, "") == ([], "")
+
+
+async def test_no_child_outlives_a_cancel_that_races_its_creation(store: JobStore) -> None:
+    config = OrchestrationConfig(max_child_jobs=100)
+    root = await create(store, spec=tree_spec(orchestration=config))
+    plan = await child_of(store, root, "plan")
+
+    async def attempt(n: int) -> Job | None:
+        try:
+            job, _ = await store.create_job(make_new_job(spec=tree_spec(plan, f"map[{n}]")), T0)
+        except IllegalTransition:
+            return None
+        return job
+
+    async def cancel() -> None:
+        await asyncio.sleep(0)
+        await store.cancel(None, id_of(root), "", seconds(1))
+
+    results = await asyncio.gather(*(attempt(n) for n in range(30)), cancel())
+
+    made = [job for job in results if isinstance(job, Job)]
+    children, _ = await store.list_jobs("acme", JobFilter(parent=id_of(plan)), 100, "")
+    assert {job.name for job in children} == {job.name for job in made}
+    assert {job.state for job in children} <= {states.CANCELLED}
+    plan_events = await history(store, plan)
+    assert types(plan_events)[-1] == "JOB_CANCELLED"
+    assert types(plan_events).count("CHILD_FINISHED") == len(made)
+
+
+async def test_children_ending_while_their_root_is_cancelled_are_each_told_once(
+    store: JobStore,
+) -> None:
+    root = await create(store)
+    root_lease = (await lease_all(store))[root.name]
+    children = [await child_of(store, root, f"map[{n}]", seconds(1)) for n in range(10)]
+    leases = await lease_all(store, 2)
+    await store.await_children(
+        id_of(root), root_lease.lease_id, [id_of(c) for c in children], None, seconds(3)
+    )
+
+    async def finish(child: Job) -> bool:
+        try:
+            await store.finish(
+                id_of(child),
+                leases[child.name].lease_id,
+                states.SUCCEEDED,
+                JobResult(output=child.spec.node),
+                None,
+                None,
+                seconds(4),
+            )
+        except LeaseLost:
+            return False
+        return True
+
+    async def cancel() -> None:
+        await asyncio.sleep(0)
+        await store.cancel(None, id_of(root), "", seconds(4))
+
+    *finished, _ = await asyncio.gather(*(finish(child) for child in children), cancel())
+
+    ended = [await store.get_job(None, id_of(child)) for child in children]
+    for child, done, job in zip(children, finished, ended, strict=True):
+        assert job.state == (states.SUCCEEDED if done else states.CANCELLED), child.name
+    events = await history(store, root)
+    told = [event.child.child for event in events if event.child.child]
+    assert sorted(told[len(children) :]) == sorted(child.name for child in children)
+    assert types(events)[-1] == "JOB_CANCELLED"
+    # The first child to end queued the root again at most once before its cancel.
+    assert types(events).count("JOB_REQUEUED") <= 1

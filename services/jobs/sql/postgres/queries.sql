@@ -32,9 +32,11 @@ SELECT state FROM jobs WHERE id = $1;
 SELECT * FROM jobs WHERE id = $1 FOR UPDATE;
 
 -- name: tree_members
--- For each job of $1 (of tenant $2, or any when NULL): the job itself, its parent, and
--- its unfinished descendants of the same tenant, as (target, id). Read without locks:
--- the store locks them with jobs_for_update, then asks again until nothing is new.
+-- For each job of $1 (of tenant $2, or any when NULL), rows (target, id, parent, kind):
+-- the job itself ('job'), each of its descendants of the same tenant ('unfinished' or
+-- 'finished'), and its parent ('parent'). Read without locks: the store locks all but the
+-- finished ones with jobs_for_update, then checks that no locked job gained a child
+-- meanwhile (its `children` against the children seen here).
 WITH RECURSIVE tree (target, id, tenant) AS (
     SELECT id, id, tenant FROM jobs
     WHERE id = ANY ($1::text[]) AND ($2::text IS NULL OR tenant = $2)
@@ -43,10 +45,15 @@ WITH RECURSIVE tree (target, id, tenant) AS (
     FROM jobs AS child JOIN tree ON child.parent = tree.id AND child.tenant = tree.tenant
     WHERE child.parent <> ''  -- lets the partial index jobs_children serve the join
 )
-SELECT tree.target, jobs.id FROM tree JOIN jobs USING (id)
-WHERE jobs.id = tree.target OR jobs.state IN (1, 2, 3)
-UNION
-SELECT jobs.id, jobs.parent FROM jobs
+SELECT tree.target, jobs.id, jobs.parent,
+    CASE
+        WHEN jobs.id = tree.target THEN 'job'
+        WHEN jobs.state IN (1, 2, 3) THEN 'unfinished'
+        ELSE 'finished'
+    END AS kind
+FROM tree JOIN jobs USING (id)
+UNION ALL
+SELECT jobs.id, jobs.parent, '', 'parent' FROM jobs
 WHERE jobs.id = ANY ($1::text[]) AND jobs.parent <> ''
     AND ($2::text IS NULL OR jobs.tenant = $2);
 

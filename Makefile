@@ -113,6 +113,7 @@ bench: install
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/actions.py
 	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/workflow.py
 
 clean:
 	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache $(NODE)/node_modules

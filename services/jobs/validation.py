@@ -18,6 +18,7 @@ from services.kit.errors import FieldInvalid, FieldRequired, MessageTooLarge
 from services.kit.money import parse_amount
 from services.kit.names import parse_job_name
 from services.kit.tool_schema import schema_problem
+from services.kit.workflows import validate_workflow
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def normalize_spec(spec: JobSpec, limits: JobLimits) -> JobSpec:
     _check_tool_options(spec, limits)
     _check_budget(spec)
     _check_labels(spec, limits)
+    validate_workflow(spec)
     if len(spec.session) > limits.max_session_chars:
         raise FieldInvalid("spec.session", f"at most {limits.max_session_chars} characters")
     if spec.parent:

@@ -357,6 +357,7 @@ def _reservation_request(request: ledger_pb2.ReserveBudgetRequest) -> records.Re
     if not request.tenant:
         raise FieldRequired("tenant")
     _check_job(request.job, "job")
+    _check_job(request.root_job, "root_job")
     if not request.HasField("amounts"):
         raise FieldRequired("amounts")
     amounts = records.parse_amounts(request.amounts, "amounts")
@@ -376,6 +377,7 @@ def _reservation_request(request: ledger_pb2.ReserveBudgetRequest) -> records.Re
         request_hash=records.request_hash(
             request.tenant, request.principal, request.job, amounts, ttl.total_seconds()
         ),
+        root_job=request.root_job,
     )
 
 

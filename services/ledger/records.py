@@ -34,6 +34,7 @@ from services.kit.errors import (
     ResourceExhausted,
 )
 from services.kit.money import ModelPrice, from_nanos, parse_amount, to_nanos
+from services.kit.names import parse_job_name
 
 Row = Any
 """A database row indexed by column name: a sqlite3.Row or an asyncpg.Record."""
@@ -121,6 +122,8 @@ class BudgetSpec:
     limits: Limits
     warn_threshold: float | None
     description: str = ""
+    root_job: str = ""
+    """The root of the one job tree it limits; '' for every job."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ class ReservationRequest:
     request_id: str
     """Idempotency key, unique per tenant; empty for none."""
     request_hash: bytes
+    root_job: str = ""
+    """The root of the job's tree: the tree's budgets apply too."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,8 @@ def budget_spec(budget: Budget) -> BudgetSpec:
     """Validate a budget's fields (as CreateBudget receives them)."""
     if not budget.tenant:
         raise FieldRequired("budget.tenant")
+    if budget.root_job:
+        parse_job_name(budget.root_job, "budget.root_job")
     if budget.period not in (Budget.PERIOD_DAY, Budget.PERIOD_MONTH, Budget.PERIOD_TOTAL):
         raise FieldRequired("budget.period")
     limits = budget.limits
@@ -242,6 +249,7 @@ def budget_spec(budget: Budget) -> BudgetSpec:
         ),
         warn_threshold=warn,
         description=budget.description,
+        root_job=budget.root_job,
     )
 
 
@@ -448,6 +456,7 @@ def budget_from_row(row: Row, time: TimeOf) -> Budget:
         principal=row["principal"],
         period=row["period"],
         etag=row["etag"],
+        root_job=row["root_job"],
     )
     budget.limits.CopyFrom(limits_message(limits_from_row(row)))
     if row["warn_threshold"] is not None:
@@ -640,7 +649,7 @@ def check_tenants(tenant: str, entries: Sequence[UsageEntry]) -> None:
 
 def check_immutable(current: Row, spec: BudgetSpec) -> None:
     """FieldInvalid when an update would move a budget to another tenant or principal."""
-    for name in ("tenant", "principal"):
+    for name in ("tenant", "principal", "root_job"):
         if current[name] != getattr(spec, name):
             raise FieldInvalid(f"budget.{name}", "cannot change")
 

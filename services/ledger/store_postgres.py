@@ -194,6 +194,7 @@ class PostgresLedgerStore:
                 *records.budget_columns(spec),
                 records.new_etag(),
                 now,
+                spec.root_job,
             )
             if row is None:
                 raise AlreadyExists(f"budget {records.budget_name(budget_id)} exists already")
@@ -269,6 +270,7 @@ class PostgresLedgerStore:
                 *records.triple(request.amounts),
                 now + request.ttl,
                 now,
+                request.root_job,
             )
             decision = rows[0]
             if decision["repeated"]:
@@ -278,7 +280,7 @@ class PostgresLedgerStore:
                 continue
             if decision["made"]:
                 return _made_reservation(reservation_id, request, decision, now)
-            if decision["fits"]:
+            if decision["all_fit"]:
                 # A concurrent reserve with the same request_id inserted first.
                 return await self._repeated(request)
             if request.request_id:
@@ -305,7 +307,9 @@ class PostgresLedgerStore:
     async def _make_counters(self, request: ReservationRequest, now: datetime) -> None:
         """Make the current-window counters of the request's budgets that do not exist."""
         async with self._pool.acquire() as connection, connection.transaction():
-            keys = await _current_keys(connection, request.tenant, request.principal, now)
+            keys = await _current_keys(
+                connection, request.tenant, request.principal, now, request.root_job
+            )
             await _ensure_counters(connection, keys, [])
 
     async def _by_request_id(self, request: ReservationRequest) -> Reservation | None:
@@ -511,9 +515,9 @@ def _holds_given_back(row: Any) -> Deltas:
 async def _spent_deltas(connection: Connection, rows: Sequence[Any]) -> Deltas:
     """What newly stored usage records add to the spent counters of their budgets."""
     deltas: Deltas = {}
-    budgets: dict[tuple[str, str], list[Any]] = {}
+    budgets: dict[tuple[str, str, str], list[Any]] = {}
     for row in rows:
-        who = (row["tenant"], row["principal"])
+        who = (row["tenant"], row["principal"], row["root_job"])
         if who not in budgets:
             budgets[who] = await connection.fetch(QUERIES["applicable_budgets"], *who)
         for budget in budgets[who]:
@@ -523,9 +527,9 @@ async def _spent_deltas(connection: Connection, rows: Sequence[Any]) -> Deltas:
 
 
 async def _current_keys(
-    connection: Connection, tenant: str, principal: str, now: datetime
+    connection: Connection, tenant: str, principal: str, now: datetime, root_job: str = ""
 ) -> list[CounterKey]:
-    budgets = await connection.fetch(QUERIES["applicable_budgets"], tenant, principal)
+    budgets = await connection.fetch(QUERIES["applicable_budgets"], tenant, principal, root_job)
     return [records.counter_key(b["id"], b["period"], now) for b in budgets]
 
 

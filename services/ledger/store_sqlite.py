@@ -165,6 +165,7 @@ class SqliteLedgerStore:
             *records.budget_columns(spec),
             records.new_etag(),
             _micros(now),
+            spec.root_job,
         )
         remember = ("budget", request_id, budget_id, request_hash, _micros(now))
         row = await self._db.transaction(
@@ -304,7 +305,7 @@ def _reserve(
             if bytes(row["request_hash"]) != request.request_hash:
                 raise RequestIdReused(request.request_id)
             return records.reservation_from_row(row, _time)
-    keys = _current_keys(connection, request.tenant, request.principal, now)
+    keys = _current_keys(connection, request.tenant, request.principal, now, request.root_job)
     counters = _counters(connection, keys, [])
     if len(counters) != len(keys):
         raise Aborted("a budget changed while reserving; retry")
@@ -407,7 +408,7 @@ def _spent_deltas(connection: sqlite3.Connection, rows: Sequence[Any]) -> Deltas
     """What newly stored usage records add to the spent counters of their budgets."""
     deltas: Deltas = {}
     for row in rows:
-        params = (row["tenant"], row["principal"])
+        params = (row["tenant"], row["principal"], row["root_job"])
         usage_time = _time(row["usage_time"])
         assert usage_time is not None
         for budget in connection.execute(QUERIES["applicable_budgets"], params).fetchall():
@@ -417,9 +418,10 @@ def _spent_deltas(connection: sqlite3.Connection, rows: Sequence[Any]) -> Deltas
 
 
 def _current_keys(
-    connection: sqlite3.Connection, tenant: str, principal: str, now: datetime
+    connection: sqlite3.Connection, tenant: str, principal: str, now: datetime, root_job: str = ""
 ) -> list[CounterKey]:
-    budgets = connection.execute(QUERIES["applicable_budgets"], (tenant, principal)).fetchall()
+    params = (tenant, principal, root_job)
+    budgets = connection.execute(QUERIES["applicable_budgets"], params).fetchall()
     return [records.counter_key(b["id"], b["period"], now) for b in budgets]
 
 

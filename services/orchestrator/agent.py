@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, Protocol
 
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
@@ -42,6 +43,7 @@ from services.orchestrator.ports import (
     ModelCallFailed,
     ModelPort,
     ToolsPort,
+    TreePort,
     retry_delay,
 )
 from services.orchestrator.tools.runner import UnknownTool
@@ -58,6 +60,7 @@ from services.orchestrator.waits import (
     tool_action,
     unanswered_calls,
 )
+from services.orchestrator.workflow.sub_agents import RUN_AGENT, answer_run_agent
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentrt.orchestrator")
@@ -311,8 +314,12 @@ class AgentRun:
         tools: ToolsPort,
         policy: PolicyGuard | None = None,
         spend: SpendGuard | None = None,
+        tree: TreePort | None = None,
     ) -> None:
+        """`tree` creates and awaits the sub-agents of run_agent calls (without one,
+        such a call is answered with an error)."""
         self._job = lease.job
+        self._tree = tree
         self._lease_id = lease.lease_id
         self._jobs = jobs
         self._model = model
@@ -510,6 +517,8 @@ class AgentRun:
                 await self._require(wait, tool_action(wait, call, arguments, decision), decision)
                 return None
         await self._spend.check_tool_call(self._job, self._usage)
+        if spec.kind == common_pb2.TOOL_KIND_BUILTIN and call.name == RUN_AGENT:
+            return await self._sub_agent(call, arguments)
         if spec.kind == common_pb2.TOOL_KIND_CLIENT:
             wait = Awaiting(CLIENT_TOOL, call.id, self._turn)
             await self._require(wait, tool_action(wait, call, arguments), None)
@@ -537,6 +546,29 @@ class AgentRun:
         )
         self._count_tool_call(call)
         return ToolReply(output.text, not output.is_error, time.monotonic() - started)
+
+    async def _sub_agent(self, call: common_pb2.ToolCall, arguments: Any) -> ToolReply | None:
+        """A run_agent call: its child's answer, or None while the job waits on the child."""
+        if self._tree is None:
+            return ToolReply("Error: sub-agents cannot be started here.", False)
+        await self._spend.open_tree(self._job)
+        started = time.monotonic()
+        reply = await answer_run_agent(
+            self._tree,
+            self._job,
+            self._lease_id,
+            call,
+            arguments,
+            self._turn,
+            self._checkpoint(self._turn),
+        )
+        if reply is None:
+            return None
+        await self._spend.record_tool_call(
+            self._job, call, tool_record_id(self.name, self._turn, call.id)
+        )
+        self._count_tool_call(call)
+        return ToolReply(reply.text, reply.ok, time.monotonic() - started)
 
     async def _interrupted(self, call: common_pb2.ToolCall) -> ToolReply:
         """The answer to a call of a non-idempotent tool that started on a worker that
@@ -697,7 +729,19 @@ class AgentRun:
         return left is not None and left <= 0
 
 
-async def run_leased_job(run: AgentRun, jobs: JobsPort, heartbeat_seconds: float) -> RunEnd:
+class LeasedRun(Protocol):
+    """A run of one leased job: the agent loop, or a workflow's graph executor."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def lease_id(self) -> str: ...
+
+    async def run(self) -> RunEnd: ...
+
+
+async def run_leased_job(run: LeasedRun, jobs: JobsPort, heartbeat_seconds: float) -> RunEnd:
     """Runs the job while a heartbeat keeps its lease. When the lease is lost the run is
     cancelled at once, which also cuts its in-flight model stream."""
     work: asyncio.Task[RunEnd] = asyncio.create_task(run.run(), name=f"run {run.name}")

@@ -85,6 +85,12 @@ class SpendGuard(Protocol):
         """Records one tool call in the ledger (idempotent by `record_id`)."""
         ...
 
+    async def open_tree(self, job: jobs_pb2.Job) -> None:
+        """Before a job creates its first child: when it is the root of a tree that
+        inherits budgets and its BudgetSpec limits tokens, cost or tool calls, makes (once)
+        the one account the whole tree spends from. Raises LedgerUnavailable."""
+        ...
+
 
 ALLOW = policy_pb2.Decision(verdict=policy_pb2.VERDICT_ALLOW, reason="no policy applies")
 
@@ -125,4 +131,7 @@ class NoBudgets:
     async def record_tool_call(
         self, job: jobs_pb2.Job, call: common_pb2.ToolCall, record_id: str
     ) -> None:
+        return None
+
+    async def open_tree(self, job: jobs_pb2.Job) -> None:
         return None

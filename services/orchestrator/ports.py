@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -115,6 +116,34 @@ class JobsPort(Protocol):
 
     async def release(self, job: str, lease_id: str, reason: str) -> None:
         """Gives the job back to the queue."""
+        ...
+
+
+class TreePort(Protocol):
+    """The jobs service as a job that runs child jobs sees it (workflows, run_agent)."""
+
+    async def create_child(
+        self, parent: jobs_pb2.Job, spec: jobs_pb2.JobSpec, request_id: str
+    ) -> jobs_pb2.Job:
+        """Creates (or, for a request_id seen before, returns) a child of `parent`.
+        Raises grpc.aio.AioRpcError for a refusal (RESOURCE_EXHAUSTED, INVALID_ARGUMENT)."""
+        ...
+
+    async def get_job(self, tenant: str, name: str) -> jobs_pb2.Job: ...
+
+    async def await_children(
+        self,
+        job: str,
+        lease_id: str,
+        children: Sequence[str],
+        checkpoint: jobs_pb2.Checkpoint,
+    ) -> bool:
+        """True when the job now waits (its lease is gone) until one of `children` ends;
+        False when one had already ended (the lease is kept)."""
+        ...
+
+    async def cancel_job(self, tenant: str, name: str, reason: str) -> None:
+        """Cancels a job that has not finished; one that has is left as it is."""
         ...
 
 
@@ -272,6 +301,41 @@ class GrpcJobsPort:
     async def release(self, job: str, lease_id: str, reason: str) -> None:
         request = jobs_pb2.ReleaseJobRequest(name=job, lease_id=lease_id, reason=reason)
         await self._call(lambda: self._stub.ReleaseJob(request))
+
+    async def create_child(
+        self, parent: jobs_pb2.Job, spec: jobs_pb2.JobSpec, request_id: str
+    ) -> jobs_pb2.Job:
+        request = jobs_pb2.CreateJobRequest(
+            tenant=parent.tenant,
+            principal=parent.principal,
+            spec=spec,
+            request_id=request_id,
+            trace_id=parent.trace_id,
+        )
+        return await self._call(lambda: self._stub.CreateJob(request))
+
+    async def get_job(self, tenant: str, name: str) -> jobs_pb2.Job:
+        request = jobs_pb2.GetJobRequest(tenant=tenant, name=name)
+        return await self._call(lambda: self._stub.GetJob(request))
+
+    async def await_children(
+        self,
+        job: str,
+        lease_id: str,
+        children: Sequence[str],
+        checkpoint: jobs_pb2.Checkpoint,
+    ) -> bool:
+        request = jobs_pb2.AwaitChildrenRequest(
+            name=job, lease_id=lease_id, children=children, checkpoint=checkpoint
+        )
+        response = await self._call(lambda: self._stub.AwaitChildren(request))
+        return response.waiting
+
+    async def cancel_job(self, tenant: str, name: str, reason: str) -> None:
+        request = jobs_pb2.CancelJobRequest(tenant=tenant, name=name, reason=reason)
+        # FAILED_PRECONDITION (read as LeaseLost) means it has already ended.
+        with contextlib.suppress(LeaseLost):
+            await self._call(lambda: self._stub.CancelJob(request))
 
     async def _call(self, send: Callable[[], Awaitable[T]]) -> T:
         """Sends a request, retrying while the service is UNAVAILABLE (the request did

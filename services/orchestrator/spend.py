@@ -318,6 +318,41 @@ class LedgerSpend:
             del self._tool_holds[job.name]
         await self._settle_or_record(reservation, record_id, record, priced=False)
 
+    # Job trees
+
+    async def open_tree(self, job: jobs_pb2.Job) -> None:
+        """Creates the tree's budget (PERIOD_TOTAL, scoped to the root job) from the root's
+        BudgetSpec; a repeat (a retried or resumed root) finds it made."""
+        if job.spec.parent or not tree_inherits(job):
+            return
+        budget = job.spec.budget
+        limits = ledger_pb2.Amounts()
+        if budget.HasField("max_tokens"):
+            limits.tokens = budget.max_tokens
+        if budget.HasField("max_cost"):
+            limits.cost = _text(parse_amount(budget.max_cost, "spec.budget.max_cost"))
+        if budget.HasField("max_tool_calls"):
+            limits.tool_calls = budget.max_tool_calls
+        if not limits.ListFields():
+            return
+        budget_id = tree_budget_id(job.name)
+        request = ledger_pb2.CreateBudgetRequest(
+            budget_id=budget_id,
+            budget=ledger_pb2.Budget(
+                description=f"the job tree of {job.name}",
+                tenant=job.tenant,
+                period=ledger_pb2.Budget.PERIOD_TOTAL,
+                limits=limits,
+                root_job=job.name,
+            ),
+            request_id=budget_id,
+        )
+        try:
+            await self._call("create tree budget", self._stub.CreateBudget, request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+
     # The job's own budget
 
     def worst_case(
@@ -453,6 +488,7 @@ class LedgerSpend:
             amounts=amounts,
             ttl=Duration(seconds=max(1, int(self._config.reservation_ttl))),
             request_id=f"{key[:100]}.{suffix}" if key else suffix,
+            root_job=tree_root(job) if tree_inherits(job) else "",
         )
         try:
             return await self._call("reserve", self._stub.ReserveBudget, request)
@@ -509,17 +545,33 @@ class LedgerSpend:
             pause = min(pause * 2, 1.0)
 
 
+def tree_root(job: jobs_pb2.Job) -> str:
+    """The root of the job's tree: the job itself for a top-level job."""
+    return job.root or job.name
+
+
+def tree_inherits(job: jobs_pb2.Job) -> bool:
+    """Whether the job's tree spends from its root's account (the default)."""
+    config = job.spec.orchestration
+    return not config.HasField("inherit_budgets") or config.inherit_budgets
+
+
+def tree_budget_id(root: str) -> str:
+    """The ledger budget of a job tree: "tree-{root job id}"."""
+    return f"tree-{root.removeprefix('jobs/')}"
+
+
 def _usage_record(job: jobs_pb2.Job, usage: common_pb2.Usage) -> ledger_pb2.UsageRecord:
     """A usage record of the job. Only stable fields go in (the job's trace id, not the
-    current span's), so that a worker that repeats the call sends the same body. A child
-    names its tree's root, at any depth; a top-level job leaves it empty, being its own."""
+    current span's), so that a worker that repeats the call sends the same body; the
+    tree's root makes usage "by job tree" exact at any depth."""
     return ledger_pb2.UsageRecord(
         usage=usage,
         tenant=job.tenant,
         principal=job.principal,
         job=job.name,
         parent_job=job.spec.parent,
-        root_job=job.root if job.spec.parent else "",
+        root_job=tree_root(job),
         trace_id=job.trace_id,
     )
 

@@ -18,7 +18,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from services.kit.infra import Infrastructure
-from services.orchestrator.agent import DEFAULT_RETRY, AgentRun, RetryPolicy, run_leased_job
+from services.orchestrator.agent import (
+    DEFAULT_RETRY,
+    AgentRun,
+    LeasedRun,
+    RetryPolicy,
+    run_leased_job,
+)
 from services.orchestrator.config import OrchestratorConfig
 from services.orchestrator.guards import AllowAll, NoBudgets, PolicyGuard, SpendGuard
 from services.orchestrator.ports import (
@@ -28,6 +34,7 @@ from services.orchestrator.ports import (
     ToolsPort,
     retry_delay,
 )
+from services.orchestrator.workflow.executor import WorkflowRun, is_workflow
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentrt.orchestrator")
@@ -199,16 +206,21 @@ class WorkerPool:
                 "agentrt.attempt": job.attempt,
             },
         ) as span:
-            run = AgentRun(
-                lease,
-                self._jobs,
-                self._model,
-                self._events,
-                self._retry,
-                tools=self._tools,
-                policy=self._policy,
-                spend=self._spend,
-            )
+            run: LeasedRun
+            if is_workflow(job):
+                run = WorkflowRun(lease, self._jobs, self._events, self._spend)
+            else:
+                run = AgentRun(
+                    lease,
+                    self._jobs,
+                    self._model,
+                    self._events,
+                    self._retry,
+                    tools=self._tools,
+                    policy=self._policy,
+                    spend=self._spend,
+                    tree=self._jobs,
+                )
             try:
                 end = await run_leased_job(run, self._jobs, self._config.heartbeat_seconds)
             except Exception as error:

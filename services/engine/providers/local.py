@@ -6,6 +6,12 @@ turn this is. When tools are offered and the last user message has lines
 `call <tool_name> <arguments>` naming offered tools, it asks for those tool calls instead
 (the arguments are passed on verbatim, so a test can also hand the tool loop invalid JSON);
 after tool results it answers with text that quotes them.
+
+So that workflows run offline, a system prompt may script the answer: a line
+`reply: TEXT` answers TEXT, and a line `if "NEEDLE" reply: TEXT` answers TEXT when the last
+user message contains NEEDLE (case-insensitive); the first line that applies wins, and
+`{input}` in TEXT stands for the last user message. Planners, splitters, routers and
+moderators are scripted this way (a JSON plan, a route's name, "AGREE").
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ LOCAL_SLOW_MODEL = "local-slow"
 _CONTEXT_WINDOW = 32_768
 _CALL_DIRECTIVE = re.compile(r"^[ \t]*call[ \t]+([A-Za-z0-9_-]{1,64})[ \t]+(\S.*?)[ \t]*$", re.M)
 _PIECE = re.compile(r"\S+\s*|\s+")
+_REPLY_DIRECTIVE = re.compile(r'^[ \t]*(?:if[ \t]+"([^"]*)"[ \t]+)?reply:[ \t]?(.*?)[ \t]*$', re.M)
 
 
 class LocalProvider:
@@ -123,6 +130,9 @@ def answer_conversation(
         return _limited(_quote_tool_results(messages), params)
     user_messages = [m for m in messages if m.role == "user"]
     last_user = user_messages[-1].content if user_messages else ""
+    scripted = _scripted_reply(messages, last_user)
+    if scripted is not None:
+        return _limited(scripted, params)
     calls = _requested_calls(last_user, tools, call_prefix=f"call_{len(messages)}")
     if calls:
         return ChatMessage(role="assistant", content="", tool_calls=calls), "tool_calls"
@@ -131,6 +141,18 @@ def answer_conversation(
         "I am agentrt's local model, and I repeat what I am told."
     )
     return _limited(text, params)
+
+
+def _scripted_reply(messages: Sequence[ChatMessage], last_user: str) -> str | None:
+    """The answer a system prompt scripts for the last user message, if any."""
+    for message in messages:
+        if message.role != "system":
+            continue
+        for match in _REPLY_DIRECTIVE.finditer(message.content):
+            needle, text = match.group(1), match.group(2)
+            if needle is None or needle.casefold() in last_user.casefold():
+                return text.replace("{input}", last_user)
+    return None
 
 
 def _requested_calls(

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agentrt.common.v1 import common_pb2
 
 from services.orchestrator.tools.base import ToolFailed, ToolInvocation, ToolOutput
+from services.orchestrator.workflow.sub_agents import run_agent_spec
 
 SOURCE_NAME = "builtin"
 
@@ -405,13 +406,22 @@ TEXT_STATS = BuiltinTool(
 )
 
 
+def _run_agent_elsewhere(arguments: Mapping[str, Any]) -> str:
+    raise ToolFailed("run_agent starts a child job, which only the agent loop can do")
+
+
+RUN_AGENT_TOOL = BuiltinTool(run_agent_spec(), _run_agent_elsewhere)
+"""Offered like the others; the agent loop answers its calls (services.orchestrator.
+workflow.sub_agents), since the parent waits on the child job it starts."""
+
+
 class BuiltinTools:
     """The ToolSource of the built-in tools: calculator, current_time, json_query,
-    text_stats. They run in the worker's event loop, are quick and bounded, so the
+    text_stats and run_agent. They run in the worker's event loop, are quick and bounded, so the
     `timeout` of a call is left to the middleware."""
 
     def __init__(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        tools = [CALCULATOR, _current_time_tool(now), JSON_QUERY, TEXT_STATS]
+        tools = [CALCULATOR, _current_time_tool(now), JSON_QUERY, TEXT_STATS, RUN_AGENT_TOOL]
         self._tools = {tool.spec.name: tool for tool in tools}
 
     @property

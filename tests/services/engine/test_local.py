@@ -150,3 +150,24 @@ async def test_lists_both_models() -> None:
 
     assert [m.id for m in models] == [LOCAL_MODEL, LOCAL_SLOW_MODEL]
     assert all(m.provider == "local" and m.context_window > 0 for m in models)
+
+
+async def test_a_system_prompt_scripts_answers_for_workflows() -> None:
+    provider = LocalProvider()
+    script = ChatMessage(
+        "system",
+        'You route requests.\nif "invoice" reply: billing\nif "plan" reply: ["a", "b"]\n'
+        "reply: echo {input}",
+    )
+
+    async def answer(prompt: str) -> str:
+        done = await provider.complete(
+            LOCAL_MODEL, [script, ChatMessage("user", prompt)], [], NO_PARAMS
+        )
+        return done.message.content
+
+    assert await answer("My INVOICE is wrong") == "billing"
+    assert await answer("make a plan") == '["a", "b"]'
+    assert await answer("hello") == "echo hello"
+    plain = await provider.complete(LOCAL_MODEL, [ChatMessage("user", "reply: x")], [], NO_PARAMS)
+    assert "You said" in plain.message.content  # only a system prompt scripts answers

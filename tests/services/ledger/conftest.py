@@ -83,9 +83,10 @@ def budget(
     cost: str | None = None,
     tool_calls: int | None = None,
     warn: float | None = None,
+    root_job: str = "",
 ) -> BudgetSpec:
     """A validated budget."""
-    message = Budget(tenant=tenant, principal=principal, period=period)
+    message = Budget(tenant=tenant, principal=principal, period=period, root_job=root_job)
     if tokens is not None:
         message.limits.tokens = tokens
     if cost is not None:
@@ -109,6 +110,7 @@ def reservation(
     principal: str = "alice",
     request_id: str = "",
     ttl: float = 60,
+    root_job: str = "",
 ) -> ReservationRequest:
     quantities = amounts(tokens, cost)
     return ReservationRequest(
@@ -119,6 +121,7 @@ def reservation(
         ttl=timedelta(seconds=ttl),
         request_id=request_id,
         request_hash=records.request_hash(tenant, principal, quantities, ttl),
+        root_job=root_job,
     )
 
 
@@ -195,6 +198,7 @@ async def check_invariant(config: StorageConfig) -> None:
             if (
                 usage["tenant"] == owner["tenant"]
                 and owner["principal"] in ("", usage["principal"])
+                and owner["root_job"] in ("", usage["root_job"])
                 and start <= _as_time(usage["usage_time"]) < end
             ):
                 spent = spent + records.record_spent(usage)

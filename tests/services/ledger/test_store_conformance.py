@@ -33,6 +33,9 @@ from tests.services.ledger.conftest import (
     tool_call,
 )
 
+ROOT1 = "jobs/" + "1r".ljust(26, "a")
+ROOT2 = "jobs/" + "2r".ljust(26, "a")
+
 
 def reservation_id(reservation: Reservation) -> str:
     return reservation.name.removeprefix("reservations/")
@@ -159,6 +162,30 @@ async def test_a_reservation_past_any_limit_is_denied_and_holds_nothing(
     }
     reserved = await status(store)
     assert all(s.reserved == 0 for s in reserved.values())
+
+
+async def test_a_tree_budget_counts_only_its_trees_usage_and_reservations(
+    store: LedgerStore,
+) -> None:
+    await store.record_usage(model_call("before", root_job=ROOT1), T0)
+    await store.record_usage(model_call("elsewhere", root_job=ROOT2), T0)
+    tree = budget(tokens=500, period=Budget.PERIOD_TOTAL, root_job=ROOT1)
+    await store.create_budget("tree-root1", tree, T0)
+    await store.create_budget("tenant", budget(tokens=10_000), T0)
+
+    held = await store.reserve(reservation(300, root_job=ROOT1), T0)
+    other = await store.reserve(reservation(400, root_job=ROOT2), T0)
+    alone = await store.reserve(reservation(400), T0)
+
+    assert list(held.budgets) == ["budgets/tenant", "budgets/tree-root1"]
+    assert list(other.budgets) == list(alone.budgets) == ["budgets/tenant"]
+    with pytest.raises(ResourceExhausted) as denied:
+        await store.reserve(reservation(100, root_job=ROOT1), T0)
+    assert denied.value.metadata["budget"] == "budgets/tree-root1"
+    assert denied.value.metadata["overrun"] == "50"  # 150 recorded + 300 held + 100 > 500
+    await store.settle(reservation_id(held), [model_call("in-tree", root_job=ROOT1)], T0)
+    listed = {b.name: b for b in await store.list_budgets("acme")}
+    assert listed["budgets/tree-root1"].root_job == ROOT1
 
 
 async def test_a_reservation_without_budgets_holds_nothing(store: LedgerStore) -> None:

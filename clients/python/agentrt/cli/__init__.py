@@ -138,7 +138,9 @@ def _add_client_commands(
     run = commands.add_parser(
         "run", parents=[connection], help="run an agent and show its answer as it comes"
     )
-    run.add_argument("prompt", help="what to ask; - reads it from standard input")
+    run.add_argument(
+        "prompt", nargs="?", default="", help="what to ask; - reads it from standard input"
+    )
     run.add_argument("--model", default="", help="model id (default: the deployment's)")
     run.add_argument("--system", default="", help="a system prompt")
     run.add_argument("--max-turns", type=_count, default=0, help="model calls at most (8)")
@@ -160,6 +162,9 @@ def _add_client_commands(
         "--cache-sampled", action="store_true", help="with --cache: cache sampled answers too"
     )
     run.add_argument("--json", action="store_true", help="print the finished job as JSON")
+    run.add_argument(
+        "--workflow", metavar="FILE", help="run the workflow of a YAML or JSON job spec"
+    )
     run.set_defaults(client_command=jobs.run_job)
 
     job_commands = commands.add_parser("jobs", help="list, inspect, cancel and watch jobs")

@@ -10,8 +10,8 @@ import uuid
 
 from google.protobuf import json_format
 
-from agentrt.cli import render
-from agentrt.cli.console import Console
+from agentrt.cli import render, workflows
+from agentrt.cli.console import CommandError, Console
 from agentrt.client import TERMINAL_STATES, Client, job_spec
 from agentrt.common.v1 import common_pb2
 from agentrt.errors import FailedPreconditionError
@@ -26,6 +26,14 @@ EXIT_INTERRUPTED = 130
 async def run_job(args: argparse.Namespace, client: Client, console: Console) -> int:
     """`agentrt run`: starts a job, shows its events live, then its answer; Ctrl-C cancels it."""
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.workflow:
+        args.prompt = prompt
+        root, finished = await workflows.run_workflow(args, client, console)
+        if not finished:
+            return await _cancel_interrupted(client, root.name, console)
+        return report(root, "", console, as_json=args.json)
+    if not prompt:
+        raise CommandError("a prompt is required (or a --workflow file)")
     spec = job_spec(
         prompt,
         model=args.model,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -149,7 +150,7 @@ def read_policy_set(path: Path) -> policy_pb2.PolicySet:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise CommandError(f"cannot read {path}: {error.strerror}") from None
-    data = _load_document(path, text)
+    data = load_document(path, text)
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
         raise CommandError(f'{path} must hold an object with a "name", e.g. "production"')
     policy_set = policy_pb2.PolicySet()
@@ -160,14 +161,9 @@ def read_policy_set(path: Path) -> policy_pb2.PolicySet:
     return policy_set
 
 
-def _load_document(path: Path, text: str) -> Any:
+def load_document(path: Path, text: str) -> Any:
+    """A YAML (by its .yaml/.yml suffix) or JSON document; CommandError naming the file."""
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml  # type: ignore[import-untyped, unused-ignore]
-        except ImportError:
-            raise CommandError(
-                "reading YAML needs PyYAML (pip install pyyaml); or use JSON"
-            ) from None
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as error:

@@ -22,9 +22,10 @@ SELECT * FROM usage_records WHERE id = $1;
 SELECT * FROM usage_records WHERE $1 = '' OR tenant = $1 ORDER BY usage_time DESC, id DESC;
 
 -- name: applicable_budgets
--- The budgets of tenant $1 that apply to principal $2: the tenant's own and the principal's.
+-- The budgets of tenant $1 that apply to principal $2 in the job tree of root $3: the
+-- tenant's own and the principal's, and the tree's ($3 '' for a job of no tree).
 SELECT id, period FROM budgets
-WHERE tenant = $1 AND (principal = '' OR principal = $2)
+WHERE tenant = $1 AND (principal = '' OR principal = $2) AND (root_job = '' OR root_job = $3)
 ORDER BY id;
 
 -- name: ensure_counter
@@ -42,6 +43,7 @@ FROM budgets b
 LEFT JOIN usage_records u
     ON u.tenant = b.tenant
     AND (b.principal = '' OR u.principal = b.principal)
+    AND (b.root_job = '' OR u.root_job = b.root_job)
     AND u.usage_time >= $3 AND u.usage_time < $4
     AND u.id <> ALL ($5::text[])
 WHERE b.id = $1 AND b.period = $2
@@ -116,9 +118,9 @@ LOCK TABLE usage_records IN SHARE MODE;
 -- name: insert_budget
 INSERT INTO budgets (
     id, description, tenant, principal, period, limit_tokens, limit_cost_nanos,
-    limit_tool_calls, warn_threshold, etag, create_time, update_time
+    limit_tool_calls, warn_threshold, etag, create_time, update_time, root_job
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)
 ON CONFLICT (id) DO NOTHING
 RETURNING *;
 
@@ -184,14 +186,15 @@ SELECT resource, request_hash FROM create_requests WHERE kind = $1 AND request_i
 -- name: reserve
 -- The whole reservation in one statement, so that no round trip separates the decision
 -- from the write: it locks the current-window counters of every budget of tenant $2 that
--- applies to principal $3 (in key order, waiting for concurrent writers and then seeing
+-- applies to principal $3 and root job $12 (in key order, waiting for concurrent writers and then seeing
 -- their committed values), decides on those locked values whether amounts $7..$9 fit
 -- under every limit, and only if they all fit inserts reservation $1 (request_id $5,
 -- request_hash $6, expiring at $10, made at $11), its holds, and adds the amounts to the
 -- counters. Nothing is written when a counter is missing (the caller makes it and asks
 -- again), when one does not fit, or when request_id $5 was used before by the tenant.
 -- One row per locked counter (as it was before this reservation), or one row of NULL
--- counter columns when none is; every row carries the decision.
+-- counter columns when none is; every row carries the decision
+-- (as all_fit: the counter columns have a `fits` of their own).
 WITH applicable AS (
     SELECT b.id, b.period,
            CASE b.period
@@ -202,6 +205,7 @@ WITH applicable AS (
            b.limit_tokens, b.limit_cost_nanos, b.limit_tool_calls, b.warn_threshold
     FROM budgets b
     WHERE b.tenant = $2 AND (b.principal = '' OR b.principal = $3)
+        AND (b.root_job = '' OR b.root_job = $12)
 ),
 locked AS (
     SELECT c.*
@@ -270,7 +274,7 @@ added AS (
     WHERE bc.budget_id = c.budget_id AND bc.period = c.period
         AND bc.window_start = c.window_start
 )
-SELECT d.wanted, d.found, d.fits, d.repeated,
+SELECT d.wanted, d.found, d.fits AS all_fit, d.repeated,
        (SELECT count(*) FROM inserted) AS made,
        (SELECT verdict FROM inserted) AS made_verdict,
        (SELECT budgets FROM inserted) AS made_budgets,

@@ -20,9 +20,10 @@ SELECT * FROM usage_records WHERE id = ?;
 SELECT * FROM usage_records WHERE ?1 = '' OR tenant = ?1 ORDER BY usage_time DESC, id DESC;
 
 -- name: applicable_budgets
--- The budgets of tenant ?1 that apply to principal ?2: the tenant's own and the principal's.
+-- The budgets of tenant ?1 that apply to principal ?2 in the job tree of root ?3: the
+-- tenant's own and the principal's, and the tree's (?3 '' for a job of no tree).
 SELECT id, period FROM budgets
-WHERE tenant = ?1 AND (principal = '' OR principal = ?2)
+WHERE tenant = ?1 AND (principal = '' OR principal = ?2) AND (root_job = '' OR root_job = ?3)
 ORDER BY id;
 
 -- name: ensure_counter
@@ -40,6 +41,7 @@ FROM budgets b
 LEFT JOIN usage_records u
     ON u.tenant = b.tenant
     AND (b.principal = '' OR u.principal = b.principal)
+    AND (b.root_job = '' OR u.root_job = b.root_job)
     AND u.usage_time >= ?3 AND u.usage_time < ?4
     AND u.id NOT IN (SELECT value FROM json_each(?5))
 WHERE b.id = ?1 AND b.period = ?2
@@ -88,9 +90,9 @@ DELETE FROM prices WHERE model = ?;
 -- name: insert_budget
 INSERT INTO budgets (
     id, description, tenant, principal, period, limit_tokens, limit_cost_nanos,
-    limit_tool_calls, warn_threshold, etag, create_time, update_time
+    limit_tool_calls, warn_threshold, etag, create_time, update_time, root_job
 )
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
 ON CONFLICT (id) DO NOTHING
 RETURNING *;
 

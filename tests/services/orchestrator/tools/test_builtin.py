@@ -34,6 +34,7 @@ async def test_every_builtin_tool_has_a_valid_schema_and_is_idempotent() -> None
         "current_time",
         "json_query",
         "text_stats",
+        "run_agent",
     ]
     for spec in specs:
         assert schema_problem(spec.parameters) is None, spec.name

@@ -92,6 +92,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A child job would exceed its tree's limits (max_child_jobs, max_depth);
     metadata["limit"] names the limit and metadata["value"] its value.
     """
+    ERROR_REASON_NODE_FAILED: _ErrorReason.ValueType  # 30
+    """A node of the job's workflow failed (its child job failed, was
+    cancelled or timed out) and the workflow fails fast. metadata["node"].
+    """
+    ERROR_REASON_ROUTE_UNKNOWN: _ErrorReason.ValueType  # 31
+    """A router or exclusive node's answer matched none of its routes.
+    metadata["node"], metadata["pick"].
+    """
+    ERROR_REASON_PLAN_INVALID: _ErrorReason.ValueType  # 32
+    """A plan, split or fan-out input was not a list, or had too many items.
+    metadata["node"].
+    """
+    ERROR_REASON_ITERATIONS_EXCEEDED: _ErrorReason.ValueType  # 33
+    """A node of a graph would run more often than max_iterations.
+    metadata["node"], metadata["max_iterations"].
+    """
     ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 34
     """The bearer token is a JWT that is not valid: malformed, unsigned, signed
     by a key the issuer's JWKS does not hold, expired or not yet valid, from
@@ -166,6 +182,22 @@ ERROR_REASON_TOOL_ERROR: ErrorReason.ValueType  # 27
 ERROR_REASON_TREE_LIMIT_EXCEEDED: ErrorReason.ValueType  # 28
 """A child job would exceed its tree's limits (max_child_jobs, max_depth);
 metadata["limit"] names the limit and metadata["value"] its value.
+"""
+ERROR_REASON_NODE_FAILED: ErrorReason.ValueType  # 30
+"""A node of the job's workflow failed (its child job failed, was
+cancelled or timed out) and the workflow fails fast. metadata["node"].
+"""
+ERROR_REASON_ROUTE_UNKNOWN: ErrorReason.ValueType  # 31
+"""A router or exclusive node's answer matched none of its routes.
+metadata["node"], metadata["pick"].
+"""
+ERROR_REASON_PLAN_INVALID: ErrorReason.ValueType  # 32
+"""A plan, split or fan-out input was not a list, or had too many items.
+metadata["node"].
+"""
+ERROR_REASON_ITERATIONS_EXCEEDED: ErrorReason.ValueType  # 33
+"""A node of a graph would run more often than max_iterations.
+metadata["node"], metadata["max_iterations"].
 """
 ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 34
 """The bearer token is a JWT that is not valid: malformed, unsigned, signed
@@ -787,6 +819,7 @@ class RuntimeEvent(_message.Message):
     TOOL_CALLED_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     CHILD_FIELD_NUMBER: _builtins.int
+    NODE_EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique and ordered within its job: "<job id>.<sequence>" for events kept
     in the job's history, "<job id>.<sequence>.<n>" for transient ones that
@@ -854,6 +887,10 @@ class RuntimeEvent(_message.Message):
     def child(self) -> Global___ChildEvent:
         """For job.child.created and job.child.finished."""
 
+    @_builtins.property
+    def node_event(self) -> Global___NodeEvent:
+        """For workflow.node.started and workflow.node.finished."""
+
     def __init__(
         self,
         *,
@@ -877,12 +914,13 @@ class RuntimeEvent(_message.Message):
         tool_called: Global___ToolCalled | None = ...,
         usage: Global___Usage | None = ...,
         child: Global___ChildEvent | None = ...,
+        node_event: Global___NodeEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "job_succeeded", b"job_succeeded", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "job_succeeded", b"job_succeeded", "node_event", b"node_event", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "node", b"node", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "root_job", b"root_job", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "node", b"node", "node_event", b"node_event", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "root_job", b"root_job", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage", "child"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage", "child", "node_event"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -925,6 +963,55 @@ class ChildEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChildEvent: _TypeAlias = ChildEvent  # noqa: Y015
+
+@_typing.final
+class NodeEvent(_message.Message):
+    """Payload of workflow.node.started and workflow.node.finished, kept in the
+    workflow job's event stream (published live by the orchestrator, with an id
+    derived from job, node and iteration, so a repeat is deduplicated).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OUTPUT_PREVIEW_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node's id in the workflow's graph, e.g. "map" or "round2.pro"."""
+    iteration: _builtins.int
+    """Which run of the node, from 1 (cycles run a node again)."""
+    state: Global___JobState.ValueType
+    """For finished: SUCCEEDED, or the state of the child that failed."""
+    output_preview: _builtins.str
+    """For finished: the start of the node's answer (up to 200 characters)."""
+    @_builtins.property
+    def children(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The child jobs that run it, "jobs/{job}" (one per fan-out item)."""
+
+    @_builtins.property
+    def failure(self) -> Global___Failure:
+        """For a failed node: why."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        iteration: _builtins.int = ...,
+        children: _abc.Iterable[_builtins.str] | None = ...,
+        state: Global___JobState.ValueType = ...,
+        output_preview: _builtins.str = ...,
+        failure: Global___Failure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "failure", b"failure", "iteration", b"iteration", "node", b"node", "output_preview", b"output_preview", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeEvent: _TypeAlias = NodeEvent  # noqa: Y015
 
 @_typing.final
 class OutputDelta(_message.Message):

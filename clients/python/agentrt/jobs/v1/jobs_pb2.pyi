@@ -11,6 +11,7 @@ trusts the tenant it is given; it never sees end-user credentials.
 """
 
 from agentrt.common.v1 import common_pb2 as _common_pb2
+from agentrt.jobs.v1 import workflow_pb2 as _workflow_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
@@ -204,6 +205,27 @@ class JobSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class AgentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___AgentDefinition: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___AgentDefinition | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROMPT_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
@@ -220,6 +242,8 @@ class JobSpec(_message.Message):
     TOOL_OPTIONS_FIELD_NUMBER: _builtins.int
     ORCHESTRATION_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The first user message. Either prompt or messages is required."""
@@ -282,6 +306,19 @@ class JobSpec(_message.Message):
         """
 
     @_builtins.property
+    def agents(self) -> _containers.MessageMap[_builtins.str, Global___AgentDefinition]:
+        """Named agents the workflow (or the run_agent tool) runs as child jobs;
+        names are 1-64 of letters, digits, '_', '-'.
+        """
+
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow:
+        """Run this workflow instead of a single agent: each of its nodes is a
+        child job. The job's prompt is the workflow's input; its model is the
+        default of agents that name none.
+        """
+
+    @_builtins.property
     def cache(self) -> _common_pb2.CachePolicy:
         """Whether the job's model calls may be answered from the engine's response
         cache; unset means never.
@@ -306,15 +343,87 @@ class JobSpec(_message.Message):
         tool_options: Global___ToolOptions | None = ...,
         orchestration: Global___OrchestrationConfig | None = ...,
         node: _builtins.str = ...,
+        agents: _abc.Mapping[_builtins.str, Global___AgentDefinition] | None = ...,
+        workflow: _workflow_pb2.Workflow | None = ...,
         cache: _common_pb2.CachePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cache", b"cache", "orchestration", b"orchestration", "params", b"params", "policy", b"policy", "timeout", b"timeout", "tool_options", b"tool_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cache", b"cache", "orchestration", b"orchestration", "params", b"params", "policy", b"policy", "timeout", b"timeout", "tool_options", b"tool_options", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cache", b"cache", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "node", b"node", "orchestration", b"orchestration", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tool_options", b"tool_options", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "cache", b"cache", "labels", b"labels", "max_turns", b"max_turns", "messages", b"messages", "model", b"model", "node", b"node", "orchestration", b"orchestration", "params", b"params", "parent", b"parent", "policy", b"policy", "prompt", b"prompt", "session", b"session", "system_prompt", b"system_prompt", "timeout", b"timeout", "tool_options", b"tool_options", "tools", b"tools", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class AgentDefinition(_message.Message):
+    """An agent a workflow runs as a child job: the child's spec is made from
+    these fields, the node's input as its prompt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    MAX_TURNS_FIELD_NUMBER: _builtins.int
+    TOOL_OPTIONS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model id; empty means the parent job's."""
+    system_prompt: _builtins.str
+    """The system instruction."""
+    max_turns: _builtins.int
+    """Upper bound on turns; 0 means the default (8)."""
+    description: _builtins.str
+    """A one-line description, shown to a model that may start the agent with
+    the run_agent tool.
+    """
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolSpec]:
+        """Tools offered to the model."""
+
+    @_builtins.property
+    def params(self) -> _common_pb2.ModelParams:
+        """Sampling parameters."""
+
+    @_builtins.property
+    def policy(self) -> _common_pb2.PolicyRef:
+        """The policy set; empty means the parent job's."""
+
+    @_builtins.property
+    def budget(self) -> _common_pb2.BudgetSpec:
+        """Limits of each child running the agent (within the tree's, when the
+        tree inherits budgets).
+        """
+
+    @_builtins.property
+    def tool_options(self) -> Global___ToolOptions:
+        """How the child's tool calls run; unset means the parent job's."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        tools: _abc.Iterable[_common_pb2.ToolSpec] | None = ...,
+        params: _common_pb2.ModelParams | None = ...,
+        policy: _common_pb2.PolicyRef | None = ...,
+        budget: _common_pb2.BudgetSpec | None = ...,
+        max_turns: _builtins.int = ...,
+        tool_options: Global___ToolOptions | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "params", b"params", "policy", b"policy", "tool_options", b"tool_options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "description", b"description", "max_turns", b"max_turns", "model", b"model", "params", b"params", "policy", b"policy", "system_prompt", b"system_prompt", "tool_options", b"tool_options", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentDefinition: _TypeAlias = AgentDefinition  # noqa: Y015
 
 @_typing.final
 class OrchestrationConfig(_message.Message):

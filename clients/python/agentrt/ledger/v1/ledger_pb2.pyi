@@ -362,6 +362,7 @@ class Budget(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ROOT_JOB_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"budgets/{budget}", where {budget} is 1 to 63 lowercase letters, digits
     and '-', starting with a letter.
@@ -381,6 +382,12 @@ class Budget(_message.Message):
     etag: _builtins.str
     """Computed by the server. Send it back on update and delete to make them
     fail when the budget changed meanwhile; empty skips the check.
+    """
+    root_job: _builtins.str
+    """The job tree it limits, "jobs/{job}" of the tree's root: only the usage
+    and reservations of that tree's jobs count. Empty means every job. The
+    orchestrator makes one (PERIOD_TOTAL, from the root's BudgetSpec) for a
+    tree that inherits budgets, so that its jobs spend from one account.
     """
     @_builtins.property
     def limits(self) -> Global___Amounts:
@@ -407,10 +414,11 @@ class Budget(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        root_job: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_warn_threshold", b"_warn_threshold", "create_time", b"create_time", "limits", b"limits", "update_time", b"update_time", "warn_threshold", b"warn_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_warn_threshold", b"_warn_threshold", "create_time", b"create_time", "description", b"description", "etag", b"etag", "limits", b"limits", "name", b"name", "period", b"period", "principal", b"principal", "tenant", b"tenant", "update_time", b"update_time", "warn_threshold", b"warn_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_warn_threshold", b"_warn_threshold", "create_time", b"create_time", "description", b"description", "etag", b"etag", "limits", b"limits", "name", b"name", "period", b"period", "principal", b"principal", "root_job", b"root_job", "tenant", b"tenant", "update_time", b"update_time", "warn_threshold", b"warn_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__warn_threshold: _TypeAlias = _typing.Literal["warn_threshold"]  # noqa: Y015
     _WhichOneofArgType__warn_threshold: _TypeAlias = _typing.Literal["_warn_threshold", b"_warn_threshold"]  # noqa: Y015
@@ -1145,6 +1153,7 @@ class ReserveBudgetRequest(_message.Message):
     AMOUNTS_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ROOT_JOB_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """The tenant about to spend."""
     principal: _builtins.str
@@ -1153,6 +1162,10 @@ class ReserveBudgetRequest(_message.Message):
     """The job the call belongs to, "jobs/{job}"."""
     request_id: _builtins.str
     """Idempotency key, unique per tenant; up to 128 printable characters."""
+    root_job: _builtins.str
+    """The root of the job's tree, "jobs/{job}": the reservation also holds
+    against the budgets of that tree (Budget.root_job). Empty means none.
+    """
     @_builtins.property
     def amounts(self) -> Global___Amounts:
         """The worst case of the call, e.g. the prompt's tokens plus
@@ -1174,10 +1187,11 @@ class ReserveBudgetRequest(_message.Message):
         amounts: Global___Amounts | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
         request_id: _builtins.str = ...,
+        root_job: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amounts", b"amounts", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amounts", b"amounts", "job", b"job", "principal", b"principal", "request_id", b"request_id", "tenant", b"tenant", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amounts", b"amounts", "job", b"job", "principal", b"principal", "request_id", b"request_id", "root_job", b"root_job", "tenant", b"tenant", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -269,7 +269,7 @@ class LedgerServiceServicer:
 
     def ReserveBudget(self, request, context):
         """Atomically holds the worst case of a call against every budget of the
-        tenant and principal. A request_id seen before returns the reservation
+        tenant and principal (and of the job's tree, with root_job). A request_id seen before returns the reservation
         made then. Succeeds, holding nothing against any budget, when no budget
         applies.
         Caller: orchestrator, before each model call and each tool call.

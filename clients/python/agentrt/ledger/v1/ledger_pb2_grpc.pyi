@@ -142,7 +142,7 @@ class LedgerServiceStub:
     """
     ReserveBudget: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReserveBudgetRequest, _ledger_pb2.Reservation]
     """Atomically holds the worst case of a call against every budget of the
-    tenant and principal. A request_id seen before returns the reservation
+    tenant and principal (and of the job's tree, with root_job). A request_id seen before returns the reservation
     made then. Succeeds, holding nothing against any budget, when no budget
     applies.
     Caller: orchestrator, before each model call and each tool call.
@@ -281,7 +281,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     ReserveBudget: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReserveBudgetRequest, _ledger_pb2.Reservation]  # type: ignore[assignment]
     """Atomically holds the worst case of a call against every budget of the
-    tenant and principal. A request_id seen before returns the reservation
+    tenant and principal (and of the job's tree, with root_job). A request_id seen before returns the reservation
     made then. Succeeds, holding nothing against any budget, when no budget
     applies.
     Caller: orchestrator, before each model call and each tool call.
@@ -501,7 +501,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.Reservation, _abc.Awaitable[_ledger_pb2.Reservation]]:
         """Atomically holds the worst case of a call against every budget of the
-        tenant and principal. A request_id seen before returns the reservation
+        tenant and principal (and of the job's tree, with root_job). A request_id seen before returns the reservation
         made then. Succeeds, holding nothing against any budget, when no budget
         applies.
         Caller: orchestrator, before each model call and each tool call.

@@ -6,10 +6,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
-from agentrt.common.v1.common_pb2 import ErrorReason
+from agentrt.common.v1.common_pb2 import ErrorReason, RequestContext
 
 from services.gateway.keys import ApiKeys, Principal
 from services.kit.errors import Unauthenticated
+from services.kit.request_context import (
+    new_request_id,
+    set_request_context,
+    update_request_context,
+)
+from services.kit.telemetry import current_trace_id
 
 _BEARER = "bearer "
 
@@ -53,7 +59,18 @@ def _invalid(message: str) -> Unauthenticated:
     return Unauthenticated(message, ErrorReason.ERROR_REASON_API_KEY_INVALID)
 
 
-async def authenticate(context: grpc.aio.ServicerContext[Any, Any], keys: ApiKeys) -> Principal:
+async def authenticate(
+    context: grpc.aio.ServicerContext[Any, Any], keys: ApiKeys, request_id: str = ""
+) -> Principal:
     """The caller of the RPC being served. The tenant and principal come from the key
-    alone, never from the request."""
-    return await keys.authenticate(api_key_from_metadata(context.invocation_metadata() or ()))
+    alone, never from the request.
+
+    The request context of the call starts here, with `request_id` (a new one when
+    empty), the trace and then the key's tenant and principal: a context the caller
+    sent is dropped, since only calls inside the deployment may carry one."""
+    set_request_context(
+        RequestContext(request_id=request_id or new_request_id(), trace_id=current_trace_id())
+    )
+    caller = await keys.authenticate(api_key_from_metadata(context.invocation_metadata() or ()))
+    update_request_context(tenant=caller.tenant, principal=caller.principal)
+    return caller

@@ -63,7 +63,14 @@ async def authenticate(
     context: grpc.aio.ServicerContext[Any, Any], keys: ApiKeys, request_id: str = ""
 ) -> Principal:
     """The caller of the RPC being served. The tenant and principal come from the key
-    alone, never from the request.
+    alone, never from the request."""
+    return await authenticate_headers(context.invocation_metadata() or (), keys, request_id)
+
+
+async def authenticate_headers(
+    headers: Iterable[tuple[str, str | bytes]], keys: ApiKeys, request_id: str = ""
+) -> Principal:
+    """The caller who sent `headers` (gRPC metadata, or HTTP headers in lowercase).
 
     The request context of the call starts here, with `request_id` (a new one when
     empty), the trace and then the key's tenant and principal: a context the caller
@@ -71,6 +78,6 @@ async def authenticate(
     set_request_context(
         RequestContext(request_id=request_id or new_request_id(), trace_id=current_trace_id())
     )
-    caller = await keys.authenticate(api_key_from_metadata(context.invocation_metadata() or ()))
+    caller = await keys.authenticate(api_key_from_metadata(headers))
     update_request_context(tenant=caller.tenant, principal=caller.principal)
     return caller

@@ -17,6 +17,7 @@ import logging
 import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
@@ -34,6 +35,7 @@ from services.kit.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.kit.interceptors import LONG_LIVED, remaining_time
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.kit.telemetry import current_trace_id
 from services.orchestrator.guards import BudgetExceeded, Hold
@@ -50,6 +52,15 @@ log = logging.getLogger(__name__)
 ErrorReason = common_pb2.ErrorReason
 MODEL_PREFIX = "models/"
 MAX_REQUEST_ID = 128
+CALL_SECONDS = 600.0
+"""How long a model call may take when its caller set no deadline (an HTTP client): a
+long answer outlives the deployment's default deadline of internal calls."""
+
+
+def _engine_call_options() -> dict[str, Any]:
+    """The caller's remaining time, or CALL_SECONDS, kept as the engine call's own."""
+    left = remaining_time()
+    return {"timeout": CALL_SECONDS if left is None else left, "metadata": LONG_LIVED}
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ class ModelApi:
         """One call, answered whole once its usage is recorded."""
         call = await self._admit(caller, request)
         try:
-            answer = await self._engine.Complete(call.request)
+            answer = await self._engine.Complete(call.request, **_engine_call_options())
         except BaseException:
             await _release(self._spend, call.hold, "the model call failed")
             raise
@@ -131,7 +142,7 @@ class ModelApi:
         once the usage is recorded. A stream cut short releases the hold."""
         call = await self._admit(caller, request)
         settled = False
-        chunks = self._engine.StreamComplete(call.request)
+        chunks = self._engine.StreamComplete(call.request, **_engine_call_options())
         try:
             async for chunk in chunks:
                 if chunk.finish_reason == engine_pb2.FINISH_REASON_UNSPECIFIED:

@@ -8,15 +8,14 @@ from typing import Any
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from services.kit.interceptors import DeadlineClientInterceptor, RequestContextClientInterceptor
+from services.kit.interceptors import client_interceptors
 from services.kit.server import server_options
 
 
 def open_channel(address: str, default_timeout: float) -> grpc.aio.Channel:
     """An insecure channel inside the deployment (TLS ends at the edge proxy)."""
     interceptors: list[Any] = [
-        DeadlineClientInterceptor(default_timeout),
-        RequestContextClientInterceptor(),
+        *client_interceptors(default_timeout),
         *aio_client_interceptors(),  # type: ignore[no-untyped-call]
     ]
     options = [opt for opt in server_options() if opt[0] != "grpc.so_reuseport"]

@@ -287,5 +287,27 @@ class RequestContextClientInterceptor(
         return await continuation(self._with_context(details), request)
 
 
+class _UnaryStreamPart(grpc.aio.UnaryStreamClientInterceptor):
+    """The unary-stream half of an interceptor that implements both kinds: grpc.aio files
+    an interceptor under the first kind it implements only, so such an interceptor given
+    as it is would never see a stream."""
+
+    def __init__(self, interceptor: grpc.aio.UnaryStreamClientInterceptor) -> None:
+        self._interceptor = interceptor
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await self._interceptor.intercept_unary_stream(continuation, details, request)
+
+
+def client_interceptors(default_timeout: float) -> list[Any]:
+    """The kit's client interceptors, deadline then request context, for unary calls and
+    for streams alike."""
+    deadline = DeadlineClientInterceptor(default_timeout)
+    context = RequestContextClientInterceptor()
+    return [deadline, context, _UnaryStreamPart(deadline), _UnaryStreamPart(context)]
+
+
 LONG_LIVED = (("x-agentrt-long-lived", "1"),)
 """Metadata for calls that follow a job as long as it runs and so take no default deadline."""

@@ -3,6 +3,7 @@ over the network and in-process, and written into log records."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from services.kit.request_context import (
 )
 
 METHOD = "/test.Context/Echo"
+STREAM = "/test.Context/EchoStream"
 
 
 async def _echo(request: bytes, context: Any) -> bytes:
@@ -36,10 +38,19 @@ async def _echo(request: bytes, context: Any) -> bytes:
     return b"none" if seen is None else seen.SerializeToString()
 
 
+async def _echo_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """The context seen when the stream starts, and again after a pause."""
+    yield await _echo(request, context)
+    await asyncio.sleep(0)
+    yield await _echo(request, context)
+
+
 class _Echo(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def service(self, details: grpc.HandlerCallDetails) -> Any:
         if details.method == METHOD:
             return grpc.unary_unary_rpc_method_handler(_echo)
+        if details.method == STREAM:
+            return grpc.unary_stream_rpc_method_handler(_echo_stream)
         return None
 
 
@@ -58,7 +69,10 @@ async def server() -> AsyncIterator[tuple[LocalServer, int]]:
 
 
 async def _call(channel: grpc.aio.Channel, metadata: Any = None) -> RequestContext | None:
+    """The context a unary call and a streaming call arrive with (the same in both)."""
     answer = await channel.unary_unary(METHOD, None, None)(b"", metadata=metadata, timeout=5)
+    stream = channel.unary_stream(STREAM, None, None)(b"", metadata=metadata, timeout=5)
+    assert [message async for message in stream] == [answer, answer]
     return None if answer == b"none" else RequestContext.FromString(answer)
 
 

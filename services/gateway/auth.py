@@ -11,6 +11,7 @@ from agentrt.common.v1.common_pb2 import ErrorReason, RequestContext
 from services.gateway.keys import ApiKeys, Principal
 from services.kit.errors import Unauthenticated
 from services.kit.request_context import (
+    annotate_current_span,
     new_request_id,
     set_request_context,
     update_request_context,
@@ -79,5 +80,5 @@ async def authenticate_headers(
         RequestContext(request_id=request_id or new_request_id(), trace_id=current_trace_id())
     )
     caller = await keys.authenticate(api_key_from_metadata(headers))
-    update_request_context(tenant=caller.tenant, principal=caller.principal)
+    annotate_current_span(update_request_context(tenant=caller.tenant, principal=caller.principal))
     return caller

@@ -15,9 +15,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from agentrt.errors import error_from_rpc
 from agentrt.gateway.v1 import models_pb2
 from aiohttp import web
-from google.rpc import error_details_pb2, status_pb2
+from opentelemetry import propagate, trace
 
 from services.gateway.auth import authenticate_headers
 from services.gateway.keys import ApiKeys, Principal
@@ -35,6 +36,7 @@ from services.kit.errors import AgentrtError, FieldInvalid, NotFound
 from services.kit.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,7 +66,7 @@ class OpenAIHttp:
         """`http://host:port` once started."""
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_traced, _errors])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model:.+}", self._model)
@@ -166,6 +168,25 @@ async def _send(response: web.StreamResponse, events: list[dict[str, Any]]) -> N
 
 
 @web.middleware
+async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A server span for every request, in the caller's trace when it sends a
+    `traceparent`, so that the calls it makes and its usage record share the trace."""
+    route = request.match_info.route.resource
+    name = f"{request.method} {route.canonical if route is not None else request.path}"
+    with tracer.start_as_current_span(
+        name,
+        context=propagate.extract(request.headers),
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path},
+    ) as span:
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            span.set_status(trace.StatusCode.ERROR)
+        return response
+
+
+@web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as OpenAI's error object with the status of its gRPC status."""
     try:
@@ -193,22 +214,10 @@ def _failure(error: AgentrtError | grpc.aio.AioRpcError) -> tuple[int, dict[str,
         code, message, reason = error.code, error.message, error.reason_name
         field = error.metadata.get("field", "")
     else:
-        code, message = error.code().name, error.details() or ""
-        reason, field = _reason_of(error)
-        if error.code() == grpc.StatusCode.UNAVAILABLE and not reason:
+        relayed = error_from_rpc(error)  # another service's status, with its ErrorInfo
+        code, message, reason = relayed.code.name, relayed.message, relayed.reason
+        field = relayed.metadata.get("field", "")
+        if relayed.code == grpc.StatusCode.UNAVAILABLE and not reason:
             reason = "DEPENDENCY_UNAVAILABLE"
     status, body = error_body(code, message, reason, field)
     return status, body, reason in _FINAL
-
-
-def _reason_of(error: grpc.aio.AioRpcError) -> tuple[str, str]:
-    """The ErrorInfo reason and field of another service's error, if it sent one."""
-    trailing: Any = error.trailing_metadata() or ()
-    for key, value in trailing:
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return info.reason, info.metadata.get("field", "")
-    return "", ""

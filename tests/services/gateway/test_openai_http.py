@@ -228,3 +228,37 @@ async def test_a_body_that_is_not_json_is_a_400(system: LocalSystem) -> None:
         )
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "body"
+
+
+async def test_an_idempotency_key_replays_the_call_and_refuses_another_request(
+    client: openai.AsyncOpenAI, system: LocalSystem
+) -> None:
+    key = {"Idempotency-Key": "order-42"}
+    first = await client.chat.completions.create(model=MODEL, messages=HELLO, extra_headers=key)
+    again = await client.chat.completions.create(model=MODEL, messages=HELLO, extra_headers=key)
+    assert again.id == first.id
+    assert again.choices[0].message.content == first.choices[0].message.content
+
+    other: list[Any] = [{"role": "user", "content": "something else"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(model=MODEL, messages=other, extra_headers=key)
+    assert refused.value.code == "idempotency_conflict"  # the engine's answer, relayed
+    assert [r.name for r in await usage_records(system)] == [f"usageRecords/{first.id}"]
+
+
+async def test_a_call_joins_the_callers_trace_down_to_its_usage_record(
+    system: LocalSystem,
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with httpx.AsyncClient(base_url=system.http_url, timeout=10) as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": HELLO},
+            headers={
+                "authorization": f"Bearer {system.api_key}",
+                "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+            },
+        )
+    assert answer.status_code == 200
+    [record] = await usage_records(system)
+    assert record.trace_id == trace_id

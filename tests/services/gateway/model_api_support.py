@@ -71,3 +71,11 @@ async def deny_model(system: LocalSystem, pattern: str = MODEL) -> None:
         ),
         timeout=5,
     )
+
+
+async def reserved_tokens(system: LocalSystem, tenant: str = TENANT) -> int:
+    """Tokens held by reservations against the tenant's budgets now."""
+    checked = await ledger(system).CheckBudget(
+        ledger_pb2.CheckBudgetRequest(tenant=tenant), timeout=5
+    )
+    return sum(status.reserved.tokens for status in checked.budgets)

@@ -4,6 +4,7 @@ keys refused with the error classes OpenAI's SDK raises for them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from services.dev import LocalSystem
 from tests.services.gateway.model_api_support import (
     MODEL,
     deny_model,
+    reserved_tokens,
     set_token_budget,
     system,
     usage_records,
@@ -262,3 +264,28 @@ async def test_a_call_joins_the_callers_trace_down_to_its_usage_record(
     assert answer.status_code == 200
     [record] = await usage_records(system)
     assert record.trace_id == trace_id
+
+
+async def test_a_stream_the_client_abandons_gives_its_hold_back(system: LocalSystem) -> None:
+    await set_token_budget(system, 1_000_000)
+    body = {"model": "local-slow", "messages": [{"role": "user", "content": "a long story"}]}
+    async with (
+        httpx.AsyncClient(base_url=system.http_url, timeout=10) as http,
+        http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**body, "stream": True},
+            headers={"authorization": f"Bearer {system.api_key}"},
+        ) as answer,
+    ):
+        assert answer.status_code == 200
+        lines = answer.aiter_lines()
+        assert (await anext(lines)).startswith("data: ")
+        assert await reserved_tokens(system) > 0  # the call's worst case, held
+    # The client went away mid-answer: the hold is released, nothing is recorded.
+    for _ in range(100):
+        if await reserved_tokens(system) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await reserved_tokens(system) == 0
+    assert await usage_records(system) == []

@@ -38,6 +38,7 @@ from services.kit.errors import (
 from services.kit.interceptors import LONG_LIVED, remaining_time
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.kit.telemetry import current_trace_id
+from services.kit.tool_schema import schema_problem
 from services.orchestrator.guards import BudgetExceeded, Hold
 from services.orchestrator.policy import (
     CachedPolicy,
@@ -171,6 +172,10 @@ class ModelApi:
         if not request.messages:
             raise FieldRequired("messages")
         _check_request_id(request.request_id)
+        for i, tool in enumerate(request.tools):
+            problem = schema_problem(tool.parameters)
+            if problem is not None:
+                raise FieldInvalid(f"tools[{i}].parameters", problem)
         await self._models.require(request.model)
         job = _caller_job(caller, request.policy)
         job.spec.model = request.model

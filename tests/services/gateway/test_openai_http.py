@@ -51,6 +51,7 @@ async def client(system: LocalSystem, sent: Counted) -> AsyncIterator[openai.Asy
 
 
 HELLO: list[Any] = [{"role": "user", "content": "hello"}]
+BOGUS_SCHEMA = {"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}
 
 
 async def test_a_chat_answers_and_its_usage_is_in_the_ledger(
@@ -201,8 +202,9 @@ async def test_a_bad_key_is_an_authentication_error(system: LocalSystem) -> None
         ),
         ({"model": MODEL, "messages": HELLO, "max_tokens": -1}, 400, "max_tokens"),
         ({"model": MODEL, "messages": HELLO, "n": 2}, 400, "n"),
+        ({"model": MODEL, "messages": HELLO, "tools": [BOGUS_SCHEMA]}, 400, "tools[0].parameters"),
     ],
-    ids=["unknown-model", "no-messages", "bad-role", "bad-max-tokens", "two-choices"],
+    ids=["unknown-model", "no-messages", "bad-role", "bad-max-tokens", "two-choices", "schema"],
 )
 async def test_bad_requests_get_openais_error_shape(
     system: LocalSystem, body: dict[str, Any], status: int, param: str | None

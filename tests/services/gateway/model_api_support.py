@@ -79,3 +79,11 @@ async def reserved_tokens(system: LocalSystem, tenant: str = TENANT) -> int:
         ledger_pb2.CheckBudgetRequest(tenant=tenant), timeout=5
     )
     return sum(status.reserved.tokens for status in checked.budgets)
+
+
+async def spent_tokens(system: LocalSystem, tenant: str = TENANT) -> int:
+    """Tokens counted against the tenant's budgets in their current periods."""
+    checked = await ledger(system).CheckBudget(
+        ledger_pb2.CheckBudgetRequest(tenant=tenant), timeout=5
+    )
+    return sum(status.spent.tokens for status in checked.budgets)

@@ -17,7 +17,9 @@ from tests.services.gateway.conftest import TIMEOUT, Metadata, bearer, refused
 from tests.services.gateway.model_api_support import (
     MODEL,
     deny_model,
+    reserved_tokens,
     set_token_budget,
+    spent_tokens,
     system,
     usage_records,
 )
@@ -91,11 +93,15 @@ async def test_the_model_may_call_the_tools_offered(
 async def test_a_repeated_request_id_answers_the_same_and_is_recorded_once(
     models: models_pb2_grpc.ModelServiceAsyncStub, dev: Metadata, system: LocalSystem
 ) -> None:
+    await set_token_budget(system, 1_000_000)
     first = await models.Complete(ask(request_id="r-1"), metadata=dev, timeout=TIMEOUT)
     again = await models.Complete(ask(request_id="r-1"), metadata=dev, timeout=TIMEOUT)
 
     assert (again.id, again.message, again.replayed) == (first.id, first.message, True)
     assert len(await usage_records(system)) == 1
+    # Counted once against the budget, and the second call's hold given back.
+    assert await spent_tokens(system) == first.usage.input_tokens + first.usage.output_tokens
+    assert await reserved_tokens(system) == 0
 
 
 async def test_a_budget_that_cannot_take_the_worst_case_refuses_the_call(

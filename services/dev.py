@@ -120,7 +120,7 @@ async def _run_dev(data_dir: Path, port: int) -> None:
         print(f"  storage:   SQLite under {data_dir}/; events in-process")
         print(f"  dev key:   {system.api_key}  (tenant {DEV_TENANT!r}; also in {state_file})")
         if system.http_url:
-            print(f"  OpenAI:    {system.http_url}/v1  (the dev key is its API key)")
+            print(f"  OpenAI:    {system.http_url}/v1  (the dev key is its API key)", flush=True)
         print('  try:       agentrt run "hello"    (in another shell)')
         await stopping.wait()
         print("agentrt dev: draining")

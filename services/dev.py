@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,9 @@ from services.units import SERVICES, create_unit
 DEV_TENANT = "dev"
 DEV_PRINCIPAL = "dev"
 STATE_FILE = "dev.json"
+DEV_HTTP_ADDRESS = "127.0.0.1:50080"
+"""Where `agentrt dev` serves the OpenAI-compatible API unless AGENTRT_HTTP_LISTEN_ADDRESS
+says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class LocalSystem:
     endpoint: str
     api_key: str
     infra: Infrastructure
+    http_url: str = ""
+    """The OpenAI-compatible API's base (`http://host:port`), when AGENTRT_HTTP_LISTEN_ADDRESS
+    turned it on."""
 
 
 def local_config(
@@ -86,10 +94,12 @@ async def local_system(
     infra.serve_locally(server, SERVICES)
     try:
         await migrate_all(infra, list(SERVICES))
-        await server.start([await create_unit(name, infra) for name in SERVICES])
+        units = [await create_unit(name, infra) for name in SERVICES]
+        await server.start(units)
         try:
             key = await dev_api_key(infra, previous_key)
-            yield LocalSystem(f"127.0.0.1:{server.port}", key, infra)
+            http_url = next((url for unit in units if (url := getattr(unit, "http_url", ""))), "")
+            yield LocalSystem(f"127.0.0.1:{server.port}", key, infra, http_url)
         finally:
             await server.stop(grace=5.0)
     finally:
@@ -101,6 +111,7 @@ async def _run_dev(data_dir: Path, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    os.environ.setdefault("AGENTRT_HTTP_LISTEN_ADDRESS", _dev_http_address())
     async with local_system(data_dir, port, previous_key=previous_api_key(data_dir)) as system:
         state_file = data_dir / STATE_FILE
         write_state(state_file, system)
@@ -108,9 +119,23 @@ async def _run_dev(data_dir: Path, port: int) -> None:
         print(f"  services:  {', '.join(SERVICES)} (gRPC reflection and health enabled)")
         print(f"  storage:   SQLite under {data_dir}/; events in-process")
         print(f"  dev key:   {system.api_key}  (tenant {DEV_TENANT!r}; also in {state_file})")
+        if system.http_url:
+            print(f"  OpenAI:    {system.http_url}/v1  (the dev key is its API key)", flush=True)
         print('  try:       agentrt run "hello"    (in another shell)')
         await stopping.wait()
         print("agentrt dev: draining")
+
+
+def _dev_http_address() -> str:
+    """DEV_HTTP_ADDRESS, or any free port when another program holds it: dev always
+    serves the OpenAI-compatible API, and prints where."""
+    host, _, port = DEV_HTTP_ADDRESS.rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return f"{host}:0"
+    return DEV_HTTP_ADDRESS
 
 
 def write_state(state_file: Path, system: LocalSystem) -> None:

@@ -6,11 +6,18 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import grpc
-from agentrt.common.v1.common_pb2 import ErrorReason
+from agentrt.common.v1.common_pb2 import ErrorReason, RequestContext
 
 from services.gateway.keys import KEY_PREFIX, ApiKeys, Principal
 from services.gateway.tokens import TokenVerifier, looks_like_jwt
 from services.kit.errors import Unauthenticated
+from services.kit.request_context import (
+    annotate_current_span,
+    new_request_id,
+    set_request_context,
+    update_request_context,
+)
+from services.kit.telemetry import current_trace_id
 
 _BEARER = "bearer "
 
@@ -82,10 +89,24 @@ class KeysAndTokens:
 
 
 async def authenticate(
-    context: grpc.aio.ServicerContext[Any, Any], credentials: Credentials
+    context: grpc.aio.ServicerContext[Any, Any], credentials: Credentials, request_id: str = ""
 ) -> Principal:
     """The caller of the RPC being served. The tenant and principal come from the
     credential alone, never from the request."""
-    return await credentials.authenticate(
-        api_key_from_metadata(context.invocation_metadata() or ())
+    return await authenticate_headers(context.invocation_metadata() or (), credentials, request_id)
+
+
+async def authenticate_headers(
+    headers: Iterable[tuple[str, str | bytes]], credentials: Credentials, request_id: str = ""
+) -> Principal:
+    """The caller who sent `headers` (gRPC metadata, or HTTP headers in lowercase).
+
+    The request context of the call starts here, with `request_id` (a new one when
+    empty), the trace and then the credential's tenant and principal: a context the
+    caller sent is dropped, since only calls inside the deployment may carry one."""
+    set_request_context(
+        RequestContext(request_id=request_id or new_request_id(), trace_id=current_trace_id())
     )
+    caller = await credentials.authenticate(api_key_from_metadata(headers))
+    annotate_current_span(update_request_context(tenant=caller.tenant, principal=caller.principal))
+    return caller

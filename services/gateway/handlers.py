@@ -27,6 +27,7 @@ from services.gateway.watch import (
 from services.kit.errors import FieldInvalid, FieldRequired
 from services.kit.events import EventChannel
 from services.kit.names import parse_job_name
+from services.kit.request_context import update_request_context
 from services.kit.telemetry import current_trace_id
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -66,13 +67,13 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
         self._default_model = default_model
 
     async def Execute(self, request: gateway_pb2.ExecuteRequest, context: Context) -> jobs_pb2.Job:
-        caller = await authenticate(context, self._keys)
+        caller = await authenticate(context, self._keys, request.request_id)
         return await self._create_job(caller, request)
 
     async def ExecuteStream(
         self, request: gateway_pb2.ExecuteRequest, context: Context
     ) -> AsyncIterator[RuntimeEvent]:
-        caller = await authenticate(context, self._keys)
+        caller = await authenticate(context, self._keys, request.request_id)
         job = await self._create_job(caller, request)
         # A job just created has its whole history still in the live stream; an older
         # one returned for a reused request_id is read from its history first.
@@ -187,6 +188,7 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
             raise FieldInvalid("spec.node", "is set by the runtime for child jobs")
         if not spec.model:
             spec.model = self._default_model
+        update_request_context(session=spec.session)
         await self._models.require(spec.model)
         return await self._jobs.CreateJob(
             jobs_pb2.CreateJobRequest(

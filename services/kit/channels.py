@@ -1,4 +1,5 @@
-"""Client channels to other agentrt services, with telemetry and deadline propagation."""
+"""Client channels to other agentrt services, with telemetry, deadline and request-context
+propagation."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from typing import Any
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from services.kit.interceptors import DeadlineClientInterceptor
+from services.kit.interceptors import client_interceptors
 from services.kit.server import server_options
 
 
 def open_channel(address: str, default_timeout: float) -> grpc.aio.Channel:
     """An insecure channel inside the deployment (TLS ends at the edge proxy)."""
     interceptors: list[Any] = [
-        DeadlineClientInterceptor(default_timeout),
+        *client_interceptors(default_timeout),
         *aio_client_interceptors(),  # type: ignore[no-untyped-call]
     ]
     options = [opt for opt in server_options() if opt[0] != "grpc.so_reuseport"]

@@ -1,4 +1,5 @@
-"""Server and client interceptors: error mapping, deadlines and the request log."""
+"""Server and client interceptors: error mapping, deadlines, the request context and the
+request log."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from services.kit.errors import ERROR_DOMAIN, AgentrtError
+from services.kit.request_context import (
+    annotate_current_span,
+    read_context_header,
+    set_request_context,
+    with_context_header,
+)
 from services.kit.telemetry import current_trace_id
 
 request_log = logging.getLogger("agentrt.requests")
@@ -97,7 +104,8 @@ Behavior = Callable[..., Any]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Maps errors to statuses, records the deadline, and writes one log line per RPC."""
+    """Maps errors to statuses, records the deadline and the request context the call
+    carries (services/kit/request_context.py), and writes one log line per RPC."""
 
     async def intercept_service(
         self,
@@ -176,6 +184,12 @@ def _enter(context: grpc.aio.ServicerContext[Any, Any]) -> float:
     now = time.monotonic()
     remaining = context.time_remaining()
     _deadline.set(None if remaining is None else now + remaining)
+    # Always set, to None without a header: an in-process call must not inherit its
+    # caller's context by way of the task it runs in, only by what it was sent.
+    request_context = read_context_header(context.invocation_metadata() or ())
+    set_request_context(request_context)
+    if request_context is not None:
+        annotate_current_span(request_context)
     return now
 
 
@@ -241,6 +255,58 @@ class DeadlineClientInterceptor(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._with_deadline(details), request)
+
+
+class RequestContextClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+):
+    """Sends the current request context with every outgoing call, as the
+    `agentrt-context-bin` header (services/kit/request_context.py)."""
+
+    def _with_context(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        sent = with_context_header(details.metadata)
+        if sent is None:
+            return details
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*sent),
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._with_context(details), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._with_context(details), request)
+
+
+class _UnaryStreamPart(grpc.aio.UnaryStreamClientInterceptor):
+    """The unary-stream half of an interceptor that implements both kinds: grpc.aio files
+    an interceptor under the first kind it implements only, so such an interceptor given
+    as it is would never see a stream."""
+
+    def __init__(self, interceptor: grpc.aio.UnaryStreamClientInterceptor) -> None:
+        self._interceptor = interceptor
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await self._interceptor.intercept_unary_stream(continuation, details, request)
+
+
+def client_interceptors(default_timeout: float) -> list[Any]:
+    """The kit's client interceptors, deadline then request context, for unary calls and
+    for streams alike."""
+    deadline = DeadlineClientInterceptor(default_timeout)
+    context = RequestContextClientInterceptor()
+    return [deadline, context, _UnaryStreamPart(deadline), _UnaryStreamPart(context)]
 
 
 LONG_LIVED = (("x-agentrt-long-lived", "1"),)

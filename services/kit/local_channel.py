@@ -27,6 +27,7 @@ import grpc
 from opentelemetry import trace
 
 from services.kit.interceptors import outgoing_timeout
+from services.kit.request_context import with_context_header
 
 tracer = trace.get_tracer(__name__)
 
@@ -434,7 +435,7 @@ class _Method:
         self._deserialize = deserialize or _same
 
     def _start(self, kind: type[C], request: Any, timeout: float | None, metadata: Any) -> C:
-        sent = tuple(metadata or ())
+        sent = with_context_header(metadata) or tuple(metadata or ())
         timeout = outgoing_timeout(timeout, sent, self._channel.default_timeout)
         request = self._serialize(request)  # now: the caller may change its message after
         return kind(self._channel, self._method, request, self._deserialize, timeout, sent)

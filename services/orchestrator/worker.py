@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from services.kit.infra import Infrastructure
+from services.kit.request_context import job_request_context, set_request_context
 from services.orchestrator.agent import (
     DEFAULT_RETRY,
     AgentRun,
@@ -197,6 +198,7 @@ class WorkerPool:
 
     async def _run_job(self, lease: jobs_pb2.JobLease) -> None:
         job = lease.job
+        set_request_context(job_request_context(job))  # this task's, for all the job's calls
         with tracer.start_as_current_span(
             "agent.job",
             context=job_trace_context(job),

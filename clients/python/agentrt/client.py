@@ -18,7 +18,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_
 
 from agentrt.common.v1 import common_pb2
 from agentrt.errors import AlreadyExistsError, UnavailableError, error_from_rpc
-from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc, models_pb2, models_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -26,6 +26,7 @@ from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 
 if TYPE_CHECKING:
     from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
+    from agentrt.gateway.v1.models_pb2_grpc import ModelServiceAsyncStub
     from agentrt.ledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
     from agentrt.orchestrator.v1.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
     from agentrt.policy.v1.policy_pb2_grpc import PolicyServiceAsyncStub
@@ -768,6 +769,63 @@ class Client:
         with _translated_errors():
             await self._orchestrator.DeletePlugin(request, **self._unary_options())
 
+    # The model API (docs/model-api.md)
+
+    @property
+    def _models(self) -> ModelServiceAsyncStub:
+        stub: ModelServiceAsyncStub = self._admin_stub("models", models_pb2_grpc.ModelServiceStub)
+        return stub
+
+    async def list_models(self) -> builtins.list[models_pb2.Model]:
+        """The models your key may call directly, sorted by name."""
+        models: builtins.list[models_pb2.Model] = []
+        token = ""
+        while True:
+            request = models_pb2.ListModelsRequest(page_size=1000, page_token=token)
+            with _translated_errors():
+                page = await self._models.ListModels(request, **self._unary_options())
+            models.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                return models
+
+    async def complete(
+        self,
+        prompt: str | Sequence[common_pb2.Message],
+        *,
+        model: str,
+        max_output_tokens: int = 0,
+        tools: Sequence[common_pb2.ToolSpec] = (),
+        request_id: str = "",
+    ) -> models_pb2.CompleteResponse:
+        """One model call, no job: the answer, with its usage as the ledger recorded it.
+
+        `prompt` is a user message's text or a whole conversation. The call is checked
+        against your default policy set and held against your budgets; `max_output_tokens`
+        (0: the deployment's default) bounds what it holds. Raises ResourceExhaustedError
+        (BUDGET_EXCEEDED), PermissionDeniedError (POLICY_DENIED), NotFoundError
+        (MODEL_NOT_FOUND) and InvalidArgumentError.
+        """
+        request = _complete_request(prompt, model, max_output_tokens, tools, request_id)
+        with _translated_errors():
+            return await self._models.Complete(request, **self._unary_options())
+
+    async def stream_complete(
+        self,
+        prompt: str | Sequence[common_pb2.Message],
+        *,
+        model: str,
+        max_output_tokens: int = 0,
+        tools: Sequence[common_pb2.ToolSpec] = (),
+        request_id: str = "",
+    ) -> AsyncIterator[models_pb2.CompleteChunk]:
+        """Like `complete`, the answer streamed: text chunks, then a last chunk with the
+        finish reason, the tool calls and the recorded usage."""
+        request = _complete_request(prompt, model, max_output_tokens, tools, request_id)
+        with _translated_errors():
+            async for chunk in self._models.StreamComplete(request, **self._unary_options()):
+                yield chunk
+
     def _unary_options(self) -> dict[str, Any]:
         return {"timeout": self._call_timeout, "metadata": self._metadata}
 
@@ -820,6 +878,26 @@ def event_position(event_id: str) -> tuple[int, int] | None:
     if len(parts) not in (2, 3) or not all(part.isdigit() for part in parts[1:]):
         return None
     return int(parts[1]), int(parts[2]) if len(parts) == 3 else -1
+
+
+def _complete_request(
+    prompt: str | Sequence[common_pb2.Message],
+    model: str,
+    max_output_tokens: int,
+    tools: Sequence[common_pb2.ToolSpec],
+    request_id: str,
+) -> models_pb2.CompleteRequest:
+    messages = (
+        [common_pb2.Message(role=common_pb2.ROLE_USER, content=prompt)]
+        if isinstance(prompt, str)
+        else list(prompt)
+    )
+    request = models_pb2.CompleteRequest(
+        model=model, messages=messages, tools=tools, request_id=request_id
+    )
+    if max_output_tokens:
+        request.params.max_output_tokens = max_output_tokens
+    return request
 
 
 @contextmanager

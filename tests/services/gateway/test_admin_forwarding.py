@@ -29,7 +29,7 @@ from services.gateway.admin_forwarding import (
     forwarded_here,
 )
 from services.gateway.keys import Principal
-from services.gateway.server import RUNTIME_SERVICE
+from services.gateway.server import MODEL_SERVICE, RUNTIME_SERVICE
 from services.kit.errors import PermissionDenied
 from services.units import create_unit
 from tests.services.gateway.conftest import TIMEOUT, Metadata, bearer, refused
@@ -122,10 +122,10 @@ def test_the_dev_gateway_forwards_nothing_its_own_server_serves() -> None:
     ]
 
 
-async def test_in_dev_the_gateway_serves_only_the_runtime_service(system: LocalSystem) -> None:
+async def test_in_dev_the_gateway_serves_only_its_own_services(system: LocalSystem) -> None:
     unit = await create_unit("gateway", system.infra)
     try:
-        assert list(unit.service_names) == [RUNTIME_SERVICE]
+        assert list(unit.service_names) == [RUNTIME_SERVICE, MODEL_SERVICE]
     finally:
         await unit.close()
 

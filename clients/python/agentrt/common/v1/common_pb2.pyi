@@ -1208,3 +1208,57 @@ class ToolCalled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ToolCalled: _TypeAlias = ToolCalled  # noqa: Y015
+
+@_typing.final
+class RequestContext(_message.Message):
+    """Who and what an internal call is for. The gateway sets it from the
+    caller's credential and request, the orchestrator from the job it runs;
+    every internal gRPC call carries it in the binary metadata header
+    `agentrt-context-bin` (this message, serialized), and every service puts
+    it in its logs and on its spans. Services trust it only from inside the
+    deployment: the gateway replaces whatever a caller sends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    PARENT_JOB_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The id of the request that started the work: the caller's request_id,
+    or one the gateway made.
+    """
+    trace_id: _builtins.str
+    """The W3C trace id of the request, hex."""
+    tenant: _builtins.str
+    """The tenant the work is for."""
+    principal: _builtins.str
+    """The principal (API key owner) that asked."""
+    session: _builtins.str
+    """The session the job belongs to, if any."""
+    job: _builtins.str
+    """The job being run, "jobs/{job}"."""
+    parent_job: _builtins.str
+    """The job's parent, "jobs/{job}", for a child job."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        session: _builtins.str = ...,
+        job: _builtins.str = ...,
+        parent_job: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "parent_job", b"parent_job", "principal", b"principal", "request_id", b"request_id", "session", b"session", "tenant", b"tenant", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestContext: _TypeAlias = RequestContext  # noqa: Y015

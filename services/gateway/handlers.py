@@ -26,6 +26,7 @@ from services.gateway.watch import (
 )
 from services.kit.errors import FieldInvalid, FieldRequired
 from services.kit.events import EventChannel
+from services.kit.labels import WHAT_IF_LABEL
 from services.kit.names import parse_job_name
 from services.kit.telemetry import current_trace_id
 
@@ -177,6 +178,9 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
             # Child jobs are made by the orchestrator; a caller naming a parent could
             # attach its job to another tenant's tree.
             raise FieldInvalid("spec.parent", "is set by the runtime for child jobs")
+        if WHAT_IF_LABEL in spec.labels:
+            # A what-if job is charged to no budget: only the replay service makes one.
+            raise FieldInvalid(f"spec.labels[{WHAT_IF_LABEL!r}]", "is set by the runtime only")
         if not spec.model:
             spec.model = self._default_model
         await self._models.require(spec.model)

@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from services.kit.infra import Infrastructure
+from services.kit.labels import WHAT_IF_LABEL
 from services.orchestrator.agent import DEFAULT_RETRY, AgentRun, RetryPolicy, run_leased_job
 from services.orchestrator.config import OrchestratorConfig
 from services.orchestrator.guards import AllowAll, NoBudgets, PolicyGuard, SpendGuard
@@ -207,7 +208,7 @@ class WorkerPool:
                 self._retry,
                 tools=self._tools,
                 policy=self._policy,
-                spend=self._spend,
+                spend=NoBudgets() if WHAT_IF_LABEL in job.spec.labels else self._spend,
             )
             try:
                 end = await run_leased_job(run, self._jobs, self._config.heartbeat_seconds)

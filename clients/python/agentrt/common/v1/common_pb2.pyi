@@ -88,6 +88,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The same idempotency key was used for a different call."""
     ERROR_REASON_TOOL_ERROR: _ErrorReason.ValueType  # 27
     """A tool call failed, or a tool is unknown or unhealthy."""
+    ERROR_REASON_RECORDING_FILE_INVALID: _ErrorReason.ValueType  # 44
+    """A recording file is truncated, altered or not a recording file of a
+    supported version. metadata["line"] names the line at fault, when one is.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The domain of every google.rpc.ErrorInfo that agentrt returns.
@@ -153,6 +157,10 @@ ERROR_REASON_IDEMPOTENCY_CONFLICT: ErrorReason.ValueType  # 26
 """The same idempotency key was used for a different call."""
 ERROR_REASON_TOOL_ERROR: ErrorReason.ValueType  # 27
 """A tool call failed, or a tool is unknown or unhealthy."""
+ERROR_REASON_RECORDING_FILE_INVALID: ErrorReason.ValueType  # 44
+"""A recording file is truncated, altered or not a recording file of a
+supported version. metadata["line"] names the line at fault, when one is.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Role:

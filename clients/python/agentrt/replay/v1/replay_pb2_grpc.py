@@ -115,9 +115,11 @@ class ReplayServiceServicer:
         recording imported then.
         Caller: operators, through the gateway.
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-        FIELD_INVALID for a file that is not a valid recording file, with
-        metadata["line"] when a line is at fault, or for a bad recording_id;
-        MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+        RECORDING_FILE_INVALID for a file that is not a valid recording file,
+        truncated or altered, with metadata["line"] when a line is at fault;
+        FIELD_INVALID for a bad recording_id or request_id, or an id of the
+        form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+        256 MiB uncompressed; REQUEST_ID_REUSED),
         ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

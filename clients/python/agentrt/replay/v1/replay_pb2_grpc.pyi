@@ -90,9 +90,11 @@ class ReplayServiceStub:
     recording imported then.
     Caller: operators, through the gateway.
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-    FIELD_INVALID for a file that is not a valid recording file, with
-    metadata["line"] when a line is at fault, or for a bad recording_id;
-    MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+    RECORDING_FILE_INVALID for a file that is not a valid recording file,
+    truncated or altered, with metadata["line"] when a line is at fault;
+    FIELD_INVALID for a bad recording_id or request_id, or an id of the
+    form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+    256 MiB uncompressed; REQUEST_ID_REUSED),
     ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
     """
     PlayRecording: _grpc.UnaryStreamMultiCallable[_replay_pb2.PlayRecordingRequest, _common_pb2.RuntimeEvent]
@@ -166,9 +168,11 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     recording imported then.
     Caller: operators, through the gateway.
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-    FIELD_INVALID for a file that is not a valid recording file, with
-    metadata["line"] when a line is at fault, or for a bad recording_id;
-    MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+    RECORDING_FILE_INVALID for a file that is not a valid recording file,
+    truncated or altered, with metadata["line"] when a line is at fault;
+    FIELD_INVALID for a bad recording_id or request_id, or an id of the
+    form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+    256 MiB uncompressed; REQUEST_ID_REUSED),
     ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
     """
     PlayRecording: _aio.UnaryStreamMultiCallable[_replay_pb2.PlayRecordingRequest, _common_pb2.RuntimeEvent]  # type: ignore[assignment]
@@ -263,9 +267,11 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         recording imported then.
         Caller: operators, through the gateway.
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-        FIELD_INVALID for a file that is not a valid recording file, with
-        metadata["line"] when a line is at fault, or for a bad recording_id;
-        MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+        RECORDING_FILE_INVALID for a file that is not a valid recording file,
+        truncated or altered, with metadata["line"] when a line is at fault;
+        FIELD_INVALID for a bad recording_id or request_id, or an id of the
+        form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+        256 MiB uncompressed; REQUEST_ID_REUSED),
         ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
         """
 

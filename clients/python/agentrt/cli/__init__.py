@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from agentrt.cli import actions, admin, jobs, manage
+from agentrt.cli import actions, admin, jobs, manage, replay
 from agentrt.cli.console import CommandError, Console
 from agentrt.cli.render import parse_state
 from agentrt.cli.target import Target, resolve_target
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_commands(commands, connection)
     _add_action_commands(commands, connection)
     _add_admin_api_commands(commands, connection)
+    replay.add_commands(commands, connection)
     return parser
 
 

@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar, cast
 from agentrt.common.v1.common_pb2 import RuntimeEvent
 from agentrt.jobs.v1.jobs_pb2 import Job
 
-from services.kit.events import Cursor, EventChannel, is_transient, retry_delay
+from services.kit.events import Cursor, EventChannel, is_transient, job_id_of, retry_delay
 from services.replay.recordings import root_of
 from services.replay.store import RecordingStore
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 BATCH_EVENTS = 500
 """Events stored in one transaction at most."""
 _QUEUE_EVENTS = 5000
+SPEC_LOOKUPS = 32
+"""Specs asked of the jobs service at once."""
 
 T = TypeVar("T")
 
@@ -74,21 +76,27 @@ class Recorder:
         self._history = history
         self._durable = durable_position
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._specs: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        """(tenant, top-level job) of the recordings opened whose spec is still to keep."""
 
     def start(self) -> None:
         """Starts recording in the background."""
-        self._task = asyncio.create_task(self._run(), name="replay-recorder")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="replay-recorder"),
+            asyncio.create_task(self._keep_specs(), name="replay-recorder-specs"),
+        ]
 
     async def stop(self) -> None:
         """Stops after the batch being stored, if any."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
     async def _run(self) -> None:
         await self._retrying("catching up unfinished recordings", self.catch_up)
@@ -140,7 +148,10 @@ class Recorder:
         opened = await self._store.record(
             [*backfill, *events], batch[-1][0] if batch else None, self._clock()
         )
-        await self._keep_specs(opened, [*backfill, *events])
+        tenants = {root_of(event): event.tenant for event in [*backfill, *events]}
+        for recording_id in opened:
+            job = f"jobs/{recording_id}"
+            self._specs.put_nowait((tenants.get(job, ""), job))
 
     async def catch_up(self) -> None:
         """Records what the jobs of unfinished recordings did since their last recorded
@@ -171,17 +182,25 @@ class Recorder:
                 )
         return missing
 
-    async def _keep_specs(self, opened: Sequence[str], events: Sequence[RuntimeEvent]) -> None:
-        roots = {root_of(event): event.tenant for event in events}
-        for recording_id in opened:
-            job = f"jobs/{recording_id}"
-            try:
-                found = await self._history.job(roots.get(job, ""), job)
-                await self._store.set_spec(recording_id, found.spec, found.principal)
-            except Exception as error:
-                # The events are stored; a recording without its spec can still be played
-                # and exported, only not re-executed.
-                log.warning("could not keep the spec of %s: %s", job, error)
+    async def _keep_specs(self) -> None:
+        """Keeps the spec of each recording opened, asked of the jobs service a few at a
+        time and apart from the recording of events, which it never holds up."""
+        while True:
+            wanted = [await self._specs.get()]
+            while len(wanted) < SPEC_LOOKUPS and not self._specs.empty():
+                wanted.append(self._specs.get_nowait())
+            found = await asyncio.gather(
+                *(self._history.job(tenant, job) for tenant, job in wanted),
+                return_exceptions=True,
+            )
+            for (_, job), answer in zip(wanted, found, strict=True):
+                try:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    await self._store.set_spec(job_id_of(job), answer.spec, answer.principal)
+                except Exception as error:
+                    # The events are stored; re-execution asks for the spec again.
+                    log.warning("could not keep the spec of %s: %s", job, error)
 
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """Runs the step until it succeeds: the recorder must never skip a batch."""

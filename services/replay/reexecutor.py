@@ -20,6 +20,7 @@ from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from agentrt.replay.v1.replay_pb2 import (
     OutputSource,
+    Recording,
     ReexecuteRecordingRequest,
     ReexecutionDiff,
 )
@@ -74,12 +75,7 @@ class Reexecutor:
             raise FieldInvalid(which, "only with live model outputs (OUTPUT_SOURCE_LIVE)")
         row = await self._store.get(recording_id)
         if not row.metadata.HasField("spec"):
-            raise FailedPrecondition(
-                f"{recording_name(recording_id)} does not hold the spec of its job, so it "
-                "cannot be re-executed",
-                ErrorReason.ERROR_REASON_FIELD_INVALID,
-                {"name": recording_name(recording_id)},
-            )
+            row = await self._with_spec(row)
         spec = jobs_pb2.JobSpec()
         spec.CopyFrom(row.metadata.spec)
         if request.HasField("policy"):
@@ -108,6 +104,26 @@ class Reexecutor:
             del diff.divergences[limit:]
             diff.truncated = True
         return diff
+
+    async def _with_spec(self, row: RecordingRow) -> RecordingRow:
+        """The recording with its job's spec, asked of the jobs service now when the
+        recorder could not keep it; FailedPrecondition when there is none to be had."""
+        name = recording_name(row.id)
+        missing = FailedPrecondition(
+            f"{name} does not hold the spec of its job, so it cannot be re-executed",
+            ErrorReason.ERROR_REASON_FIELD_INVALID,
+            {"name": name},
+        )
+        if row.origin != Recording.Origin.ORIGIN_RECORDED or self._jobs is None:
+            raise missing
+        try:
+            job = await self._call(
+                self._jobs.GetJob(jobs_pb2.GetJobRequest(tenant=row.tenant, name=row.job))
+            )
+        except grpc.aio.AioRpcError:
+            raise missing from None
+        await self._store.set_spec(row.id, job.spec, job.principal)
+        return await self._store.get(row.id)
 
     async def _live(
         self,

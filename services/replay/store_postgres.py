@@ -56,22 +56,25 @@ class PostgresRecordingStore:
     ) -> list[str]:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.fetchval(_QUERIES["lock_position"], GLOBAL_STREAM)
-            last_sequences: dict[str, int] = {}
-            for job in {event.job for event in events}:
-                found = await connection.fetchrow(_QUERIES["get_recorded_job"], job)
-                last_sequences[job] = found["last_sequence"] if found else 0
-            stored: dict[str, RecordingRow] = {}
-            for recording_id in recording_ids(events):
-                row = await connection.fetchrow(_QUERIES["get_recording_for_update"], recording_id)
-                if row is not None:
-                    stored[recording_id] = _row(row)
+            # One statement per kind of row, whatever the batch's size.
+            jobs = sorted({event.job for event in events})
+            found = await connection.fetch(_QUERIES["get_recorded_jobs"], jobs)
+            last_sequences = {row["job"]: row["last_sequence"] for row in found}
+            rows = await connection.fetch(
+                _QUERIES["get_recordings_for_update"], sorted(recording_ids(events))
+            )
+            stored = {row["id"]: _row(row) for row in rows}
             plan = plan_batch(events, last_sequences, stored, now)
-            for opened in plan.opened:
-                await connection.execute(
-                    _QUERIES["insert_recording"], *_insert_args(opened, "", b"")
+            if plan.opened:
+                await connection.executemany(
+                    _QUERIES["insert_recording"],
+                    [_insert_args(opened, "", b"") for opened in plan.opened],
                 )
-            for changed in plan.changed.values():
-                await connection.execute(_QUERIES["update_recording"], *_update_args(changed))
+            if plan.changed:
+                await connection.executemany(
+                    _QUERIES["update_recording"],
+                    [_update_args(changed) for changed in plan.changed.values()],
+                )
             if plan.events:
                 await connection.executemany(
                     _QUERIES["insert_event"],
@@ -97,13 +100,8 @@ class PostgresRecordingStore:
         return str(found) if found is not None else "0"
 
     async def last_sequences(self, jobs: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        async with self._pool.acquire() as connection, connection.transaction():
-            for job in set(jobs):
-                row = await connection.fetchrow(_QUERIES["get_recorded_job"], job)
-                if row is not None:
-                    found[job] = row["last_sequence"]
-        return found
+        rows = await self._pool.fetch(_QUERIES["get_recorded_jobs"], sorted(set(jobs)))
+        return {row["job"]: row["last_sequence"] for row in rows}
 
     async def unfinished_jobs(self) -> list[RecordedJob]:
         rows = await self._pool.fetch(_QUERIES["unfinished_jobs"], State.STATE_RECORDING)

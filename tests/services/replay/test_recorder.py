@@ -3,6 +3,7 @@ recorder's position, or published while it was down) are read from the jobs' his
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,8 +45,7 @@ async def test_a_job_whose_first_events_were_trimmed_is_backfilled_from_its_hist
     await recorder.store_batch([("77-0", events[-1])])
     recording_id = job.name.removeprefix("jobs/")
     assert [e for _, e in await own_store.events(recording_id, 0, 100)] == events
-    row = await own_store.get(recording_id)
-    assert row.state == Recording.STATE_COMPLETE and row.metadata.spec.prompt == "hello"
+    assert (await own_store.get(recording_id)).state == Recording.STATE_COMPLETE
     assert await own_store.position() == "77-0"
     # Delivered again, as at least once allows: nothing changes.
     await recorder.store_batch([("78-0", event) for event in events])
@@ -68,3 +68,26 @@ async def test_catching_up_completes_recordings_of_jobs_that_went_on_meanwhile(
     assert [e for _, e in await own_store.events(recording_id, 0, 100)] == events
     assert (await own_store.get(recording_id)).state == Recording.STATE_COMPLETE
     assert await own_store.unfinished_jobs() == []
+
+
+async def test_the_spec_of_each_recording_opened_is_kept_in_the_background(
+    system: LocalSystem, own_store: RecordingStore
+) -> None:
+    history = JobsServiceHistory(system.infra.channel("jobs"))
+    recorder = Recorder(own_store, InMemoryEventChannel(), history, durable_position=True)
+    async with Client(system.endpoint, system.api_key) as client:
+        job = await client.run("hello", model="local", system_prompt="be brief")
+    events = await history.events_after(job.name, 0)
+    recorder.start()
+    try:
+        await recorder.store_batch([("1-0", event) for event in events])
+        recording_id = job.name.removeprefix("jobs/")
+        async with asyncio.timeout(10):
+            while True:
+                if (await own_store.get(recording_id)).metadata.HasField("spec"):
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await recorder.stop()
+    metadata = (await own_store.get(recording_id)).metadata
+    assert metadata.spec.system_prompt == "be brief" and metadata.principal == "dev"

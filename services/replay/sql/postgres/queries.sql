@@ -11,6 +11,13 @@ FROM recordings
 WHERE id = $1
 FOR UPDATE;
 
+-- name: get_recordings_for_update
+SELECT id, job, tenant, state, origin, metadata, job_state, event_count,
+       start_time, end_time, create_time
+FROM recordings
+WHERE id = ANY($1::text[])
+FOR UPDATE;
+
 -- name: recording_by_request_id
 SELECT id, job, tenant, state, origin, metadata, job_state, event_count,
        start_time, end_time, create_time, request_hash
@@ -42,10 +49,10 @@ WHERE recording_id = $1 AND position > $2
 ORDER BY position
 LIMIT $3;
 
--- name: get_recorded_job
+-- name: get_recorded_jobs
 SELECT job, recording_id, last_sequence
 FROM recorded_jobs
-WHERE job = $1
+WHERE job = ANY($1::text[])
 FOR UPDATE;
 
 -- name: upsert_recorded_job

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from agentrt.client import Client
 from agentrt.common.v1 import common_pb2
-from agentrt.errors import NotFoundError
+from agentrt.errors import InvalidArgumentError, NotFoundError
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.policy.v1 import policy_pb2
 from agentrt.replay.v1 import replay_pb2
@@ -135,3 +136,24 @@ async def test_a_live_what_if_with_another_model_runs_and_reports_its_usage(
     what_if = await client.get(diff.job)
     assert what_if.spec.model == "local-slow"
     assert what_if.spec.labels["agentrt.dev/what-if"] == recording.name.removeprefix("recordings/")
+
+
+async def test_a_what_if_job_is_charged_to_no_budget_and_callers_cannot_make_one(
+    client: Client,
+) -> None:
+    job = await run_with_approval(client)
+    recording = await complete_recording(client, job.name)
+    await client.set_budget("tiny", tenant="dev", tokens=1)
+    since = datetime.now(UTC) - timedelta(days=1)
+    spent = await client.usage_report(start=since)
+    refused = await client.run("hello", model="local")
+    assert refused.state == E.JOB_STATE_FAILED
+    assert refused.failure.reason == E.ERROR_REASON_BUDGET_EXCEEDED
+
+    diff = await client.recordings.reexecute(recording.name, live=True, timeout=WAIT)
+    assert diff.job_state == E.JOB_STATE_SUCCEEDED and diff.usage.total_tokens > 0
+    assert await client.usage_report(start=since) == spent
+
+    spec = jobs_pb2.JobSpec(prompt="hello", model="local", labels={"agentrt.dev/what-if": "x"})
+    with pytest.raises(InvalidArgumentError, match=r"agentrt\.dev/what-if"):
+        await client.execute_spec(spec)

@@ -18,6 +18,7 @@ from agentrt.policy.v1 import policy_pb2
 from agentrt.replay.v1 import replay_pb2
 
 from services.dev import LocalSystem, local_system
+from services.kit.version import RUNTIME_VERSION
 from services.replay import files
 
 E = common_pb2
@@ -82,6 +83,11 @@ async def test_a_run_with_an_approval_moves_to_a_fresh_system_and_plays_back_the
     assert recording.event_count == len(recording.events)
     assert recording.metadata.spec.policy.name == "approvals"
     assert recording.job_state == E.JOB_STATE_SUCCEEDED
+    # The worker said which agentrt it runs; both job.started events say so.
+    started = [e for e in recording.events if e.type == E.EVENT_TYPE_JOB_STARTED]
+    assert len(started) == 2
+    assert {e.attempt.runtime_version for e in started} == {RUNTIME_VERSION}
+    assert recording.metadata.runtime_version == RUNTIME_VERSION != "unknown"
 
     exported = b"".join([piece async for piece in client.recordings.export(job.name, gzip=True)])
     assert exported.startswith(files.GZIP_MAGIC)

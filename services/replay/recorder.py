@@ -86,6 +86,13 @@ class Recorder:
         self._tasks = [
             asyncio.create_task(self._run(), name="replay-recorder"),
             asyncio.create_task(self._keep_specs(), name="replay-recorder-specs"),
+            # Beside the stream, not before it: a jobs service still starting delays only
+            # the recordings it completes. Both write through the store's transactions,
+            # where each job's last sequence keeps them from recording anything twice.
+            asyncio.create_task(
+                self._retrying("catching up unfinished recordings", self.catch_up),
+                name="replay-recorder-catch-up",
+            ),
         ]
 
     async def stop(self) -> None:
@@ -99,7 +106,6 @@ class Recorder:
         self._tasks = []
 
     async def _run(self) -> None:
-        await self._retrying("catching up unfinished recordings", self.catch_up)
         start = await self._retrying("reading the recorder's position", self._start_position)
         queue: asyncio.Queue[tuple[Cursor, RuntimeEvent]] = asyncio.Queue(_QUEUE_EVENTS)
         reader = asyncio.create_task(self._read(start, queue), name="replay-recorder-reader")

@@ -71,18 +71,17 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             return to_recording(row)
         events = []
         size = 0
-        position = 0
-        while page := await self._store.events(recording_id, position, 500):
-            for position, event in page:  # noqa: B007 - the last position pages on
-                size += event.ByteSize() + 8
-                if size > MAX_RESPONSE_BYTES:
-                    raise FailedPrecondition(
-                        f"the events of {request.name} do not fit in one response; "
-                        "use ExportRecording or PlayRecording",
-                        ErrorReason.ERROR_REASON_MESSAGE_TOO_LARGE,
-                        {"name": request.name, "limit": str(MAX_RESPONSE_BYTES)},
-                    )
-                events.append(event)
+        async for _, event in events_from(self._store, recording_id, 0):
+            # A repeated field's element costs its size and a few bytes of framing.
+            size += event.ByteSize() + 8
+            if size > MAX_RESPONSE_BYTES:
+                raise FailedPrecondition(
+                    f"the events of {request.name} do not fit in one response; "
+                    "use ExportRecording or PlayRecording",
+                    ErrorReason.ERROR_REASON_MESSAGE_TOO_LARGE,
+                    {"name": request.name, "limit": str(MAX_RESPONSE_BYTES)},
+                )
+            events.append(event)
         return to_recording(row, events)
 
     async def ListRecordings(

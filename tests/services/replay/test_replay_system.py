@@ -163,3 +163,18 @@ async def test_a_what_if_job_is_charged_to_no_budget_and_callers_cannot_make_one
     spec = jobs_pb2.JobSpec(prompt="hello", model="local", labels={"agentrt.dev/what-if": "x"})
     with pytest.raises(InvalidArgumentError, match=r"agentrt\.dev/what-if"):
         await client.execute_spec(spec)
+
+
+async def test_under_dev_recordings_survive_a_restart_and_recording_goes_on(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "dev"
+    async with local_system(data) as first, Client(first.endpoint, first.api_key) as client:
+        before = await client.run("hello", model="local")
+        recorded = await complete_recording(client, before.name)
+    async with local_system(data) as second, Client(second.endpoint, second.api_key) as client:
+        after = await client.run("hello again", model="local")
+        await complete_recording(client, after.name)
+        assert await client.recordings.get(before.name, events=True) == recorded
+        listed = await client.recordings.list()
+        assert {found.job for found in listed} == {before.name, after.name}

@@ -8,7 +8,15 @@ from pathlib import Path
 from services.kit.infra import Infrastructure
 from services.kit.server import ServiceUnit
 
-SERVICES: tuple[str, ...] = ("jobs", "policy", "ledger", "engine", "gateway", "orchestrator")
+SERVICES: tuple[str, ...] = (
+    "jobs",
+    "policy",
+    "ledger",
+    "engine",
+    "gateway",
+    "orchestrator",
+    "replay",
+)
 """In start order: a service comes after the ones it calls at start-up."""
 
 SERVICES_DIR = Path(__file__).resolve().parent

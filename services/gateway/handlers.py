@@ -26,6 +26,7 @@ from services.gateway.watch import (
 )
 from services.kit.errors import FieldInvalid, FieldRequired
 from services.kit.events import EventChannel
+from services.kit.labels import WHAT_IF_LABEL
 from services.kit.names import parse_job_name
 from services.kit.request_context import update_request_context
 from services.kit.telemetry import current_trace_id
@@ -186,6 +187,9 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
             raise FieldInvalid("spec.parent", "is set by the runtime for child jobs")
         if spec.node:
             raise FieldInvalid("spec.node", "is set by the runtime for child jobs")
+        if WHAT_IF_LABEL in spec.labels:
+            # A what-if job is charged to no budget: only the replay service makes one.
+            raise FieldInvalid(f"spec.labels[{WHAT_IF_LABEL!r}]", "is set by the runtime only")
         if not spec.model:
             spec.model = self._default_model
         update_request_context(session=spec.session)

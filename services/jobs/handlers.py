@@ -81,6 +81,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request.max_jobs,
             request.lease_duration.ToTimedelta().total_seconds(),
             request.wait_timeout.ToTimedelta().total_seconds(),
+            runtime_version=request.runtime_version,
         )
         response = jobs_pb2.LeaseJobsResponse()
         for lease in leases:

@@ -144,7 +144,13 @@ class JobManager:
         return await self._store.list_jobs(tenant, job_filter, size, page_token)
 
     async def lease_jobs(
-        self, worker: str, max_jobs: int, lease_seconds: float, wait_seconds: float
+        self,
+        worker: str,
+        max_jobs: int,
+        lease_seconds: float,
+        wait_seconds: float,
+        *,
+        runtime_version: str = "",
     ) -> list[JobLease]:
         """Lease up to max_jobs jobs to the worker, waiting up to wait_seconds for one.
 
@@ -157,7 +163,7 @@ class JobManager:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_seconds
         while True:
-            batch = await self._lease_batch(worker, max_jobs or 1, lease_seconds)
+            batch = await self._lease_batch(worker, max_jobs or 1, lease_seconds, runtime_version)
             if batch.leases or batch.timed_out:
                 changed = [lease.job for lease in batch.leases] + batch.timed_out
                 await self._forget(*(parse_job_name(job.name) for job in changed))
@@ -405,11 +411,15 @@ class JobManager:
         self._nudge_relay()
         await self._wake_workers()
 
-    async def _lease_batch(self, worker: str, limit: int, lease_seconds: float) -> LeaseBatch:
+    async def _lease_batch(
+        self, worker: str, limit: int, lease_seconds: float, runtime_version: str
+    ) -> LeaseBatch:
         """One store lease; if the caller goes away while it commits, the jobs it leased
         are released at once rather than left to expire with nobody running them."""
         leasing = asyncio.ensure_future(
-            self._store.lease_jobs(worker, limit, lease_seconds, self._clock())
+            self._store.lease_jobs(
+                worker, limit, lease_seconds, self._clock(), runtime_version=runtime_version
+            )
         )
         try:
             return await asyncio.shield(leasing)

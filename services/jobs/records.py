@@ -227,7 +227,14 @@ def create(
     return Change(record, (_stored(record, event),))
 
 
-def lease(record: JobRecord, worker: str, lease_id: str, expire: datetime, now: datetime) -> Change:
+def lease(
+    record: JobRecord,
+    worker: str,
+    lease_id: str,
+    expire: datetime,
+    now: datetime,
+    runtime_version: str = "",
+) -> Change:
     """Start the job under a new lease; a RUNNING job (its lease expired) is taken over."""
     stored = []
     if record.state == states.RUNNING:
@@ -249,7 +256,9 @@ def lease(record: JobRecord, worker: str, lease_id: str, expire: datetime, now: 
         lease_expire_time=expire,
         start_time=record.start_time or now,
     )
-    event.attempt.CopyFrom(JobAttempt(attempt=record.attempt, worker=worker))
+    event.attempt.CopyFrom(
+        JobAttempt(attempt=record.attempt, worker=worker, runtime_version=runtime_version)
+    )
     stored.append(_stored(record, event))
     return Change(record, tuple(stored))
 
@@ -280,7 +289,11 @@ def deduplicate(existing: JobRecord, new: NewJob) -> Job:
 
 
 def lease_or_time_out(
-    candidates: list[JobRecord], worker: str, lease_seconds: float, now: datetime
+    candidates: list[JobRecord],
+    worker: str,
+    lease_seconds: float,
+    now: datetime,
+    runtime_version: str = "",
 ) -> tuple[list[Change], LeaseBatch]:
     """Lease each runnable job to `worker`, or time it out if its deadline has passed."""
     expire = now + timedelta(seconds=lease_seconds)
@@ -299,7 +312,7 @@ def lease_or_time_out(
             timed_out.append(to_job(change.record))
         else:
             lease_id = new_id()
-            change = lease(record, worker, lease_id, expire, now)
+            change = lease(record, worker, lease_id, expire, now, runtime_version)
             leases.append(JobLease(to_job(change.record), lease_id, expire, checkpoint_of(record)))
         changes.append(change)
     return changes, LeaseBatch(leases, timed_out, overdue)

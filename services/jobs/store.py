@@ -260,11 +260,18 @@ class JobStore(ActionStore, ActionJobs, Protocol):
         ...
 
     async def lease_jobs(
-        self, worker: str, limit: int, lease_seconds: float, now: datetime
+        self,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        *,
+        runtime_version: str = "",
     ) -> LeaseBatch:
         """Lease up to `limit` jobs: RUNNING ones whose lease expired (a takeover: events
         job.requeued and job.started, attempt + 1), then QUEUED ones oldest first (event
-        job.started). Runnable jobs past their deadline become TIMED_OUT instead.
+        job.started, saying the worker's `runtime_version`). Runnable jobs past their
+        deadline become TIMED_OUT instead.
         Concurrent callers never get the same job."""
         ...
 

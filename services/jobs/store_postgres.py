@@ -142,12 +142,20 @@ class PostgresJobStore:
         return page_of([record_from_row(row) for row in rows], page_size)
 
     async def lease_jobs(
-        self, worker: str, limit: int, lease_seconds: float, now: datetime
+        self,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        *,
+        runtime_version: str = "",
     ) -> LeaseBatch:
         async with self._pool.acquire() as connection, connection.transaction():
             rows = await connection.fetch(QUERIES["lease_candidates_for_update"], now, limit)
             candidates = [record_from_row(row) for row in rows]
-            changes, batch = records.lease_or_time_out(candidates, worker, lease_seconds, now)
+            changes, batch = records.lease_or_time_out(
+                candidates, worker, lease_seconds, now, runtime_version
+            )
             await _save(connection, changes)
         return batch
 

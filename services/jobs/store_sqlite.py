@@ -106,7 +106,13 @@ class SqliteJobStore:
         return page_of([_record(row) for row in rows], page_size)
 
     async def lease_jobs(
-        self, worker: str, limit: int, lease_seconds: float, now: datetime
+        self,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        *,
+        runtime_version: str = "",
     ) -> LeaseBatch:
         def lease(connection: sqlite3.Connection) -> LeaseBatch:
             at = {"now": _micros(now), "limit": limit}
@@ -114,7 +120,9 @@ class SqliteJobStore:
             at["limit"] = limit - len(rows)
             rows += connection.execute(QUERIES["queued_candidates"], at).fetchall()
             candidates = [_record(row) for row in rows]
-            changes, batch = records.lease_or_time_out(candidates, worker, lease_seconds, now)
+            changes, batch = records.lease_or_time_out(
+                candidates, worker, lease_seconds, now, runtime_version
+            )
             _save(connection, changes)
             return batch
 

@@ -19,6 +19,7 @@ from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from services.kit.interceptors import LONG_LIVED
+from services.kit.version import RUNTIME_VERSION
 from services.orchestrator.tools.base import ToolOutput
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ class GrpcJobsPort:
             max_jobs=max_jobs,
             lease_duration=self._lease_duration,
             wait_timeout=_duration(wait_seconds),
+            runtime_version=RUNTIME_VERSION,
         )
         # The margin covers the round trip and the service's own scheduling.
         timeout = wait_seconds + max(2.0, wait_seconds / 2)

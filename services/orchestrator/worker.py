@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from services.kit.infra import Infrastructure
+from services.kit.labels import WHAT_IF_LABEL
 from services.kit.request_context import job_request_context, set_request_context
 from services.orchestrator.agent import (
     DEFAULT_RETRY,
@@ -209,8 +210,10 @@ class WorkerPool:
             },
         ) as span:
             run: LeasedRun
+            # A what-if job of the replay service is charged to no budget.
+            spend = NoBudgets() if WHAT_IF_LABEL in job.spec.labels else self._spend
             if is_workflow(job):
-                run = WorkflowRun(lease, self._jobs, self._events, self._spend)
+                run = WorkflowRun(lease, self._jobs, self._events, spend)
             else:
                 run = AgentRun(
                     lease,
@@ -220,7 +223,7 @@ class WorkerPool:
                     self._retry,
                     tools=self._tools,
                     policy=self._policy,
-                    spend=self._spend,
+                    spend=spend,
                     tree=self._jobs,
                 )
             try:

@@ -23,6 +23,8 @@ from agentrt.jobs.v1 import jobs_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
+from agentrt.recordings import Recordings
+from agentrt.replay.v1 import replay_pb2_grpc
 
 if TYPE_CHECKING:
     from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
@@ -256,6 +258,12 @@ class Client:
             "orchestrator", orchestrator_pb2_grpc.OrchestratorServiceStub
         )
         return stub
+
+    @property
+    def recordings(self) -> Recordings:
+        """The replay service: recordings of runs, their files, playback, re-execution."""
+        stub = self._admin_stub("replay", replay_pb2_grpc.ReplayServiceStub)
+        return Recordings(stub, self._metadata, self._call_timeout)
 
     async def execute(
         self,

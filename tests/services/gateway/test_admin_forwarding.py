@@ -119,6 +119,7 @@ def test_the_dev_gateway_forwards_nothing_its_own_server_serves() -> None:
     assert [s.name for s in forwarded_here(lambda service: service == "policy")] == [
         "ledger",
         "orchestrator",
+        "replay",
     ]
 
 

@@ -390,9 +390,17 @@ class _Watched(SqliteJobStore):
     found_nothing = asyncio.Event()
 
     async def lease_jobs(
-        self, worker: str, limit: int, lease_seconds: float, now: datetime
+        self,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        *,
+        runtime_version: str = "",
     ) -> LeaseBatch:
-        batch = await super().lease_jobs(worker, limit, lease_seconds, now)
+        batch = await super().lease_jobs(
+            worker, limit, lease_seconds, now, runtime_version=runtime_version
+        )
         if not batch.leases:
             self.found_nothing.set()
         return batch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from agentrt.cli import actions, admin, jobs, manage
+from agentrt.cli import actions, admin, jobs, manage, replay
 from agentrt.cli.console import CommandError, Console
 from agentrt.cli.models import add_commands as add_model_commands
 from agentrt.cli.render import parse_state
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(commands, connection)
     _add_action_commands(commands, connection)
     _add_admin_api_commands(commands, connection)
+    replay.add_commands(commands, connection)
     return parser
 
 

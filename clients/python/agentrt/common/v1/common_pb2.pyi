@@ -114,6 +114,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     another issuer or for another audience, or lacking the tenant claim.
     The message says which; metadata["problem"] names it in one word.
     """
+    ERROR_REASON_RECORDING_FILE_INVALID: _ErrorReason.ValueType  # 44
+    """A recording file is truncated, altered or not a recording file of a
+    supported version. metadata["line"] names the line at fault, when one is.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The domain of every google.rpc.ErrorInfo that agentrt returns.
@@ -204,6 +208,10 @@ ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 34
 by a key the issuer's JWKS does not hold, expired or not yet valid, from
 another issuer or for another audience, or lacking the tenant claim.
 The message says which; metadata["problem"] names it in one word.
+"""
+ERROR_REASON_RECORDING_FILE_INVALID: ErrorReason.ValueType  # 44
+"""A recording file is truncated, altered or not a recording file of a
+supported version. metadata["line"] names the line at fault, when one is.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

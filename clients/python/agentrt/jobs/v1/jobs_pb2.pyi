@@ -833,10 +833,15 @@ class LeaseJobsRequest(_message.Message):
     MAX_JOBS_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RUNTIME_VERSION_FIELD_NUMBER: _builtins.int
     worker: _builtins.str
     """The worker's id, unique per process."""
     max_jobs: _builtins.int
     """At most this many jobs, 1 to 100."""
+    runtime_version: _builtins.str
+    """The agentrt version the worker runs, e.g. "0.1.0"; job.started says it
+    (JobAttempt.runtime_version), so that a recording says what ran the job.
+    """
     @_builtins.property
     def lease_duration(self) -> _duration_pb2.Duration:
         """How long the lease lasts without a heartbeat; 1 s to 10 min."""
@@ -852,10 +857,11 @@ class LeaseJobsRequest(_message.Message):
         max_jobs: _builtins.int = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
         wait_timeout: _duration_pb2.Duration | None = ...,
+        runtime_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "wait_timeout", b"wait_timeout", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "runtime_version", b"runtime_version", "wait_timeout", b"wait_timeout", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -322,8 +322,13 @@ class RunMetadata(_message.Message):
     MODEL_VERSIONS_FIELD_NUMBER: _builtins.int
     PLUGIN_VERSIONS_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     runtime_version: _builtins.str
     """The agentrt version of the workers that ran it, e.g. "0.1.0"."""
+    principal: _builtins.str
+    """Who started the top-level job, as its credential said: policy rules may
+    name principals, so re-execution evaluates them for the same one.
+    """
     @_builtins.property
     def model_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """For each model id the job asked for, the model version that answered,
@@ -348,10 +353,11 @@ class RunMetadata(_message.Message):
         model_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         plugin_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         spec: _jobs_pb2.JobSpec | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_versions", b"model_versions", "plugin_versions", b"plugin_versions", "runtime_version", b"runtime_version", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_versions", b"model_versions", "plugin_versions", b"plugin_versions", "principal", b"principal", "runtime_version", b"runtime_version", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -699,6 +705,8 @@ class ReexecuteRecordingRequest(_message.Message):
     TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_DIVERGENCES_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"recordings/{recording}"."""
     model_outputs: Global___OutputSource.ValueType
@@ -711,6 +719,16 @@ class ReexecuteRecordingRequest(_message.Message):
     """
     max_divergences: _builtins.int
     """Report at most this many divergences; 0 means 10; at most 100."""
+    system_prompt: _builtins.str
+    """With live model outputs: the system prompt to use instead of the
+    recorded spec's; empty keeps the recorded one.
+    """
+    @_builtins.property
+    def policy(self) -> _common_pb2.PolicyRef:
+        """The policy set to evaluate instead of the recorded spec's, to compare
+        policies; unset keeps the recorded one.
+        """
+
     def __init__(
         self,
         *,
@@ -719,10 +737,12 @@ class ReexecuteRecordingRequest(_message.Message):
         tool_outputs: Global___OutputSource.ValueType = ...,
         model: _builtins.str = ...,
         max_divergences: _builtins.int = ...,
+        system_prompt: _builtins.str = ...,
+        policy: _common_pb2.PolicyRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_divergences", b"max_divergences", "model", b"model", "model_outputs", b"model_outputs", "name", b"name", "tool_outputs", b"tool_outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_divergences", b"max_divergences", "model", b"model", "model_outputs", b"model_outputs", "name", b"name", "policy", b"policy", "system_prompt", b"system_prompt", "tool_outputs", b"tool_outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -744,6 +764,7 @@ class ReexecutionDiff(_message.Message):
     JOB_STATE_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
     recording: _builtins.str
     """"recordings/{recording}"."""
     model_outputs: Global___OutputSource.ValueType
@@ -760,6 +781,12 @@ class ReexecutionDiff(_message.Message):
     """How the re-executed top-level job ended."""
     output: _builtins.str
     """Its final answer, when it succeeded."""
+    job: _builtins.str
+    """With live model outputs: the what-if job that ran, "jobs/{job}", in the
+    recording's tenant, labelled "agentrt.dev/what-if" and charged to no
+    budget. Empty with recorded model outputs, which run in the replay
+    service alone.
+    """
     @_builtins.property
     def divergences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Divergence]:
         """The first divergences, in recording order. Events are compared by type
@@ -784,10 +811,11 @@ class ReexecutionDiff(_message.Message):
         job_state: _common_pb2.JobState.ValueType = ...,
         output: _builtins.str = ...,
         usage: _common_pb2.Usage | None = ...,
+        job: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergences", b"divergences", "events_compared", b"events_compared", "identical", b"identical", "job_state", b"job_state", "model_outputs", b"model_outputs", "output", b"output", "recording", b"recording", "tool_outputs", b"tool_outputs", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergences", b"divergences", "events_compared", b"events_compared", "identical", b"identical", "job", b"job", "job_state", b"job_state", "model_outputs", b"model_outputs", "output", b"output", "recording", b"recording", "tool_outputs", b"tool_outputs", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,9 +80,10 @@ class ReplayServiceServicer:
     def GetRecording(self, request, context):
         """Returns a recording; with RECORDING_VIEW_FULL, its events too.
         Caller: operators, through the gateway.
-        Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (NOT_FOUND),
-        FAILED_PRECONDITION (MESSAGE_TOO_LARGE when the events do not fit in
-        one response of 4 MiB; use ExportRecording or PlayRecording).
+        Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID for an unknown
+        view), NOT_FOUND (NOT_FOUND), FAILED_PRECONDITION (MESSAGE_TOO_LARGE
+        when the events do not fit in one response of 4 MiB; use
+        ExportRecording or PlayRecording).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,9 +116,11 @@ class ReplayServiceServicer:
         recording imported then.
         Caller: operators, through the gateway.
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-        FIELD_INVALID for a file that is not a valid recording file, with
-        metadata["line"] when a line is at fault, or for a bad recording_id;
-        MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+        RECORDING_FILE_INVALID for a file that is not a valid recording file,
+        truncated or altered, with metadata["line"] when a line is at fault;
+        FIELD_INVALID for a bad recording_id or request_id, or an id of the
+        form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+        256 MiB uncompressed; REQUEST_ID_REUSED),
         ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -166,10 +169,13 @@ class ReplayServiceServicer:
         re-execution stops at its first divergence: the later recorded outputs
         answered another conversation. The call's deadline bounds the run.
         Caller: operators, through the gateway.
-        Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID),
-        NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a live model the engine does
-        not serve), UNAVAILABLE (DEPENDENCY_UNAVAILABLE when the engine or a
-        plugin is needed and down), DEADLINE_EXCEEDED.
+        Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID, also for model
+        or system_prompt with recorded model outputs, and for model_outputs and
+        tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
+        live model the engine does not serve), FAILED_PRECONDITION
+        (FIELD_INVALID when the recording does not hold its job's spec, e.g.
+        an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+        when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

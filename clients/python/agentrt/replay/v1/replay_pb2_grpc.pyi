@@ -67,9 +67,10 @@ class ReplayServiceStub:
     GetRecording: _grpc.UnaryUnaryMultiCallable[_replay_pb2.GetRecordingRequest, _replay_pb2.Recording]
     """Returns a recording; with RECORDING_VIEW_FULL, its events too.
     Caller: operators, through the gateway.
-    Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (NOT_FOUND),
-    FAILED_PRECONDITION (MESSAGE_TOO_LARGE when the events do not fit in
-    one response of 4 MiB; use ExportRecording or PlayRecording).
+    Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID for an unknown
+    view), NOT_FOUND (NOT_FOUND), FAILED_PRECONDITION (MESSAGE_TOO_LARGE
+    when the events do not fit in one response of 4 MiB; use
+    ExportRecording or PlayRecording).
     """
     ListRecordings: _grpc.UnaryUnaryMultiCallable[_replay_pb2.ListRecordingsRequest, _replay_pb2.ListRecordingsResponse]
     """Lists recordings without their events, newest first.
@@ -90,9 +91,11 @@ class ReplayServiceStub:
     recording imported then.
     Caller: operators, through the gateway.
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-    FIELD_INVALID for a file that is not a valid recording file, with
-    metadata["line"] when a line is at fault, or for a bad recording_id;
-    MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+    RECORDING_FILE_INVALID for a file that is not a valid recording file,
+    truncated or altered, with metadata["line"] when a line is at fault;
+    FIELD_INVALID for a bad recording_id or request_id, or an id of the
+    form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+    256 MiB uncompressed; REQUEST_ID_REUSED),
     ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
     """
     PlayRecording: _grpc.UnaryStreamMultiCallable[_replay_pb2.PlayRecordingRequest, _common_pb2.RuntimeEvent]
@@ -129,10 +132,13 @@ class ReplayServiceStub:
     re-execution stops at its first divergence: the later recorded outputs
     answered another conversation. The call's deadline bounds the run.
     Caller: operators, through the gateway.
-    Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID),
-    NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a live model the engine does
-    not serve), UNAVAILABLE (DEPENDENCY_UNAVAILABLE when the engine or a
-    plugin is needed and down), DEADLINE_EXCEEDED.
+    Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID, also for model
+    or system_prompt with recorded model outputs, and for model_outputs and
+    tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
+    live model the engine does not serve), FAILED_PRECONDITION
+    (FIELD_INVALID when the recording does not hold its job's spec, e.g.
+    an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+    when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
     """
 
 @_typing.type_check_only
@@ -143,9 +149,10 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     GetRecording: _aio.UnaryUnaryMultiCallable[_replay_pb2.GetRecordingRequest, _replay_pb2.Recording]  # type: ignore[assignment]
     """Returns a recording; with RECORDING_VIEW_FULL, its events too.
     Caller: operators, through the gateway.
-    Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (NOT_FOUND),
-    FAILED_PRECONDITION (MESSAGE_TOO_LARGE when the events do not fit in
-    one response of 4 MiB; use ExportRecording or PlayRecording).
+    Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID for an unknown
+    view), NOT_FOUND (NOT_FOUND), FAILED_PRECONDITION (MESSAGE_TOO_LARGE
+    when the events do not fit in one response of 4 MiB; use
+    ExportRecording or PlayRecording).
     """
     ListRecordings: _aio.UnaryUnaryMultiCallable[_replay_pb2.ListRecordingsRequest, _replay_pb2.ListRecordingsResponse]  # type: ignore[assignment]
     """Lists recordings without their events, newest first.
@@ -166,9 +173,11 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     recording imported then.
     Caller: operators, through the gateway.
     Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-    FIELD_INVALID for a file that is not a valid recording file, with
-    metadata["line"] when a line is at fault, or for a bad recording_id;
-    MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+    RECORDING_FILE_INVALID for a file that is not a valid recording file,
+    truncated or altered, with metadata["line"] when a line is at fault;
+    FIELD_INVALID for a bad recording_id or request_id, or an id of the
+    form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+    256 MiB uncompressed; REQUEST_ID_REUSED),
     ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
     """
     PlayRecording: _aio.UnaryStreamMultiCallable[_replay_pb2.PlayRecordingRequest, _common_pb2.RuntimeEvent]  # type: ignore[assignment]
@@ -205,10 +214,13 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     re-execution stops at its first divergence: the later recorded outputs
     answered another conversation. The call's deadline bounds the run.
     Caller: operators, through the gateway.
-    Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID),
-    NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a live model the engine does
-    not serve), UNAVAILABLE (DEPENDENCY_UNAVAILABLE when the engine or a
-    plugin is needed and down), DEADLINE_EXCEEDED.
+    Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID, also for model
+    or system_prompt with recorded model outputs, and for model_outputs and
+    tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
+    live model the engine does not serve), FAILED_PRECONDITION
+    (FIELD_INVALID when the recording does not hold its job's spec, e.g.
+    an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+    when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
     """
 
 class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,9 +234,10 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_replay_pb2.Recording, _abc.Awaitable[_replay_pb2.Recording]]:
         """Returns a recording; with RECORDING_VIEW_FULL, its events too.
         Caller: operators, through the gateway.
-        Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (NOT_FOUND),
-        FAILED_PRECONDITION (MESSAGE_TOO_LARGE when the events do not fit in
-        one response of 4 MiB; use ExportRecording or PlayRecording).
+        Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID for an unknown
+        view), NOT_FOUND (NOT_FOUND), FAILED_PRECONDITION (MESSAGE_TOO_LARGE
+        when the events do not fit in one response of 4 MiB; use
+        ExportRecording or PlayRecording).
         """
 
     @_abc_1.abstractmethod
@@ -263,9 +276,11 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         recording imported then.
         Caller: operators, through the gateway.
         Errors: INVALID_ARGUMENT (FIELD_REQUIRED for an empty stream,
-        FIELD_INVALID for a file that is not a valid recording file, with
-        metadata["line"] when a line is at fault, or for a bad recording_id;
-        MESSAGE_TOO_LARGE past 256 MiB uncompressed; REQUEST_ID_REUSED),
+        RECORDING_FILE_INVALID for a file that is not a valid recording file,
+        truncated or altered, with metadata["line"] when a line is at fault;
+        FIELD_INVALID for a bad recording_id or request_id, or an id of the
+        form of a job id, which recorded runs use; MESSAGE_TOO_LARGE past
+        256 MiB uncompressed; REQUEST_ID_REUSED),
         ALREADY_EXISTS (ALREADY_EXISTS for the recording id).
         """
 
@@ -320,10 +335,13 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         re-execution stops at its first divergence: the later recorded outputs
         answered another conversation. The call's deadline bounds the run.
         Caller: operators, through the gateway.
-        Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID),
-        NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a live model the engine does
-        not serve), UNAVAILABLE (DEPENDENCY_UNAVAILABLE when the engine or a
-        plugin is needed and down), DEADLINE_EXCEEDED.
+        Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID, also for model
+        or system_prompt with recorded model outputs, and for model_outputs and
+        tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
+        live model the engine does not serve), FAILED_PRECONDITION
+        (FIELD_INVALID when the recording does not hold its job's spec, e.g.
+        an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+        when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
         """
 
 def add_ReplayServiceServicer_to_server(servicer: ReplayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

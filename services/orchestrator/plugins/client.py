@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
@@ -55,6 +56,16 @@ async def probe(channel: grpc.aio.Channel, timeout: float) -> list[ToolSpec]:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
         raise PluginUnreachable(f"health check answered {status}")
     return tools
+
+
+async def bounded_probe(channel: grpc.aio.Channel, timeout: float) -> list[ToolSpec]:
+    """`probe`, answered within its two calls' timeouts whatever the channel does: a check
+    that hung would hold up every later round of checks, and a registration its caller."""
+    try:
+        async with asyncio.timeout(2 * timeout):
+            return await probe(channel, timeout)
+    except TimeoutError:
+        raise PluginUnreachable(f"no answer within {2 * timeout:g} s") from None
 
 
 async def list_tools(channel: grpc.aio.Channel, timeout: float) -> list[ToolSpec]:

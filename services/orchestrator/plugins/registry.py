@@ -21,7 +21,7 @@ from agentrt.orchestrator.v1.orchestrator_pb2 import Plugin, PluginManifest, Too
 from services.kit.channels import open_channel
 from services.kit.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.kit.periodic import run_every
-from services.orchestrator.plugins.client import PluginSource, PluginUnreachable, probe
+from services.orchestrator.plugins.client import PluginSource, PluginUnreachable, bounded_probe
 from services.orchestrator.plugins.config import PluginConfig
 from services.orchestrator.plugins.manifest import check_served_tools, request_hash
 from services.orchestrator.plugins.names import plugin_name
@@ -73,11 +73,7 @@ class PluginRegistry:
             retry = NewPlugin(plugin_id, manifest, existing.tools, request_id, digest)
             return (await self._store.create(retry, self._clock()))[0]
         await self._check_names_free(plugin_id, manifest.tools)
-        try:
-            tools = await self._probe_new(plugin_id, manifest)
-        except Exception:
-            await self._release_channel(manifest.endpoint)
-            raise
+        tools = await self._probe_new(plugin_id, manifest)
         new = NewPlugin(plugin_id, manifest, tools, request_id, digest)
         created, _ = await self._store.create(new, self._clock())
         self.tools.invalidate()
@@ -121,7 +117,7 @@ class PluginRegistry:
         """Probes one plugin and records HEALTHY with its tools' current schemas, or
         UNHEALTHY with why: unreachable, unhealthy, or serving other tools than declared."""
         try:
-            served = await probe(
+            served = await bounded_probe(
                 self._channel(plugin.manifest.endpoint), self._config.check_timeout_seconds
             )
             check = HealthCheck(
@@ -180,14 +176,19 @@ class PluginRegistry:
     async def _probe_new(self, plugin_id: str, manifest: PluginManifest) -> list[ToolSpec]:
         """The plugin's tools, checked against its manifest; Unavailable when it cannot be
         probed, FailedPrecondition (TOOL_ERROR) when its tools are not the manifest's."""
-        channel = self._channel(manifest.endpoint)
+        # A channel of its own, closed when the probe ends: a shared one would be closed
+        # under the probes of concurrent registrations when the first of them fails,
+        # and calls on a closed channel never answer.
+        channel = open_channel(manifest.endpoint, self._config.call_timeout_seconds)
         try:
-            served = await probe(channel, self._config.check_timeout_seconds)
+            served = await bounded_probe(channel, self._config.check_timeout_seconds)
         except PluginUnreachable as error:
             raise Unavailable(
                 f"plugin {plugin_name(plugin_id)} at {manifest.endpoint}: {error}",
                 metadata={"endpoint": manifest.endpoint},
             ) from error
+        finally:
+            await channel.close(None)
         return check_served_tools(manifest, served)
 
     async def _release_channel(self, endpoint: str) -> None:

@@ -528,7 +528,7 @@ class AgentRun:
             if decision.verdict == policy_pb2.VERDICT_DENY:
                 return ToolReply(f"Error: denied by policy: {decision.reason}", False)
             if decision.verdict == policy_pb2.VERDICT_REQUIRE_APPROVAL:
-                await self._spend.check_tool_call(self._job, self._usage)
+                await self._spend.check_tool_call(self._job, self._usage, hold=False)
                 wait = Awaiting(APPROVAL, call.id, self._turn)
                 await self._require(wait, tool_action(wait, call, arguments, decision), decision)
                 return None

@@ -554,7 +554,7 @@ class AgentRun:
                 within_turn=True,
             )
         started = time.monotonic()
-        output = await self._tools.run(self._job, call, self._usage.tool_calls)
+        output = await self._tools.run(self._job, call, self._usage.tool_calls, spec)
         await self._spend.record_tool_call(
             self._job, call, tool_record_id(self.name, self._turn, call.id)
         )

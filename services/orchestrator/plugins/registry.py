@@ -2,8 +2,9 @@
 of the healthy ones to jobs.
 
 Every orchestrator replica runs one over the shared store. Each replica checks every plugin
-periodically (the checks are idempotent writes, so replicas need no coordination), and
-each worker offers jobs the plugins that were HEALTHY at its latest refresh.
+periodically (the checks are idempotent writes, so replicas need no coordination). Each
+worker offers jobs the tools of every registered plugin as stored, and runs a call only
+while its plugin was HEALTHY at the worker's latest refresh.
 """
 
 from __future__ import annotations
@@ -143,12 +144,14 @@ class PluginRegistry:
         """Checks every plugin every `check_seconds`, until cancelled."""
         await run_every(self._config.check_seconds, self.check_all)
 
-    async def healthy_sources(self) -> list[PluginSource]:
-        """A source for each plugin that is HEALTHY now, read from the store."""
+    async def registered_sources(self) -> list[PluginSource]:
+        """A source for each registered plugin with its state as of now, read from the
+        store. Those not HEALTHY still list their tools as stored, so that a job that
+        names one is offered it while its plugin misses a health check; a call of it
+        answers "not available now" (PluginSource.call) instead of failing the job."""
         return [
             PluginSource(plugin, self._channel(plugin.manifest.endpoint))
             for plugin in await self.list_plugins()
-            if plugin.state == Plugin.STATE_HEALTHY
         ]
 
     async def close(self) -> None:
@@ -214,8 +217,9 @@ class PluginRegistry:
 
 
 class PluginTools:
-    """The tool sources of the healthy plugins, for the ToolRunner: re-read from the store
-    at most every `refresh_seconds`, and at once after a change made in this process."""
+    """The tool sources of the registered plugins, for the ToolRunner: re-read from the
+    store at most every `refresh_seconds`, and at once after a change made in this
+    process."""
 
     def __init__(self, registry: PluginRegistry, refresh_seconds: float) -> None:
         self._registry = registry
@@ -225,11 +229,11 @@ class PluginTools:
         self._lock = asyncio.Lock()
 
     async def sources(self) -> Sequence[ToolSource]:
-        """The current healthy plugin sources."""
+        """The current plugin sources, healthy or not."""
         async with self._lock:
             now = time.monotonic()
             if self._read_at is None or now - self._read_at >= self._refresh_seconds:
-                self._sources = await self._registry.healthy_sources()
+                self._sources = await self._registry.registered_sources()
                 self._read_at = now
             return list(self._sources)
 

@@ -389,8 +389,9 @@ class AgentRun:
                 return _ride_out(f"the engine: {error.message}")
             return _failed(error.reason, error.message)
         except (BudgetExceeded, PolicyCheckFailed, UnknownTool) as error:
-            outage = error.failure.reason == ErrorReason.ERROR_REASON_DEPENDENCY_UNAVAILABLE
-            if outage and not self._deadline_passed():
+            if error.failure.reason == ErrorReason.ERROR_REASON_DEPENDENCY_UNAVAILABLE:
+                if self._deadline_passed():
+                    return _timed_out()
                 return _ride_out(error.failure.message)
             return Outcome(JobState.JOB_STATE_FAILED, failure=error.failure)
 

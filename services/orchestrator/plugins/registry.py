@@ -36,6 +36,12 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _storable(error: str) -> str:
+    """A check's error text as PostgreSQL can store it: it quotes what the plugin sent,
+    which may hold NUL characters."""
+    return error.replace("\x00", "\\0")
+
+
 class PluginRegistry:
     """Plugins of the shared store, their channels, and their health."""
 
@@ -127,9 +133,11 @@ class PluginRegistry:
                 tools=check_served_tools(plugin.manifest, served),
             )
         except PluginUnreachable as error:
-            check = HealthCheck(Plugin.STATE_UNHEALTHY, self._clock(), error=str(error))
+            check = HealthCheck(Plugin.STATE_UNHEALTHY, self._clock(), error=_storable(str(error)))
         except FailedPrecondition as error:
-            check = HealthCheck(Plugin.STATE_UNHEALTHY, self._clock(), error=error.message)
+            check = HealthCheck(
+                Plugin.STATE_UNHEALTHY, self._clock(), error=_storable(error.message)
+            )
         if check.state != plugin.state:
             log.info(
                 "plugin %s is %s%s",

@@ -22,12 +22,13 @@ from services.orchestrator.plugins import (
     PluginConfig,
     PluginRegistry,
     PluginSource,
+    PluginStore,
     open_plugin_store,
 )
 from services.orchestrator.plugins.store import SQL_DIRECTORY
 from services.orchestrator.tools.base import ToolFailed, ToolInvocation
 from services.orchestrator.tools.runner import ToolRunner
-from tests.services.orchestrator.plugins.python_plugin import EchoTools, PythonPlugin
+from tests.services.orchestrator.plugins.python_plugin import EchoTools, PythonPlugin, spec
 
 WAIT = 30.0
 """Seconds a test waits for the checker to notice a change, before it fails."""
@@ -261,3 +262,18 @@ async def test_a_healthy_check_refreshes_the_tool_schemas(
     assert stored.state == Plugin.STATE_HEALTHY
     assert stored.tools[0].description == "echoes, now louder"
     assert stored.last_check_time.ToDatetime() >= registered.last_check_time.ToDatetime()
+
+
+async def test_a_check_error_quoting_a_nul_from_the_plugin_is_stored(
+    store: PluginStore, plugin: PythonPlugin
+) -> None:
+    """PostgreSQL stores no NUL; a plugin's tool names reach the check's error text."""
+    registry = PluginRegistry(store, PluginConfig(check_timeout_seconds=2.0, refresh_seconds=0))
+    registered = await registry.register("echoes", manifest(plugin.endpoint))
+    plugin.tools.tools = [*plugin.tools.tools, spec("odd\x00name")]
+
+    check = await registry.check(registered)
+
+    assert check.state == Plugin.STATE_UNHEALTHY
+    assert "odd\\0name" in check.error
+    assert (await registry.get("echoes")).last_check_error == check.error

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.jobs.manager import JobManager
 from services.jobs.store import JobFilter
+from services.kit import validate
 from services.kit.errors import FieldRequired
 from services.kit.names import parse_action_name, parse_job_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _time(value: Timestamp, present: bool) -> datetime | None:
-    return value.ToDatetime(tzinfo=UTC) if present else None
-
-
 def _tenant(tenant: str) -> str:
     if not tenant:
         raise FieldRequired("tenant")
-    return tenant
+    return validate.printable(tenant, "tenant")
+
+
+def _lease(lease_id: str) -> str:
+    return validate.printable(lease_id, "lease_id")
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -41,7 +40,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             raise FieldRequired("principal")
         job, _ = await self._jobs.create_job(
             _tenant(request.tenant),
-            request.principal,
+            validate.printable(request.principal, "principal"),
             request.spec,
             request.request_id,
             request.trace_id,
@@ -56,32 +55,34 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.ListJobsResponse:
         job_filter = JobFilter(
             states=tuple(request.states),
-            session=request.session,
-            created_after=_time(request.create_time_after, request.HasField("create_time_after")),
-            created_before=_time(
-                request.create_time_before, request.HasField("create_time_before")
-            ),
+            session=validate.text(request.session, "session"),
+            created_after=validate.optional_timestamp(request, "create_time_after"),
+            created_before=validate.optional_timestamp(request, "create_time_before"),
             parent=request.parent,
             root=request.root,
         )
         jobs, token = await self._jobs.list_jobs(
-            _tenant(request.tenant), job_filter, request.page_size, request.page_token
+            _tenant(request.tenant),
+            job_filter,
+            request.page_size,
+            validate.page_token(request.page_token),
         )
         return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: Context) -> jobs_pb2.Job:
         job_id = parse_job_name(request.name)
-        return await self._jobs.cancel(_tenant(request.tenant), job_id, request.reason)
+        reason = validate.text(request.reason, "reason")
+        return await self._jobs.cancel(_tenant(request.tenant), job_id, reason)
 
     async def LeaseJobs(
         self, request: jobs_pb2.LeaseJobsRequest, context: Context
     ) -> jobs_pb2.LeaseJobsResponse:
         leases = await self._jobs.lease_jobs(
-            request.worker,
+            validate.printable(request.worker, "worker"),
             request.max_jobs,
-            request.lease_duration.ToTimedelta().total_seconds(),
-            request.wait_timeout.ToTimedelta().total_seconds(),
-            runtime_version=request.runtime_version,
+            validate.duration(request.lease_duration, "lease_duration").total_seconds(),
+            validate.duration(request.wait_timeout, "wait_timeout").total_seconds(),
+            runtime_version=validate.text(request.runtime_version, "runtime_version"),
         )
         response = jobs_pb2.LeaseJobsResponse()
         for lease in leases:
@@ -96,8 +97,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.HeartbeatLeaseResponse:
         expire = await self._jobs.heartbeat(
             parse_job_name(request.name),
-            request.lease_id,
-            request.lease_duration.ToTimedelta().total_seconds(),
+            _lease(request.lease_id),
+            validate.duration(request.lease_duration, "lease_duration").total_seconds(),
         )
         response = jobs_pb2.HeartbeatLeaseResponse()
         response.expire_time.FromDatetime(expire)
@@ -108,7 +109,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Job:
         return await self._jobs.checkpoint(
             parse_job_name(request.name),
-            request.lease_id,
+            _lease(request.lease_id),
             request.checkpoint if request.HasField("checkpoint") else None,
             request.message if request.HasField("message") else None,
             request.turn_usage if request.HasField("turn_usage") else None,
@@ -119,7 +120,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def FinishJob(self, request: jobs_pb2.FinishJobRequest, context: Context) -> jobs_pb2.Job:
         return await self._jobs.finish(
             parse_job_name(request.name),
-            request.lease_id,
+            _lease(request.lease_id),
             request.state,
             request.result if request.HasField("result") else None,
             request.failure if request.HasField("failure") else None,
@@ -133,14 +134,16 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ReleaseJobRequest, context: Context
     ) -> jobs_pb2.Job:
         return await self._jobs.release(
-            parse_job_name(request.name), request.lease_id, request.reason
+            parse_job_name(request.name),
+            _lease(request.lease_id),
+            validate.text(request.reason, "reason"),
         )
 
     async def ListJobEvents(
         self, request: jobs_pb2.ListJobEventsRequest, context: Context
     ) -> jobs_pb2.ListJobEventsResponse:
         events, state = await self._jobs.list_events(
-            request.tenant or None,
+            _tenant(request.tenant) if request.tenant else None,
             parse_job_name(request.name),
             request.after_sequence,
             request.page_size,
@@ -152,7 +155,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Action:
         return await self._jobs.require_action(
             parse_job_name(request.parent, "parent"),
-            request.lease_id,
+            _lease(request.lease_id),
             request.action if request.HasField("action") else None,
             request.timeout if request.HasField("timeout") else None,
             request.checkpoint if request.HasField("checkpoint") else None,
@@ -172,7 +175,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             parse_job_name(request.parent, "parent"),
             list(request.states),
             request.page_size,
-            request.page_token,
+            validate.page_token(request.page_token),
         )
         return jobs_pb2.ListActionsResponse(actions=actions, next_page_token=token)
 
@@ -184,15 +187,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             case "name":
                 target = parse_action_name(request.name)
             case "resume_token":
-                target = request.resume_token
+                target = validate.printable(request.resume_token, "resume_token")
             case _:
                 raise FieldRequired("resume_token")
         return await self._jobs.resolve_action(
             _tenant(request.tenant),
-            request.principal,
+            validate.printable(request.principal, "principal"),
             target,
             request.outcome if request.HasField("outcome") else None,
-            request.request_id,
+            validate.printable(request.request_id, "request_id"),
         )
 
     async def CancelAction(
@@ -200,7 +203,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Action:
         job_id, action_id = parse_action_name(request.name)
         return await self._jobs.cancel_action(
-            _tenant(request.tenant), job_id, action_id, request.reason
+            _tenant(request.tenant), job_id, action_id, validate.text(request.reason, "reason")
         )
 
     async def AwaitChildren(

@@ -14,6 +14,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from services.jobs import trees
 from services.jobs.store import NewAction, NewJob
+from services.kit import validate
 from services.kit.errors import FieldInvalid, FieldRequired, MessageTooLarge
 from services.kit.money import parse_amount
 from services.kit.names import parse_job_name
@@ -102,14 +103,8 @@ def new_action(action: Action, timeout: Duration | None, limits: JobLimits) -> N
     check_struct(action.timeout_outcome, "action.timeout_outcome", limits)
     if timeout is None or timeout.ToNanoseconds() == 0:
         duration = limits.default_action_timeout
-    elif (
-        timeout.seconds < 0
-        or timeout.nanos < 0
-        or timeout.ToTimedelta() > limits.max_action_timeout
-    ):
-        raise FieldInvalid("timeout", f"must be positive and at most {limits.max_action_timeout}")
     else:
-        duration = timeout.ToTimedelta()
+        duration = validate.duration(timeout, "timeout", limits.max_action_timeout)
     return NewAction(action.kind, action.payload, action.timeout_outcome, duration)
 
 
@@ -145,8 +140,7 @@ def normalize_spec(spec: JobSpec, limits: JobLimits) -> JobSpec:
     _check_budget(spec)
     _check_labels(spec, limits)
     validate_workflow(spec)
-    if len(spec.session) > limits.max_session_chars:
-        raise FieldInvalid("spec.session", f"at most {limits.max_session_chars} characters")
+    validate.text(spec.session, "spec.session", limits.max_session_chars)
     if spec.parent:
         parse_job_name(spec.parent, "spec.parent")
     _check_node(spec.node, limits)
@@ -187,9 +181,7 @@ def _check_budget(spec: JobSpec) -> None:
             raise FieldInvalid(f"spec.budget.{field}", "must not be negative")
     if budget.HasField("max_cost"):
         parse_amount(budget.max_cost, "spec.budget.max_cost")
-    runtime = budget.max_runtime
-    if runtime.seconds < 0 or runtime.nanos < 0:
-        raise FieldInvalid("spec.budget.max_runtime", "must not be negative")
+    validate.duration(budget.max_runtime, "spec.budget.max_runtime")
 
 
 def required(value: object, field: str) -> None:
@@ -240,16 +232,9 @@ def _check_tools(spec: JobSpec) -> None:
 def _check_tool_options(spec: JobSpec, limits: JobLimits) -> None:
     """Unset fields mean the orchestrator's defaults, so only set ones are bounded."""
     options = spec.tool_options
-    timeout = options.call_timeout
-    if (
-        timeout.seconds < 0
-        or timeout.nanos < 0
-        or timeout.ToTimedelta() > limits.max_tool_call_timeout
-    ):
-        raise FieldInvalid(
-            "spec.tool_options.call_timeout",
-            f"must be positive and at most {limits.max_tool_call_timeout}",
-        )
+    validate.duration(
+        options.call_timeout, "spec.tool_options.call_timeout", limits.max_tool_call_timeout
+    )
     bounded(options.max_attempts, "spec.tool_options.max_attempts", 0, limits.max_tool_attempts)
     if options.HasField("max_tool_calls") and options.max_tool_calls < 0:
         raise FieldInvalid("spec.tool_options.max_tool_calls", "must be 0 or more")
@@ -277,7 +262,4 @@ def _max_turns(max_turns: int, limits: JobLimits) -> int:
 def _timeout(spec: JobSpec, limits: JobLimits) -> timedelta:
     if not spec.HasField("timeout") or spec.timeout.ToNanoseconds() == 0:
         return limits.default_timeout
-    timeout = spec.timeout
-    if timeout.seconds < 0 or timeout.nanos < 0 or timeout.ToTimedelta() > limits.max_timeout:
-        raise FieldInvalid("spec.timeout", f"must be positive and at most {limits.max_timeout}")
-    return timeout.ToTimedelta()
+    return validate.duration(spec.timeout, "spec.timeout", limits.max_timeout)

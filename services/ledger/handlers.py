@@ -14,6 +14,7 @@ from agentrt.ledger.v1.ledger_pb2 import Budget, Price, UsageDimension, UsageKin
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 
+from services.kit import validate
 from services.kit.errors import (
     Aborted,
     AlreadyExists,
@@ -76,6 +77,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def RecordUsage(
         self, request: ledger_pb2.RecordUsageRequest, context: Context
     ) -> UsageRecord:
+        validate.no_nul(request)
         if not request.HasField("usage_record"):
             raise FieldRequired("usage_record")
         entry = records.usage_entry(request.usage_record_id, request.usage_record, "")
@@ -85,6 +87,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def ListUsageRecords(
         self, request: ledger_pb2.ListUsageRecordsRequest, context: Context
     ) -> ledger_pb2.ListUsageRecordsResponse:
+        validate.no_nul(request)
         size = page_size(request.page_size, 100, 1000)
         offset = decode_offset(request.page_token)
         matches = _usage_filter(request)
@@ -95,6 +98,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     # Prices
 
     async def CreatePrice(self, request: ledger_pb2.CreatePriceRequest, context: Context) -> Price:
+        validate.no_nul(request)
         model = _check_model(request.price_id, "price_id")
         if not request.HasField("price"):
             raise FieldRequired("price")
@@ -112,17 +116,20 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
 
     async def GetPrice(self, request: ledger_pb2.GetPriceRequest, context: Context) -> Price:
+        validate.no_nul(request)
         return await self._store.get_price(_parse_price_name(request.name))
 
     async def ListPrices(
         self, request: ledger_pb2.ListPricesRequest, context: Context
     ) -> ledger_pb2.ListPricesResponse:
+        validate.no_nul(request)
         size = page_size(request.page_size, 100, 1000)
         offset = decode_offset(request.page_token)
         page, token = _page(await self._store.list_prices(), offset, size)
         return ledger_pb2.ListPricesResponse(prices=page, next_page_token=token)
 
     async def UpdatePrice(self, request: ledger_pb2.UpdatePriceRequest, context: Context) -> Price:
+        validate.no_nul(request)
         if not request.HasField("price"):
             raise FieldRequired("price")
         change = request.price
@@ -136,6 +143,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return await _read_modify_write(lambda: self._store.get_price(model), update, change.etag)
 
     async def DeletePrice(self, request: ledger_pb2.DeletePriceRequest, context: Context) -> Empty:
+        validate.no_nul(request)
         await self._store.delete_price(_parse_price_name(request.name), request.etag)
         return Empty()
 
@@ -144,6 +152,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def CreateBudget(
         self, request: ledger_pb2.CreateBudgetRequest, context: Context
     ) -> Budget:
+        validate.no_nul(request)
         budget_id = _check_budget_id(request.budget_id, "budget_id")
         if not request.HasField("budget"):
             raise FieldRequired("budget")
@@ -161,11 +170,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
 
     async def GetBudget(self, request: ledger_pb2.GetBudgetRequest, context: Context) -> Budget:
+        validate.no_nul(request)
         return await self._store.get_budget(_parse_budget_name(request.name))
 
     async def ListBudgets(
         self, request: ledger_pb2.ListBudgetsRequest, context: Context
     ) -> ledger_pb2.ListBudgetsResponse:
+        validate.no_nul(request)
         size = page_size(request.page_size, 50, 500)
         offset = decode_offset(request.page_token)
         page, token = _page(await self._store.list_budgets(request.tenant), offset, size)
@@ -174,6 +185,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def UpdateBudget(
         self, request: ledger_pb2.UpdateBudgetRequest, context: Context
     ) -> Budget:
+        validate.no_nul(request)
         if not request.HasField("budget"):
             raise FieldRequired("budget")
         change = request.budget
@@ -193,6 +205,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def DeleteBudget(
         self, request: ledger_pb2.DeleteBudgetRequest, context: Context
     ) -> Empty:
+        validate.no_nul(request)
         await self._store.delete_budget(_parse_budget_name(request.name), request.etag)
         return Empty()
 
@@ -201,6 +214,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def CheckBudget(
         self, request: ledger_pb2.CheckBudgetRequest, context: Context
     ) -> ledger_pb2.CheckBudgetResponse:
+        validate.no_nul(request)
         if not request.tenant:
             raise FieldRequired("tenant")
         amounts = records.parse_amounts(request.amounts, "amounts")
@@ -211,11 +225,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def ReserveBudget(
         self, request: ledger_pb2.ReserveBudgetRequest, context: Context
     ) -> ledger_pb2.Reservation:
+        validate.no_nul(request)
         return await self._store.reserve(_reservation_request(request), self._clock())
 
     async def SettleReservation(
         self, request: ledger_pb2.SettleReservationRequest, context: Context
     ) -> ledger_pb2.Reservation:
+        validate.no_nul(request)
         reservation_id = _parse_reservation_name(request.name)
         entries = [
             records.usage_entry(r.usage_record_id, r.usage_record, f"usage_records[{i}].")
@@ -226,6 +242,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def ReleaseReservation(
         self, request: ledger_pb2.ReleaseReservationRequest, context: Context
     ) -> ledger_pb2.Reservation:
+        validate.no_nul(request)
         reservation_id = _parse_reservation_name(request.name)
         released = await self._store.release(reservation_id, self._clock())
         log.debug("released %s: %.200s", released.name, request.reason or "no reason given")
@@ -236,6 +253,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetUsageReport(
         self, request: ledger_pb2.GetUsageReportRequest, context: Context
     ) -> ledger_pb2.GetUsageReportResponse:
+        validate.no_nul(request)
         size = page_size(request.page_size, 100, 1000)
         offset = decode_offset(request.page_token)
         rows = await self._store.usage_report(_report_query(request, self._clock()))
@@ -361,7 +379,7 @@ def _reservation_request(request: ledger_pb2.ReserveBudgetRequest) -> records.Re
     if not request.HasField("amounts"):
         raise FieldRequired("amounts")
     amounts = records.parse_amounts(request.amounts, "amounts")
-    ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else timedelta(0)
+    ttl = validate.duration(request.ttl, "ttl", MAX_TTL)
     if ttl == timedelta(0):
         ttl = DEFAULT_TTL
     if not MIN_TTL <= ttl <= MAX_TTL:
@@ -384,8 +402,8 @@ def _reservation_request(request: ledger_pb2.ReserveBudgetRequest) -> records.Re
 def _report_query(request: ledger_pb2.GetUsageReportRequest, now: datetime) -> ReportQuery:
     if not request.HasField("start_time"):
         raise FieldRequired("start_time")
-    start = request.start_time.ToDatetime(UTC)
-    end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+    start = validate.timestamp(request.start_time, "start_time")
+    end = validate.optional_timestamp(request, "end_time") or now
     if end < start:
         raise FieldInvalid("end_time", "must not be before start_time")
     group_by = []
@@ -410,8 +428,8 @@ def _usage_filter(request: ledger_pb2.ListUsageRecordsRequest) -> Callable[[Usag
     _check_job(request.root_job, "root_job")
     if request.kind not in UsageKind.values():
         raise FieldInvalid("kind", "a UsageKind")
-    start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
-    end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
+    start = validate.optional_timestamp(request, "start_time")
+    end = validate.optional_timestamp(request, "end_time")
 
     def matches(record: UsageRecord) -> bool:
         at = record.usage_time.ToDatetime(UTC)

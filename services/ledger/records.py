@@ -26,6 +26,7 @@ from agentrt.ledger.v1.ledger_pb2 import (
     UsageReportRow,
 )
 
+from services.kit import validate
 from services.kit.errors import (
     FieldInvalid,
     FieldRequired,
@@ -196,7 +197,7 @@ def usage_entry(record_id: str, record: UsageRecord, field: str) -> UsageEntry:
         output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens,
         cost_nanos=cost,
-        usage_time=record.usage_time.ToDatetime(UTC) if record.HasField("usage_time") else None,
+        usage_time=validate.optional_timestamp(record, "usage_time", "usage_record.usage_time"),
         body_hash=hashlib.sha256(body.SerializeToString(deterministic=True)).digest(),
     )
 

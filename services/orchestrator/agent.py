@@ -68,6 +68,9 @@ tracer = trace.get_tracer("agentrt.orchestrator")
 DEFAULT_MAX_TURNS = 8
 """Turns a job may take when its spec says 0 (as the jobs service documents)."""
 
+OUTAGE_PAUSE_SECONDS = 1.0
+"""How long a run whose dependency is down holds its lease before giving it back."""
+
 JobState = common_pb2.JobState
 ErrorReason = common_pb2.ErrorReason
 
@@ -122,6 +125,9 @@ class RunEnd(enum.Enum):
     ABANDONED = "abandoned"
     """The jobs service was unreachable; the lease will expire and another worker
     resumes the job from its last checkpoint."""
+    RELEASED = "released"
+    """The ledger, the policy service or the engine was unreachable: the lease was given
+    back and the job resumes later from its last checkpoint."""
 
 
 def conversation_from_spec(spec: jobs_pb2.JobSpec) -> list[common_pb2.Message]:
@@ -358,6 +364,9 @@ class AgentRun:
             )
         if outcome.state == JobState.JOB_STATE_WAITING:
             return RunEnd.WAITING
+        if outcome.state == JobState.JOB_STATE_QUEUED:
+            await self._give_back(outcome)
+            return RunEnd.RELEASED
         await self._jobs.finish(
             self.name,
             self._lease_id,
@@ -385,9 +394,27 @@ class AgentRun:
         except ModelCallFailed as error:
             if self._deadline_passed():
                 return _timed_out()
+            if error.retryable:
+                return _ride_out(f"the engine: {error.message}")
             return _failed(error.reason, error.message)
         except (BudgetExceeded, PolicyCheckFailed, UnknownTool) as error:
+            if error.failure.reason == ErrorReason.ERROR_REASON_DEPENDENCY_UNAVAILABLE:
+                if self._deadline_passed():
+                    return _timed_out()
+                return _ride_out(error.failure.message)
             return Outcome(JobState.JOB_STATE_FAILED, failure=error.failure)
+
+    async def _give_back(self, outcome: Outcome) -> None:
+        """Releases the lease of a job whose dependency is down, after a pause (holding
+        the lease) so that the queue does not hand the job straight back into the outage.
+        The job fails for the outage only once its deadline has passed."""
+        why = outcome.failure.message if outcome.failure else "a dependency is unavailable"
+        log.warning("job %s: %s; giving its lease back", self.name, why)
+        left = self._time_left()
+        await asyncio.sleep(
+            OUTAGE_PAUSE_SECONDS if left is None else min(OUTAGE_PAUSE_SECONDS, left)
+        )
+        await self._jobs.release(self.name, self._lease_id, f"unavailable: {why}"[:1000])
 
     async def _turns(self) -> Outcome:
         while True:
@@ -512,7 +539,7 @@ class AgentRun:
             if decision.verdict == policy_pb2.VERDICT_DENY:
                 return ToolReply(f"Error: denied by policy: {decision.reason}", False)
             if decision.verdict == policy_pb2.VERDICT_REQUIRE_APPROVAL:
-                await self._spend.check_tool_call(self._job, self._usage)
+                await self._spend.check_tool_call(self._job, self._usage, hold=False)
                 wait = Awaiting(APPROVAL, call.id, self._turn)
                 await self._require(wait, tool_action(wait, call, arguments, decision), decision)
                 return None
@@ -540,7 +567,7 @@ class AgentRun:
                 within_turn=True,
             )
         started = time.monotonic()
-        output = await self._tools.run(self._job, call, self._usage.tool_calls)
+        output = await self._tools.run(self._job, call, self._usage.tool_calls, spec)
         await self._spend.record_tool_call(
             self._job, call, tool_record_id(self.name, self._turn, call.id)
         )
@@ -828,6 +855,14 @@ def _failed(
 ) -> Outcome:
     failure = common_pb2.Failure(reason=reason, message=message, metadata=metadata or {})
     return Outcome(JobState.JOB_STATE_FAILED, failure=failure)
+
+
+def _ride_out(message: str) -> Outcome:
+    """The job goes back to the queue (QUEUED) because a dependency is down."""
+    failure = common_pb2.Failure(
+        reason=ErrorReason.ERROR_REASON_DEPENDENCY_UNAVAILABLE, message=message
+    )
+    return Outcome(JobState.JOB_STATE_QUEUED, failure=failure)
 
 
 def _timed_out() -> Outcome:

@@ -75,8 +75,11 @@ class SpendGuard(Protocol):
         """Gives back a hold whose call failed."""
         ...
 
-    async def check_tool_call(self, job: jobs_pb2.Job, spent: common_pb2.Usage) -> None:
-        """Raises BudgetExceeded when the job may make no more tool calls."""
+    async def check_tool_call(
+        self, job: jobs_pb2.Job, spent: common_pb2.Usage, hold: bool = True
+    ) -> None:
+        """Raises BudgetExceeded when the job may make no more tool calls; with `hold`
+        (the call runs now) one tool call is held until record_tool_call settles it."""
         ...
 
     async def record_tool_call(
@@ -125,7 +128,9 @@ class NoBudgets:
     async def release(self, hold: Hold, reason: str) -> None:
         return None
 
-    async def check_tool_call(self, job: jobs_pb2.Job, spent: common_pb2.Usage) -> None:
+    async def check_tool_call(
+        self, job: jobs_pb2.Job, spent: common_pb2.Usage, hold: bool = True
+    ) -> None:
         return None
 
     async def record_tool_call(

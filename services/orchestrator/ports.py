@@ -162,10 +162,15 @@ class ToolsPort(Protocol):
         ...
 
     async def run(
-        self, job: jobs_pb2.Job, call: common_pb2.ToolCall, calls_so_far: int
+        self,
+        job: jobs_pb2.Job,
+        call: common_pb2.ToolCall,
+        calls_so_far: int,
+        offered: common_pb2.ToolSpec | None = None,
     ) -> ToolOutput:
         """Runs a built-in or plugin tool call through the job's middleware chain; a
-        failure is a ToolOutput with is_error. Raises BudgetExceeded."""
+        failure is a ToolOutput with is_error. `offered`: the spec the call was already
+        validated against. Raises BudgetExceeded."""
         ...
 
 

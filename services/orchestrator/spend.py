@@ -172,6 +172,21 @@ class _Cached:
     until: float
 
 
+_PRIMING = estimate_message_tokens([])
+"""What an estimate counts for a conversation besides its messages."""
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """The estimated tokens of the first `count` messages of a job's conversation."""
+
+    count: int
+    total: int
+    """Their tokens, without _PRIMING."""
+    last: common_pb2.Message
+    """The last of them, to tell that the conversation is still the one estimated."""
+
+
 @dataclass
 class _Caches:
     prices: dict[str, _Cached] = field(default_factory=dict)
@@ -209,6 +224,8 @@ class LedgerSpend:
         self._config = config or SpendConfig()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._caches = _Caches()
+        self._estimates: dict[str, _Estimate] = {}
+        """Per job, its conversation's estimate at its latest model call."""
         self._tool_holds: dict[str, deque[tuple[str, float]]] = {}
         """Per job, the tool-call holds check_tool_call made that no record settled yet,
         with when they were made."""
@@ -277,11 +294,17 @@ class LedgerSpend:
 
     # Tool calls
 
-    async def check_tool_call(self, job: jobs_pb2.Job, spent: common_pb2.Usage) -> None:
+    async def check_tool_call(
+        self, job: jobs_pb2.Job, spent: common_pb2.Usage, hold: bool = True
+    ) -> None:
         """Refuse a tool call past the job's max_tool_calls, then hold one tool call against
         the tenant's budgets until record_tool_call settles it (or its ttl runs out). The
         loop checks right before each call it runs, so a job has one such hold at a time:
-        checking again before recording (as after an approval) keeps the one made."""
+        checking again before recording keeps the one made.
+
+        Without `hold` (before an approval, which may take long or be refused, and may
+        be followed by a run on another worker) the tenant's budgets are checked by a
+        hold that is given back at once: nothing stays held while the job waits."""
         budget = job.spec.budget
         if budget.HasField("max_tool_calls") and spent.tool_calls + 1 > budget.max_tool_calls:
             raise _job_denial(
@@ -291,6 +314,10 @@ class LedgerSpend:
                 f"{spent.tool_calls} tool calls made so far + this one",
             )
         self._check_runtime(job)
+        if not hold:
+            checked = await self._reserve(job, ledger_pb2.Amounts(tool_calls=1), "")
+            await self.release(Hold(checked.name), "checked before an approval")
+            return
         holds = self._tool_holds.pop(job.name, deque())
         fresh_after = time.monotonic() - self._config.reservation_ttl / 2
         while holds and holds[0][1] < fresh_after:
@@ -360,8 +387,7 @@ class LedgerSpend:
     ) -> WorstCase:
         """The estimated input (messages and tools) plus the most output the call may make,
         at the model's price (input at the higher of its cached and uncached price)."""
-        messages = [message_from_proto(m, f"messages[{i}]") for i, m in enumerate(request.messages)]
-        input_tokens = estimate_message_tokens(messages) + estimate_tool_tokens(
+        input_tokens = self._conversation_tokens(request) + estimate_tool_tokens(
             tools_from_proto(request.tools)
         )
         params = request.params
@@ -377,6 +403,32 @@ class LedgerSpend:
             usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens)
             cost = cost_of(worst_price, usage)
         return WorstCase(input_tokens, output_tokens, cost)
+
+    def _conversation_tokens(self, request: engine_pb2.CompleteRequest) -> int:
+        """estimate_message_tokens of the request's messages, estimating only those added
+        since the job's previous call: a job's conversation grows by appending, so
+        estimating all of it every turn would be quadratic in its length. The messages
+        estimated before are taken as they were when the last of them is unchanged."""
+        messages = request.messages
+        known = self._estimates.pop(request.job, None) if request.job else None
+        start, total = 0, 0
+        same = (
+            known is not None
+            and 0 < known.count <= len(messages)
+            and messages[known.count - 1] == known.last
+        )
+        if same and known is not None:
+            start, total = known.count, known.total
+        for index in range(start, len(messages)):
+            message = message_from_proto(messages[index], f"messages[{index}]")
+            total += estimate_message_tokens([message]) - _PRIMING
+        if request.job and messages:
+            last = common_pb2.Message()
+            last.CopyFrom(messages[-1])
+            self._estimates[request.job] = _Estimate(len(messages), total, last)
+            while len(self._estimates) > MAX_JOBS_WITH_TOOL_HOLDS:
+                del self._estimates[next(iter(self._estimates))]  # the least recent job's
+        return _PRIMING + total
 
     def _check_job(self, job: jobs_pb2.Job, spent: common_pb2.Usage, worst: WorstCase) -> None:
         """BudgetExceeded when the job's spec cannot take one more call of `worst`."""

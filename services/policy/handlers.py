@@ -12,6 +12,7 @@ import grpc
 from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 from google.protobuf.empty_pb2 import Empty
 
+from services.kit import validate
 from services.kit.errors import FieldInvalid, FieldRequired, NotFound
 from services.kit.events import Wakeups
 from services.kit.paging import page_size
@@ -59,6 +60,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def CreatePolicySet(
         self, request: policy_pb2.CreatePolicySetRequest, context: Context
     ) -> policy_pb2.PolicySet:
+        validate.no_nul(request)
         if not request.policy_set_id:
             raise FieldRequired("policy_set_id")
         policy_set_id = check_policy_set_id(request.policy_set_id)
@@ -83,11 +85,13 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def GetPolicySet(
         self, request: policy_pb2.GetPolicySetRequest, context: Context
     ) -> policy_pb2.PolicySet:
+        validate.no_nul(request)
         return await self._store.get(parse_policy_set_name(request.name))
 
     async def ListPolicySets(
         self, request: policy_pb2.ListPolicySetsRequest, context: Context
     ) -> policy_pb2.ListPolicySetsResponse:
+        validate.no_nul(request)
         size = page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         policy_sets, token = await self._store.list(size, request.page_token)
         return policy_pb2.ListPolicySetsResponse(policy_sets=policy_sets, next_page_token=token)
@@ -95,6 +99,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def UpdatePolicySet(
         self, request: policy_pb2.UpdatePolicySetRequest, context: Context
     ) -> policy_pb2.PolicySet:
+        validate.no_nul(request)
         if not request.HasField("policy_set"):
             raise FieldRequired("policy_set")
         policy_set = request.policy_set
@@ -109,6 +114,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def DeletePolicySet(
         self, request: policy_pb2.DeletePolicySetRequest, context: Context
     ) -> Empty:
+        validate.no_nul(request)
         await self._store.delete(parse_policy_set_name(request.name), request.etag)
         await self._announce_change(request.name)
         return Empty()
@@ -116,6 +122,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def EvaluatePolicy(
         self, request: policy_pb2.EvaluatePolicyRequest, context: Context
     ) -> policy_pb2.EvaluatePolicyResponse:
+        validate.no_nul(request)
         call = _call(request)
         policy_set_id = DEFAULT_POLICY_SET
         if request.policy_set:

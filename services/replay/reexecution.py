@@ -125,7 +125,11 @@ class RecordedTools:
         return None
 
     async def run(
-        self, job: jobs_pb2.Job, call: common_pb2.ToolCall, calls_so_far: int
+        self,
+        job: jobs_pb2.Job,
+        call: common_pb2.ToolCall,
+        calls_so_far: int,
+        offered: common_pb2.ToolSpec | None = None,
     ) -> ToolOutput:
         recorded = self._outputs.get(call.id)
         if recorded is None:

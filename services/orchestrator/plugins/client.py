@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
@@ -57,6 +58,16 @@ async def probe(channel: grpc.aio.Channel, timeout: float) -> list[ToolSpec]:
     return tools
 
 
+async def bounded_probe(channel: grpc.aio.Channel, timeout: float) -> list[ToolSpec]:
+    """`probe`, answered within its two calls' timeouts whatever the channel does: a check
+    that hung would hold up every later round of checks, and a registration its caller."""
+    try:
+        async with asyncio.timeout(2 * timeout):
+            return await probe(channel, timeout)
+    except TimeoutError:
+        raise PluginUnreachable(f"no answer within {2 * timeout:g} s") from None
+
+
 async def list_tools(channel: grpc.aio.Channel, timeout: float) -> list[ToolSpec]:
     """Every page of the plugin's ListTools."""
     stub = plugin_pb2_grpc.ToolProviderServiceStub(channel)
@@ -77,7 +88,8 @@ async def list_tools(channel: grpc.aio.Channel, timeout: float) -> list[ToolSpec
 
 
 class PluginSource:
-    """The tools of one healthy plugin, called over a channel to its endpoint."""
+    """The tools of one registered plugin, called over a channel to its endpoint while the
+    plugin is HEALTHY."""
 
     def __init__(self, plugin: Plugin, channel: grpc.aio.Channel) -> None:
         self._plugin = plugin
@@ -99,7 +111,16 @@ class PluginSource:
     async def call(self, invocation: ToolInvocation, timeout: float | None) -> ToolOutput:
         """CallTool with the call's id as idempotency key. A status error becomes ToolFailed,
         retryable when the plugin was unreachable or busy; a tool that ran and failed
-        (is_error) is an ordinary output with is_error set."""
+        (is_error) is an ordinary output with is_error set. A plugin that is not HEALTHY
+        is not called: the call fails as "not available now" (not retried here; the
+        model may try again later)."""
+        if self._plugin.state != Plugin.STATE_HEALTHY:
+            state = Plugin.State.Name(self._plugin.state).removeprefix("STATE_")
+            why = f": {self._plugin.last_check_error}" if self._plugin.last_check_error else ""
+            raise ToolFailed(
+                f"tool {invocation.call.name!r} is not available now: plugin {self.name} "
+                f"is {state}{why}"
+            )
         arguments = struct_pb2.Struct()
         try:
             arguments.update(dict(invocation.arguments))

@@ -2,8 +2,9 @@
 of the healthy ones to jobs.
 
 Every orchestrator replica runs one over the shared store. Each replica checks every plugin
-periodically (the checks are idempotent writes, so replicas need no coordination), and
-each worker offers jobs the plugins that were HEALTHY at its latest refresh.
+periodically (the checks are idempotent writes, so replicas need no coordination). Each
+worker offers jobs the tools of every registered plugin as stored, and runs a call only
+while its plugin was HEALTHY at the worker's latest refresh.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from agentrt.orchestrator.v1.orchestrator_pb2 import Plugin, PluginManifest, Too
 from services.kit.channels import open_channel
 from services.kit.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.kit.periodic import run_every
-from services.orchestrator.plugins.client import PluginSource, PluginUnreachable, probe
+from services.orchestrator.plugins.client import PluginSource, PluginUnreachable, bounded_probe
 from services.orchestrator.plugins.config import PluginConfig
 from services.orchestrator.plugins.manifest import check_served_tools, request_hash
 from services.orchestrator.plugins.names import plugin_name
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _storable(error: str) -> str:
+    """A check's error text as PostgreSQL can store it: it quotes what the plugin sent,
+    which may hold NUL characters."""
+    return error.replace("\x00", "\\0")
 
 
 class PluginRegistry:
@@ -73,11 +80,7 @@ class PluginRegistry:
             retry = NewPlugin(plugin_id, manifest, existing.tools, request_id, digest)
             return (await self._store.create(retry, self._clock()))[0]
         await self._check_names_free(plugin_id, manifest.tools)
-        try:
-            tools = await self._probe_new(plugin_id, manifest)
-        except Exception:
-            await self._release_channel(manifest.endpoint)
-            raise
+        tools = await self._probe_new(plugin_id, manifest)
         new = NewPlugin(plugin_id, manifest, tools, request_id, digest)
         created, _ = await self._store.create(new, self._clock())
         self.tools.invalidate()
@@ -121,7 +124,7 @@ class PluginRegistry:
         """Probes one plugin and records HEALTHY with its tools' current schemas, or
         UNHEALTHY with why: unreachable, unhealthy, or serving other tools than declared."""
         try:
-            served = await probe(
+            served = await bounded_probe(
                 self._channel(plugin.manifest.endpoint), self._config.check_timeout_seconds
             )
             check = HealthCheck(
@@ -130,9 +133,11 @@ class PluginRegistry:
                 tools=check_served_tools(plugin.manifest, served),
             )
         except PluginUnreachable as error:
-            check = HealthCheck(Plugin.STATE_UNHEALTHY, self._clock(), error=str(error))
+            check = HealthCheck(Plugin.STATE_UNHEALTHY, self._clock(), error=_storable(str(error)))
         except FailedPrecondition as error:
-            check = HealthCheck(Plugin.STATE_UNHEALTHY, self._clock(), error=error.message)
+            check = HealthCheck(
+                Plugin.STATE_UNHEALTHY, self._clock(), error=_storable(error.message)
+            )
         if check.state != plugin.state:
             log.info(
                 "plugin %s is %s%s",
@@ -147,12 +152,14 @@ class PluginRegistry:
         """Checks every plugin every `check_seconds`, until cancelled."""
         await run_every(self._config.check_seconds, self.check_all)
 
-    async def healthy_sources(self) -> list[PluginSource]:
-        """A source for each plugin that is HEALTHY now, read from the store."""
+    async def registered_sources(self) -> list[PluginSource]:
+        """A source for each registered plugin with its state as of now, read from the
+        store. Those not HEALTHY still list their tools as stored, so that a job that
+        names one is offered it while its plugin misses a health check; a call of it
+        answers "not available now" (PluginSource.call) instead of failing the job."""
         return [
             PluginSource(plugin, self._channel(plugin.manifest.endpoint))
             for plugin in await self.list_plugins()
-            if plugin.state == Plugin.STATE_HEALTHY
         ]
 
     async def close(self) -> None:
@@ -180,14 +187,19 @@ class PluginRegistry:
     async def _probe_new(self, plugin_id: str, manifest: PluginManifest) -> list[ToolSpec]:
         """The plugin's tools, checked against its manifest; Unavailable when it cannot be
         probed, FailedPrecondition (TOOL_ERROR) when its tools are not the manifest's."""
-        channel = self._channel(manifest.endpoint)
+        # A channel of its own, closed when the probe ends: a shared one would be closed
+        # under the probes of concurrent registrations when the first of them fails,
+        # and calls on a closed channel never answer.
+        channel = open_channel(manifest.endpoint, self._config.call_timeout_seconds)
         try:
-            served = await probe(channel, self._config.check_timeout_seconds)
+            served = await bounded_probe(channel, self._config.check_timeout_seconds)
         except PluginUnreachable as error:
             raise Unavailable(
                 f"plugin {plugin_name(plugin_id)} at {manifest.endpoint}: {error}",
                 metadata={"endpoint": manifest.endpoint},
             ) from error
+        finally:
+            await channel.close(None)
         return check_served_tools(manifest, served)
 
     async def _release_channel(self, endpoint: str) -> None:
@@ -213,8 +225,9 @@ class PluginRegistry:
 
 
 class PluginTools:
-    """The tool sources of the healthy plugins, for the ToolRunner: re-read from the store
-    at most every `refresh_seconds`, and at once after a change made in this process."""
+    """The tool sources of the registered plugins, for the ToolRunner: re-read from the
+    store at most every `refresh_seconds`, and at once after a change made in this
+    process."""
 
     def __init__(self, registry: PluginRegistry, refresh_seconds: float) -> None:
         self._registry = registry
@@ -224,11 +237,11 @@ class PluginTools:
         self._lock = asyncio.Lock()
 
     async def sources(self) -> Sequence[ToolSource]:
-        """The current healthy plugin sources."""
+        """The current plugin sources, healthy or not."""
         async with self._lock:
             now = time.monotonic()
             if self._read_at is None or now - self._read_at >= self._refresh_seconds:
-                self._sources = await self._registry.healthy_sources()
+                self._sources = await self._registry.registered_sources()
                 self._read_at = now
             return list(self._sources)
 

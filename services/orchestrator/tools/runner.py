@@ -8,8 +8,9 @@ The agent loop uses it in three steps:
    a job that was promised a tool cannot be run honestly without it.
 2. For each call the model makes, `kind_of(offered, name)`: a client tool is handed to
    the caller as an action (after `validate`), anything else is `run`.
-3. `run(job, call, calls_so_far)`: the arguments checked against the tool's schema, then
-   the job's middleware chain, then the tool's source. Whatever goes wrong with the call
+3. `run(job, call, calls_so_far, offered)`: the arguments checked against the tool's
+   schema (unless the caller did, against the `offered` spec), then the job's middleware
+   chain, then the tool's source. Whatever goes wrong with the call
    comes back as a ToolOutput with is_error, for the model to read; only a spent budget
    (BudgetExceeded) ends the job.
 """
@@ -24,7 +25,7 @@ from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
 from opentelemetry import trace
 
-from services.kit.tool_schema import InvalidArguments, check_call
+from services.kit.tool_schema import InvalidArguments, check_call, parse_arguments
 from services.orchestrator.guards import BudgetExceeded
 from services.orchestrator.tools.base import ToolFailed, ToolInvocation, ToolOutput, ToolSource
 from services.orchestrator.tools.builtin import SOURCE_NAME as BUILTIN
@@ -170,15 +171,24 @@ class ToolRunner:
         return None
 
     async def run(
-        self, job: jobs_pb2.Job, call: common_pb2.ToolCall, calls_so_far: int
+        self,
+        job: jobs_pb2.Job,
+        call: common_pb2.ToolCall,
+        calls_so_far: int,
+        offered: common_pb2.ToolSpec | None = None,
     ) -> ToolOutput:
         """Runs a built-in or plugin tool call of the job and returns what the model is
         told. `calls_so_far` is the job's tool calls before this one, for its budget.
 
+        `offered` is the spec `offer` gave the call's tool, from a caller that has
+        validated the call against it (the agent loop): the call is then neither resolved
+        nor validated again, and the tool's `idempotent` is the one the model was offered.
+        Without it the call is resolved against the job's spec and validated here.
+
         Raises BudgetExceeded when the job may make no more tool calls; every other
         problem (no such tool, invalid arguments, a failed or timed-out tool) is an
         output with is_error."""
-        requested = find_offered(job.spec.tools, call.name)
+        requested = offered or find_offered(job.spec.tools, call.name)
         if requested is None:
             return self._refused(job, call, "no_such_tool", _no_such_tool(job, call.name))
         if requested.kind == ToolKind.TOOL_KIND_CLIENT:
@@ -191,9 +201,9 @@ class ToolRunner:
                 "or cannot be reached"
             )
             return self._refused(job, call, "unavailable", text)
-        spec = _as_offered(found)
+        spec = offered or _as_offered(found)
         try:
-            arguments = check_call(spec, call)
+            arguments = parse_arguments(call.arguments) if offered else check_call(spec, call)
         except InvalidArguments as invalid:
             return self._refused(job, call, "invalid_arguments", invalid.message)
         context = ToolCallContext(

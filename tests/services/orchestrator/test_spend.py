@@ -16,6 +16,9 @@ from agentrt.jobs.v1 import jobs_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget, Price
 
+from services.engine.convert import message_from_proto
+from services.engine.model import ChatMessage
+from services.engine.tokens import estimate_message_tokens
 from services.kit.config import ConfigError, RuntimeConfig
 from services.kit.events import InMemoryEventChannel, InMemoryWakeups
 from services.kit.ids import new_id
@@ -24,6 +27,7 @@ from services.kit.server import Server
 from services.kit.storage import migrate
 from services.ledger.server import create_unit
 from services.ledger.store import SQL_DIRECTORY
+from services.orchestrator import spend as spend_module
 from services.orchestrator.guards import BudgetExceeded, SpendGuard
 from services.orchestrator.spend import (
     LedgerHold,
@@ -297,6 +301,27 @@ async def test_tool_calls_are_held_then_recorded_against_the_tenants_budget(ledg
     assert "tool_calls limit 2 per day" in denied.value.failure.message
 
 
+async def test_a_check_before_an_approval_holds_nothing_and_still_refuses(ledger: Stub) -> None:
+    await budgeted(ledger, tool_calls=1)
+    spend = spend_on(ledger)
+    other = spend_on(ledger)  # The worker that runs the call once it is approved.
+
+    # Before approval: checked against the budget, and nothing stays held meanwhile.
+    await spend.check_tool_call(job(), common_pb2.Usage(), hold=False)
+    assert (await status(ledger)).reserved.tool_calls == 0
+    # Approved, run on another worker: one hold, settled by the record.
+    await other.check_tool_call(job(), common_pb2.Usage())
+    assert (await status(ledger)).reserved.tool_calls == 1
+    await other.record_tool_call(job(), common_pb2.ToolCall(id="c1", name="x"), "j1.c1.tool")
+    held = await status(ledger)
+    assert (held.spent.tool_calls, held.reserved.tool_calls) == (1, 0)
+
+    # The budget is spent: the next call is refused before anyone is asked to approve it.
+    with pytest.raises(BudgetExceeded):
+        await spend.check_tool_call(job(), common_pb2.Usage(tool_calls=1), hold=False)
+    assert (await status(ledger)).reserved.tool_calls == 0
+
+
 async def test_the_jobs_max_tool_calls_refuses_the_next_tool_call(ledger: Stub) -> None:
     spend = spend_on(ledger)
 
@@ -371,3 +396,47 @@ def test_the_configuration_is_read_from_the_environment() -> None:
         SpendConfig.from_env({"AGENTRT_UNPRICED_MODELS": "maybe"})
     with pytest.raises(ConfigError, match="at most 3600"):
         SpendConfig.from_env({"AGENTRT_RESERVATION_TTL_SECONDS": "7200"})
+
+
+def test_the_worst_case_estimates_only_the_messages_added_since_the_jobs_last_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spend = LedgerSpend(None)  # type: ignore[arg-type]  # worst_case calls no ledger
+    converted: list[str] = []
+    real = message_from_proto
+
+    def counting(message: common_pb2.Message, field: str) -> ChatMessage:
+        converted.append(message.content)
+        return real(message, field)
+
+    monkeypatch.setattr(spend_module, "message_from_proto", counting)
+
+    def turn(count: int, job_name: str = "jobs/j1") -> engine_pb2.CompleteRequest:
+        request = call()
+        request.job = job_name
+        del request.messages[:]
+        for index in range(count):
+            role = common_pb2.ROLE_USER if index % 2 == 0 else common_pb2.ROLE_ASSISTANT
+            request.messages.add(role=role, content=f"message number {index} " * (index + 1))
+        return request
+
+    def full(request: engine_pb2.CompleteRequest) -> int:
+        messages = [real(m, "m") for m in request.messages]
+        return estimate_message_tokens(messages) + 100  # max_output_tokens of call()
+
+    for count in (1, 3, 6, 10):
+        converted.clear()
+        request = turn(count)
+        assert spend.worst_case(request, None).tokens == full(request)
+    assert len(converted) == 4  # The 7th to 10th messages only: the rest was estimated.
+
+    # A conversation that is not the one estimated (its last known message changed) is
+    # estimated again in full; so is another job's.
+    changed = turn(10)
+    changed.messages[9].content = "rewritten"
+    converted.clear()
+    assert spend.worst_case(changed, None).tokens == full(changed)
+    assert len(converted) == 10
+    converted.clear()
+    assert spend.worst_case(turn(10, "jobs/j2"), None).tokens == full(turn(10, "jobs/j2"))
+    assert len(converted) == 10

@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
-from agentrt.common.v1.common_pb2 import ToolCall
-from agentrt.jobs.v1.jobs_pb2 import Job
+from agentrt.common.v1.common_pb2 import ToolCall, ToolKind, ToolSpec
+from agentrt.jobs.v1.jobs_pb2 import Job, JobSpec
 from agentrt.orchestrator.v1.orchestrator_pb2 import Plugin, PluginManifest
 from agentrt.plugin.v1 import plugin_pb2_grpc
 
@@ -22,11 +22,13 @@ from services.orchestrator.plugins import (
     PluginConfig,
     PluginRegistry,
     PluginSource,
+    PluginStore,
     open_plugin_store,
 )
 from services.orchestrator.plugins.store import SQL_DIRECTORY
 from services.orchestrator.tools.base import ToolFailed, ToolInvocation
-from tests.services.orchestrator.plugins.python_plugin import EchoTools, PythonPlugin
+from services.orchestrator.tools.runner import ToolRunner
+from tests.services.orchestrator.plugins.python_plugin import EchoTools, PythonPlugin, spec
 
 WAIT = 30.0
 """Seconds a test waits for the checker to notice a change, before it fails."""
@@ -65,6 +67,16 @@ async def source_names(registry: PluginRegistry) -> list[str]:
     return [source.name for source in await registry.tools.sources()]
 
 
+async def unavailable_call(registry: PluginRegistry) -> str:
+    """What a call of `echo` through the registry's source answers: the plugin is not
+    called, the call fails as not available now."""
+    (source,) = await registry.tools.sources()
+    with pytest.raises(ToolFailed) as failed:
+        await source.call(invocation("echo", {"text": "hi"}), timeout=5.0)
+    assert not failed.value.retryable
+    return str(failed.value)
+
+
 async def test_the_checker_marks_a_stopped_plugin_unhealthy_and_a_restarted_one_healthy(
     checking: PluginRegistry, plugin: PythonPlugin
 ) -> None:
@@ -79,7 +91,20 @@ async def test_the_checker_marks_a_stopped_plugin_unhealthy_and_a_restarted_one_
     await eventually(unhealthy, "the stopped plugin is UNHEALTHY")
     down = await checking.get("echoes")
     assert "UNAVAILABLE" in down.last_check_error
-    assert await source_names(checking) == []
+    # Still offered from its stored spec, so that jobs naming it go on; its calls answer
+    # that it is not available now.
+    assert await source_names(checking) == ["plugins/echoes"]
+    assert "is not available now: plugin plugins/echoes is UNHEALTHY" in (
+        await unavailable_call(checking)
+    )
+    # A job started now is offered the tool and runs; the model is told it is down.
+    runner = ToolRunner(checking.tools.sources)
+    job = Job(name="jobs/j1", tenant="acme", spec=JobSpec(tools=[ToolSpec(name="echo")]))
+    (offered,) = await runner.offer(job)
+    assert offered.kind == ToolKind.TOOL_KIND_PLUGIN
+    call = ToolCall(id="c1", name="echo", arguments='{"text": "hi"}')
+    output = await runner.run(job, call, 0, offered)
+    assert output.is_error and "not available now" in output.text
     tools = {t.spec.name: t for t in await checking.list_tools()}
     assert not tools["echo"].available and tools["calculator"].available
 
@@ -137,7 +162,7 @@ async def test_a_plugin_without_a_health_service_is_judged_by_list_tools(
         await server.stop(None)
 
 
-async def test_a_plugin_nobody_checked_lately_shows_unknown_and_is_not_offered(
+async def test_a_plugin_nobody_checked_lately_shows_unknown_and_is_not_called(
     sqlite_path: Path, plugin: PythonPlugin
 ) -> None:
     config = StorageConfig("sqlite", sqlite_path, None, "orchestrator")
@@ -150,7 +175,9 @@ async def test_a_plugin_nobody_checked_lately_shows_unknown_and_is_not_offered(
         now[0] += timedelta(seconds=settings.stale_seconds + 1)
 
         assert (await registry.get("echoes")).state == Plugin.STATE_UNKNOWN
-        assert await source_names(registry) == []
+        assert "is not available now: plugin plugins/echoes is UNKNOWN" in (
+            await unavailable_call(registry)
+        )
     finally:
         await registry.close()
 
@@ -235,3 +262,18 @@ async def test_a_healthy_check_refreshes_the_tool_schemas(
     assert stored.state == Plugin.STATE_HEALTHY
     assert stored.tools[0].description == "echoes, now louder"
     assert stored.last_check_time.ToDatetime() >= registered.last_check_time.ToDatetime()
+
+
+async def test_a_check_error_quoting_a_nul_from_the_plugin_is_stored(
+    store: PluginStore, plugin: PythonPlugin
+) -> None:
+    """PostgreSQL stores no NUL; a plugin's tool names reach the check's error text."""
+    registry = PluginRegistry(store, PluginConfig(check_timeout_seconds=2.0, refresh_seconds=0))
+    registered = await registry.register("echoes", manifest(plugin.endpoint))
+    plugin.tools.tools = [*plugin.tools.tools, spec("odd\x00name")]
+
+    check = await registry.check(registered)
+
+    assert check.state == Plugin.STATE_UNHEALTHY
+    assert "odd\\0name" in check.error
+    assert (await registry.get("echoes")).last_check_error == check.error

@@ -280,3 +280,23 @@ async def test_a_tool_whose_plugin_went_away_is_an_error_output() -> None:
     output = await runner.run(the_job, call("search", q="x"), 0)
 
     assert output.is_error and "not available now" in output.text
+
+
+async def test_a_call_run_with_its_offered_spec_keeps_what_the_model_was_offered() -> None:
+    plugin = ScriptedSource("plugins/web", [SEARCH], failing(1))
+    runner = ToolRunner(Sources(plugin), ToolDefaults(backoff=0))
+    the_job = job(wanted("search"))
+    (offered,) = await runner.offer(the_job)
+    # The plugin now serves the tool as not idempotent: the call the model was offered
+    # as idempotent is retried as offered, not as served now.
+    changed = tool("search", dict(SEARCH.parameters), idempotent=False)
+    plugin.tools = [changed]
+
+    output = await runner.run(the_job, call("search", q="x"), 0, offered)
+
+    assert not output.is_error
+    assert len(plugin.calls) == 2  # The failed attempt, then the retry.
+    # Without the offered spec the call is resolved now: not idempotent, not retried.
+    plugin.answer = failing(1)
+    again = await runner.run(the_job, call("search", q="x"), 0)
+    assert again.is_error and len(plugin.calls) == 3

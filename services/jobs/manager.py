@@ -41,7 +41,6 @@ from services.jobs.store import (
     Resolution,
     TokenRef,
 )
-from services.jobs.trees import MAX_CHILD_JOBS
 from services.jobs.validation import (
     JobLimits,
     bounded,
@@ -55,6 +54,7 @@ from services.kit import paging
 from services.kit.errors import AgentrtError, FieldInvalid, FieldRequired
 from services.kit.events.base import Wakeups
 from services.kit.names import parse_action_name, parse_job_name
+from services.kit.workflows import MAX_CHILD_JOBS
 
 JOBS_TOPIC = "jobs"
 """The wake-up topic of workers waiting for runnable jobs."""

@@ -22,13 +22,7 @@ from services.jobs.records import Change, JobRecord, StoredEvent
 from services.jobs.store import NewJob
 from services.kit.errors import FieldInvalid, IllegalTransition, JobNotFound, ResourceExhausted
 from services.kit.names import job_name
-
-DEFAULT_MAX_CHILD_JOBS = 10
-MAX_CHILD_JOBS = 1000
-DEFAULT_MAX_DEPTH = 5
-MAX_DEPTH = 10
-DEFAULT_MAX_PARALLEL = 5
-MAX_PARALLEL = 100
+from services.kit.workflows import DEFAULT_MAX_CHILD_JOBS, DEFAULT_MAX_DEPTH
 
 End = Callable[[JobRecord], Change]
 """How one job ends; raises, changing nothing, when it may not."""

@@ -12,9 +12,8 @@ from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, JobSpec, OrchestrationC
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 
-from services.jobs import trees
 from services.jobs.store import NewAction, NewJob
-from services.kit import validate
+from services.kit import validate, workflows
 from services.kit.errors import FieldInvalid, FieldRequired, MessageTooLarge
 from services.kit.money import parse_amount
 from services.kit.names import parse_job_name
@@ -160,9 +159,9 @@ def _check_node(node: str, limits: JobLimits) -> None:
 def _check_orchestration(config: OrchestrationConfig, limits: JobLimits) -> None:
     """Zero means the default everywhere, so only the ranges are checked."""
     field = "spec.orchestration"
-    bounded(config.max_child_jobs, f"{field}.max_child_jobs", 0, trees.MAX_CHILD_JOBS)
-    bounded(config.max_depth, f"{field}.max_depth", 0, trees.MAX_DEPTH)
-    bounded(config.max_parallel, f"{field}.max_parallel", 0, trees.MAX_PARALLEL)
+    bounded(config.max_child_jobs, f"{field}.max_child_jobs", 0, workflows.MAX_CHILD_JOBS)
+    bounded(config.max_depth, f"{field}.max_depth", 0, workflows.MAX_DEPTH)
+    bounded(config.max_parallel, f"{field}.max_parallel", 0, workflows.MAX_PARALLEL)
     timeout = config.child_timeout
     if timeout.seconds < 0 or timeout.nanos < 0 or timeout.ToTimedelta() > limits.max_timeout:
         raise FieldInvalid(

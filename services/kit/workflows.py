@@ -35,8 +35,13 @@ MAX_NODES = 200
 MAX_ITEMS = 1000
 DEFAULT_MAX_CHILD_JOBS = 10
 """OrchestrationConfig.max_child_jobs when 0, as jobs.proto documents it."""
+MAX_CHILD_JOBS = 1000
 DEFAULT_MAX_DEPTH = 5
 """OrchestrationConfig.max_depth when 0, as jobs.proto documents it."""
+MAX_DEPTH = 10
+DEFAULT_MAX_PARALLEL = 5
+"""OrchestrationConfig.max_parallel when 0, as jobs.proto documents it."""
+MAX_PARALLEL = 100
 
 Join = Literal["all", "any"]
 

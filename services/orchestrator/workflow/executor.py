@@ -22,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.kit.events import EventChannel
 from services.kit.telemetry import current_trace_id
-from services.kit.workflows import Graph, compile_workflow
+from services.kit.workflows import DEFAULT_MAX_PARALLEL, Graph, compile_workflow
 from services.orchestrator.agent import (
     RunEnd,
     history_sequence,
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 JobState = common_pb2.JobState
 ErrorReason = common_pb2.ErrorReason
-DEFAULT_MAX_PARALLEL = 5
-"""OrchestrationConfig.max_parallel when 0, as jobs.proto documents it."""
 _PREVIEW_CHARS = 200
 
 

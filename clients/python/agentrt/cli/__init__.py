@@ -95,7 +95,7 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     dev.set_defaults(run=admin.dev)
 
     serve = commands.add_parser("serve", help="run one service (configured by AGENTRT_*)")
-    serve.add_argument("service", help="gateway, jobs, engine, orchestrator, ...")
+    serve.add_argument("service", help="gateway, jobs, engine, orchestrator, ..., exporter")
     serve.set_defaults(run=admin.serve)
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -94,6 +95,7 @@ async def test_every_jobs_events_arrive_in_order_across_a_killed_exporter(
         "AGENTRT_EXPORT_REDIS_URL": redis_url,
         "AGENTRT_EXPORT_REDIS_STREAM_PREFIX": f"{prefix}:out",
         "AGENTRT_EXPORT_BATCH_SIZE": "50",
+        "AGENTRT_LOG_FORMAT": "json",
     }
     client = redis.asyncio.Redis.from_url(redis_url)
     channel = RedisEventChannel(client, prefix=prefix)
@@ -144,6 +146,10 @@ async def test_every_jobs_events_arrive_in_order_across_a_killed_exporter(
     assert {event.id for _, event in exported} == {
         f"j{n}.{s}" for n in range(JOBS) for s in expected
     }
+    started = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [entry["message"] for entry in started].count(
+        f"exporting events to kafka topic {prefix}.events"
+    ) == 2
     print(f"kafka records: {len(records)} for {TOTAL} events (killed at {killed_at})")
     await channel.close()
     await client.aclose()

@@ -154,6 +154,10 @@ class RedisEventChannel:
         newest = _entries(await self._redis.xrevrange(self._job_key(job), count=1))
         return newest[0][0] if newest else "0"
 
+    async def global_position(self) -> Cursor:
+        newest = _entries(await self._redis.xrevrange(self._global_key, count=1))
+        return newest[0][0] if newest else "0"
+
     def follow_job(self, job: str, after: Cursor) -> AsyncIterator[tuple[Cursor, RuntimeEvent]]:
         self._check_open()
         return self._follow(self._job_key(job), parse_cursor(after))

@@ -15,6 +15,7 @@ import grpc
 
 from agentrt.cli import actions, admin, jobs, manage
 from agentrt.cli.console import CommandError, Console
+from agentrt.cli.events import add_event_commands
 from agentrt.cli.render import parse_state
 from agentrt.cli.target import Target, resolve_target
 from agentrt.client import BUDGET_PERIODS, USAGE_DIMENSIONS, Client, job_name
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     connection = _connection_options()
     _add_client_commands(commands, connection)
     _add_action_commands(commands, connection)
+    add_event_commands(commands, connection)
     _add_admin_api_commands(commands, connection)
     return parser
 

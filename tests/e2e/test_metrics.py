@@ -1,0 +1,84 @@
+"""Every service as a process with a Prometheus endpoint: the series move under a small load."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from agentrt import Client
+
+from tests.e2e.conftest import create_key
+from tests.e2e.processes import SERVICES, Cluster, cluster, free_ports
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$")
+
+
+@pytest.fixture
+def metered(
+    pg_dsn: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> Iterator[tuple[Cluster, dict[str, str]]]:
+    """The services as processes, each with its own scrape endpoint."""
+    endpoints = {
+        service: f"127.0.0.1:{port}"
+        for service, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True)
+    }
+    per_service = {
+        service: {"AGENTRT_METRICS_ADDRESS": address} for service, address in endpoints.items()
+    }
+    with cluster(pg_dsn, redis_url, redis_prefix, tmp_path, per_service=per_service) as running:
+        yield running, endpoints
+
+
+def scrape(address: str) -> dict[str, float]:
+    """Every sample of the endpoint, keyed by name and labels."""
+    reply = httpx.get(f"http://{address}/metrics", timeout=5)
+    reply.raise_for_status()
+    samples = {}
+    for line in reply.text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            samples[match[1] + (match[2] or "")] = float(match[3])
+    return samples
+
+
+def total(samples: dict[str, float], name: str, *labels: str) -> float:
+    return sum(
+        value
+        for key, value in samples.items()
+        if key.split("{")[0] == name and all(label in key for label in labels)
+    )
+
+
+async def test_every_service_counts_its_rpcs_and_the_ledger_its_tokens(
+    metered: tuple[Cluster, dict[str, str]],
+) -> None:
+    running, endpoints = metered
+    key = create_key(running, "acme", "alice")
+    before = {service: scrape(address) for service, address in endpoints.items()}
+    async with Client(running.address("gateway"), key) as client:
+        for n in range(3):
+            job = await client.run(f"hello {n}")
+            assert job.usage.total_tokens > 0
+    after = {service: scrape(address) for service, address in endpoints.items()}
+
+    requests = "agentrt_rpc_server_requests_total"
+    for service in SERVICES:
+        assert total(after[service], requests) > 0, service
+        assert total(after[service], "agentrt_rpc_server_duration_seconds_count") > 0, service
+    for service, method in [
+        ("gateway", "RuntimeService/Execute"),
+        ("jobs", "JobService/CreateJob"),
+        ("engine", "EngineService/"),
+        ("ledger", "LedgerService/"),
+    ]:
+        grew = total(after[service], requests, method) - total(before[service], requests, method)
+        assert grew >= 3, (service, method, grew)
+    tokens = "agentrt_ledger_tokens_total"
+    spent = total(after["ledger"], tokens, 'tenant="acme"', 'model="local"')
+    assert spent - total(before["ledger"], tokens, 'tenant="acme"') > 0
+    assert total(after["ledger"], tokens, 'direction="output"') > 0

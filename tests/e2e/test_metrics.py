@@ -6,9 +6,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from agentrt import Client
+from agentrt.common.v1.common_pb2 import ErrorReason
+from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget
 
 from tests.e2e.conftest import create_key
 from tests.e2e.processes import SERVICES, Cluster, cluster, free_ports
@@ -59,11 +63,22 @@ async def test_every_service_counts_its_rpcs_and_the_ledger_its_tokens(
 ) -> None:
     running, endpoints = metered
     key = create_key(running, "acme", "alice")
+    tight = create_key(running, "tight", "bob")
+    async with grpc.aio.insecure_channel(running.address("ledger")) as channel:
+        await ledger_pb2_grpc.LedgerServiceStub(channel).CreateBudget(
+            ledger_pb2.CreateBudgetRequest(
+                budget_id="tiny",
+                budget=Budget(tenant="tight", period=Budget.PERIOD_DAY, limits=Amounts(tokens=1)),
+            )
+        )
     before = {service: scrape(address) for service, address in endpoints.items()}
     async with Client(running.address("gateway"), key) as client:
         for n in range(3):
             job = await client.run(f"hello {n}")
             assert job.usage.total_tokens > 0
+    async with Client(running.address("gateway"), tight) as client:
+        refused = await client.run("over budget")
+        assert refused.failure.reason == ErrorReason.ERROR_REASON_BUDGET_EXCEEDED
     after = {service: scrape(address) for service, address in endpoints.items()}
 
     requests = "agentrt_rpc_server_requests_total"
@@ -82,3 +97,6 @@ async def test_every_service_counts_its_rpcs_and_the_ledger_its_tokens(
     spent = total(after["ledger"], tokens, 'tenant="acme"', 'model="local"')
     assert spent - total(before["ledger"], tokens, 'tenant="acme"') > 0
     assert total(after["ledger"], tokens, 'direction="output"') > 0
+    denials = "agentrt_ledger_budget_denials_total"
+    assert total(after["ledger"], denials, 'tenant="tight"') >= 1
+    assert total(after["ledger"], denials, 'tenant="acme"') == 0

@@ -43,6 +43,7 @@ from services.jobs.store import (
     ActionTarget,
     JobFilter,
     LeaseBatch,
+    LiveJobs,
     NewAction,
     NewJob,
     Resolution,
@@ -335,6 +336,10 @@ class PostgresJobStore:
                 await _save(connection, [change])
                 await _save_actions(connection, [settled])
         return to_action(settled)
+
+    async def live_jobs(self) -> LiveJobs:
+        rows = await self._pool.fetch(QUERIES["live_jobs"])
+        return LiveJobs.from_rows((row["state"], row["jobs"], row["oldest"]) for row in rows)
 
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:
         async with self._relay_guard:

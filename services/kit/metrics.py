@@ -26,6 +26,12 @@ def meter() -> metrics.Meter:
     return metrics.get_meter(METER_NAME)
 
 
+def metrics_enabled() -> bool:
+    """Whether `configure_metrics` installed a provider: work done only to feed metrics
+    (reading a store for a gauge) is skipped otherwise."""
+    return _configured
+
+
 def configure_metrics(service_name: str, env: Mapping[str, str] | None = None) -> bool:
     """Installs the global meter provider once per process, when anything reads it:
     a Prometheus scrape endpoint at AGENTRT_METRICS_ADDRESS (host:port; empty: none), and

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +34,8 @@ def metered(
         for service, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True)
     }
     per_service = {
-        service: {"AGENTRT_METRICS_ADDRESS": address} for service, address in endpoints.items()
+        service: {"AGENTRT_METRICS_ADDRESS": address, "AGENTRT_JOBS_METRICS_SECONDS": "0.1"}
+        for service, address in endpoints.items()
     }
     with cluster(pg_dsn, redis_url, redis_prefix, tmp_path, per_service=per_service) as running:
         yield running, endpoints
@@ -100,3 +103,22 @@ async def test_every_service_counts_its_rpcs_and_the_ledger_its_tokens(
     denials = "agentrt_ledger_budget_denials_total"
     assert total(after["ledger"], denials, 'tenant="tight"') >= 1
     assert total(after["ledger"], denials, 'tenant="acme"') == 0
+
+
+async def test_the_jobs_gauges_show_a_job_waiting_in_the_queue(
+    metered: tuple[Cluster, dict[str, str]],
+) -> None:
+    running, endpoints = metered
+    key = create_key(running, "acme", "alice")
+    running.kill("orchestrator")
+    async with Client(running.address("gateway"), key) as client:
+        await client.execute("nobody runs me")
+        deadline = time.monotonic() + 10
+        while True:
+            samples = scrape(endpoints["jobs"])
+            queued = total(samples, "agentrt_jobs_live", 'state="queued"')
+            if queued >= 1 and total(samples, "agentrt_jobs_queue_age_seconds") > 0:
+                break
+            assert time.monotonic() < deadline, samples
+            await asyncio.sleep(0.1)
+    assert total(samples, "agentrt_jobs_live", 'state="running"') == 0

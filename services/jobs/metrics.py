@@ -19,10 +19,19 @@ class JobGauges:
     store, so a periodic task of the service reads it and the gauges report that.
     """
 
-    def __init__(self, store: JobStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(
+        self,
+        store: JobStore,
+        count_actions: bool,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        """`count_actions`: the store keeps the actions (not another action store), so
+        its count of pending ones is every one."""
         self._store = store
         self._clock = clock
+        self._count_actions = count_actions
         self._live: LiveJobs | None = None
+        self._pending_actions: int | None = None
         meter().create_observable_gauge(
             "agentrt.jobs.live",
             callbacks=[self._observe_jobs],
@@ -35,9 +44,18 @@ class JobGauges:
             unit="s",
             description="How long the oldest QUEUED job has waited (0: none queued)",
         )
+        if count_actions:
+            meter().create_observable_gauge(
+                "agentrt.jobs.actions.pending",
+                callbacks=[self._observe_pending_actions],
+                unit="{action}",
+                description="Actions PENDING: approvals and client tool calls jobs wait on",
+            )
 
     async def refresh(self) -> None:
         self._live = await self._store.live_jobs()
+        if self._count_actions:
+            self._pending_actions = await self._store.pending_actions()
 
     def _observe_jobs(self, options: CallbackOptions) -> Iterable[Observation]:
         if self._live is None:
@@ -53,3 +71,6 @@ class JobGauges:
         oldest = self._live.oldest_queued
         age = 0.0 if oldest is None else (self._clock() - oldest).total_seconds()
         return [Observation(max(age, 0.0))]
+
+    def _observe_pending_actions(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [] if self._pending_actions is None else [Observation(self._pending_actions)]

@@ -49,7 +49,7 @@ class JobsUnit:
             store, infra.wakeups, self._relay.notify, JobLimits(), actions=actions, cache=cache
         )
         self._sweep_seconds = sweep_seconds
-        self._gauges = JobGauges(store) if metrics_enabled() else None
+        self._gauges = JobGauges(store, actions is None) if metrics_enabled() else None
         # How often the gauges read the store; they report the last reading.
         self._gauges_seconds = env_float("AGENTRT_JOBS_METRICS_SECONDS", 5.0, minimum=0.05)
         self._tasks: list[asyncio.Task[None]] = []

@@ -341,6 +341,10 @@ class JobStore(ActionStore, ActionJobs, Protocol):
         reading the finished ones."""
         ...
 
+    async def pending_actions(self) -> int:
+        """How many actions of this store are PENDING (from the index of their expiry)."""
+        ...
+
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:
         """The oldest events not yet published, as (row id, event), in row-id order, which
         is sequence order within each job. Empty while another relay holds the relay lock."""

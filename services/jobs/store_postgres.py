@@ -341,6 +341,10 @@ class PostgresJobStore:
         rows = await self._pool.fetch(QUERIES["live_jobs"])
         return LiveJobs.from_rows((row["state"], row["jobs"], row["oldest"]) for row in rows)
 
+    async def pending_actions(self) -> int:
+        count: int = await self._pool.fetchval(QUERIES["pending_action_count"])
+        return count
+
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:
         async with self._relay_guard:
             relay = await self._lock_relay()

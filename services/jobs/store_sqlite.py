@@ -331,6 +331,10 @@ class SqliteJobStore:
         rows = await self._db.fetchall(QUERIES["live_jobs"], {})
         return LiveJobs.from_rows((row["state"], row["jobs"], _time(row["oldest"])) for row in rows)
 
+    async def pending_actions(self) -> int:
+        rows = await self._db.fetchall(QUERIES["pending_action_count"], {})
+        return int(rows[0]["actions"])
+
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:
         rows = await self._db.fetchall(QUERIES["fetch_unpublished"], {"limit": limit})
         return [(row["row_id"], RuntimeEvent.FromString(row["event"])) for row in rows]

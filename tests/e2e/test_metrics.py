@@ -122,3 +122,5 @@ async def test_the_jobs_gauges_show_a_job_waiting_in_the_queue(
             assert time.monotonic() < deadline, samples
             await asyncio.sleep(0.1)
     assert total(samples, "agentrt_jobs_live", 'state="running"') == 0
+    pending = [key for key in samples if key.split("{")[0] == "agentrt_jobs_actions_pending"]
+    assert len(pending) == 1 and samples[pending[0]] == 0

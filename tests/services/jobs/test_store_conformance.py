@@ -189,6 +189,21 @@ async def test_live_jobs_counts_unfinished_jobs_and_the_oldest_queued(store: Job
     live = await store.live_jobs()
     assert live.counts == {states.QUEUED: 2, states.RUNNING: 1, states.WAITING: 0}
     assert live.oldest_queued == seconds(2)
+    assert await store.pending_actions() == 0
+
+
+async def test_a_job_waiting_on_an_action_is_counted_with_its_pending_action(
+    store: JobStore,
+) -> None:
+    # Imported here: that suite imports this module's helpers.
+
+    # Imported here: that suite imports this module's helpers.
+    from tests.services.jobs.test_action_store_conformance import waiting_job
+
+    await waiting_job(store, store)
+    live = await store.live_jobs()
+    assert live.counts == {states.QUEUED: 0, states.RUNNING: 0, states.WAITING: 1}
+    assert await store.pending_actions() == 1
 
 
 async def test_concurrent_workers_never_get_the_same_job(store: JobStore) -> None:

@@ -227,3 +227,7 @@ SELECT state, count(*) AS jobs, min(create_time) AS oldest
 FROM jobs
 WHERE state IN (1, 2, 3)
 GROUP BY state;
+
+-- name: pending_action_count
+-- Actions PENDING (1), from the partial index of pending actions' expiry.
+SELECT count(*) AS actions FROM actions WHERE state = 1;

@@ -85,6 +85,7 @@ bench: install
 	$(BIN)/python bench/main_path.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/actions.py
+	$(BIN)/python bench/observability.py
 
 clean:
 	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache $(NODE)/node_modules

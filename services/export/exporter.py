@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import redis.asyncio
@@ -127,11 +127,7 @@ async def run_exporter() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        await source.ensure_group()
-        for sink in sinks:
-            await sink.start()
-            _log.info("exporting events to %s", sink.name)
-        task = asyncio.create_task(Exporter(source, sinks, config.batch_size).run())
+        task = asyncio.create_task(_start_and_export(source, sinks, config.batch_size))
         await stopping.wait()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -141,3 +137,28 @@ async def run_exporter() -> None:
             with contextlib.suppress(Exception):
                 await sink.close()
         await client.aclose()
+
+
+async def _start_and_export(
+    source: GlobalStreamGroup, sinks: Sequence[EventSink], batch_size: int
+) -> None:
+    """Starts the group and every sink, retrying while a server is unreachable (a broker
+    that starts after the exporter is not a reason to exit), then exports."""
+    await _until_done(source.ensure_group, "the consumer group on the global stream")
+    for sink in sinks:
+        await _until_done(sink.start, sink.name)
+        _log.info("exporting events to %s", sink.name)
+    await Exporter(source, sinks, batch_size).run()
+
+
+async def _until_done(step: Callable[[], Awaitable[None]], what: str) -> None:
+    failures = 0
+    while True:
+        try:
+            await step()
+            return
+        except Exception as error:
+            failures += 1
+            delay = retry_delay(failures)
+            _log.warning("cannot reach %s, retrying in %.2f s: %s", what, delay, error)
+            await asyncio.sleep(delay)

@@ -47,7 +47,11 @@ class KafkaSink:
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, acks="all", linger_ms=5, client_id="agentrt-export"
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
         self._producer = producer
 
     async def send(self, events: Sequence[RuntimeEvent]) -> None:

@@ -22,7 +22,7 @@ from services.kit.events import RedisEventChannel
 from tests.e2e.processes import AGENTRT
 from tests.services.kit.events.sample_events import history
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 JOBS = 1000
 KINDS = (

@@ -49,8 +49,18 @@ async def _serve(name: str) -> None:
         await infra.close()
 
 
+EXPORTER = "exporter"
+"""Not a gRPC service: the process that exports the global event stream (services/export)."""
+
+
 def run_service(name: str) -> None:
     """Runs one service until SIGTERM; its database must be migrated already."""
+    if name == EXPORTER:
+        from services.export import run_exporter
+
+        configure_logging(request_log=False)
+        run_main(run_exporter())
+        return
     check_known([name])
     configure_logging(request_log=True)
     run_main(_serve(name))

@@ -17,6 +17,7 @@ from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.gateway.auth import Credentials, authenticate
+from services.gateway.event_watch import event_filter, watch_events
 from services.gateway.keys import Principal
 from services.gateway.models import ModelDirectory
 from services.gateway.watch import (
@@ -172,6 +173,24 @@ class RuntimeHandler(gateway_pb2_grpc.RuntimeServiceServicer):
         elif target == "name":
             forwarded.name = request.name
         return await self._jobs.ResolveAction(forwarded)
+
+    async def WatchEvents(
+        self, request: gateway_pb2.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.WatchEventsResponse]:
+        caller = await authenticate(context, self._keys)
+        wanted = event_filter(request, caller.tenant, caller.admin)
+        followed = watch_events(self._events, request.after_cursor, wanted, self._lookup_job)
+        async with aclosing(followed) as events:
+            async for cursor, event in events:
+                yield gateway_pb2.WatchEventsResponse(event=event, cursor=cursor)
+
+    async def _lookup_job(self, tenant: str, name: str) -> jobs_pb2.Job | None:
+        try:
+            return await self._jobs.GetJob(jobs_pb2.GetJobRequest(tenant=tenant, name=name))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
 
     async def _create_job(
         self, caller: Principal, request: gateway_pb2.ExecuteRequest

@@ -137,6 +137,9 @@ class InvalidatingChannel:
     async def job_position(self, job: str) -> Cursor:
         return await self._events.job_position(job)
 
+    async def global_position(self) -> Cursor:
+        return await self._events.global_position()
+
     def follow_job(self, job: str, after: Cursor) -> AsyncIterator[tuple[Cursor, RuntimeEvent]]:
         return self._events.follow_job(job, after)
 

@@ -13,12 +13,14 @@ from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from services.jobs.handlers import JobServicer
 from services.jobs.job_cache import InvalidatingChannel, RedisJobCache
 from services.jobs.manager import JobManager
+from services.jobs.metrics import JobGauges
 from services.jobs.store import ActionStore, JobStore, open_job_store
 from services.jobs.store_redis import RedisActionStore
 from services.jobs.validation import JobLimits
 from services.kit.config import ConfigError, env_float, env_str
 from services.kit.events import OutboxRelay
 from services.kit.infra import Infrastructure
+from services.kit.metrics import metrics_enabled
 from services.kit.periodic import cancel_all, run_every
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class JobsUnit:
             store, infra.wakeups, self._relay.notify, JobLimits(), actions=actions, cache=cache
         )
         self._sweep_seconds = sweep_seconds
+        self._gauges = JobGauges(store, actions is None) if metrics_enabled() else None
+        # How often the gauges read the store; they report the last reading.
+        self._gauges_seconds = env_float("AGENTRT_JOBS_METRICS_SECONDS", 5.0, minimum=0.05)
         self._tasks: list[asyncio.Task[None]] = []
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -59,6 +64,12 @@ class JobsUnit:
                 run_every(self._sweep_seconds, self._sweep_expired), name="jobs-expiry"
             ),
         ]
+        if self._gauges is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    run_every(self._gauges_seconds, self._gauges.refresh), name="jobs-metrics"
+                )
+            )
 
     async def stop(self) -> None:
         await self._manager.stop_leasing()

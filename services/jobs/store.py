@@ -7,7 +7,7 @@ publishes from. Times are passed in (`now`, UTC) so that one clock decides every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from agentrt.common.v1.common_pb2 import (
 from agentrt.jobs.v1.jobs_pb2 import Action, ActionKind, Checkpoint, Job, JobResult, JobSpec
 from google.protobuf.struct_pb2 import Struct
 
+from services.jobs import states
 from services.jobs.states import State
 from services.kit.storage import StorageConfig, open_store
 
@@ -227,6 +228,27 @@ class ActionJobs(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LiveJobs:
+    """The jobs that have not ended, for the service's metrics."""
+
+    counts: dict[State, int]
+    """Jobs QUEUED, RUNNING and WAITING (every one of the three present, 0 for none)."""
+    oldest_queued: datetime | None
+    """When the oldest QUEUED job was created; None when none is queued."""
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[State, int, datetime | None]]) -> LiveJobs:
+        """From the (state, jobs, oldest creation) rows of the `live_jobs` query."""
+        counts: dict[State, int] = {states.QUEUED: 0, states.RUNNING: 0, states.WAITING: 0}
+        oldest_queued = None
+        for state, jobs, oldest in rows:
+            counts[state] = jobs
+            if state == states.QUEUED:
+                oldest_queued = oldest
+        return cls(counts, oldest_queued)
+
+
 class JobStore(ActionStore, ActionJobs, Protocol):
     """Job records, leases, checkpoints and event history, on one backend.
 
@@ -354,6 +376,15 @@ class JobStore(ActionStore, ActionJobs, Protocol):
         self, tenant: str | None, job_id: str, after_sequence: int, limit: int
     ) -> tuple[list[RuntimeEvent], State]:
         """The job's history events after `after_sequence`, oldest first, and its state."""
+        ...
+
+    async def live_jobs(self) -> LiveJobs:
+        """Counts the jobs that have not ended, from the index of runnable jobs, without
+        reading the finished ones."""
+        ...
+
+    async def pending_actions(self) -> int:
+        """How many actions of this store are PENDING (from the index of their expiry)."""
         ...
 
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:

@@ -44,6 +44,7 @@ from services.jobs.store import (
     ActionTarget,
     JobFilter,
     LeaseBatch,
+    LiveJobs,
     NewAction,
     NewJob,
     Resolution,
@@ -407,6 +408,14 @@ class PostgresJobStore:
                 await _save(connection, [change])
                 await _save_actions(connection, [settled])
         return to_action(settled)
+
+    async def live_jobs(self) -> LiveJobs:
+        rows = await self._pool.fetch(QUERIES["live_jobs"])
+        return LiveJobs.from_rows((row["state"], row["jobs"], row["oldest"]) for row in rows)
+
+    async def pending_actions(self) -> int:
+        count: int = await self._pool.fetchval(QUERIES["pending_action_count"])
+        return count
 
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:
         async with self._relay_guard:

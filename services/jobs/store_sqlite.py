@@ -46,6 +46,7 @@ from services.jobs.store import (
     ActionTarget,
     JobFilter,
     LeaseBatch,
+    LiveJobs,
     NewAction,
     NewJob,
     Resolution,
@@ -367,6 +368,14 @@ class SqliteJobStore:
             return to_action(settled)
 
         return await self._db.transaction(apply)
+
+    async def live_jobs(self) -> LiveJobs:
+        rows = await self._db.fetchall(QUERIES["live_jobs"], {})
+        return LiveJobs.from_rows((row["state"], row["jobs"], _time(row["oldest"])) for row in rows)
+
+    async def pending_actions(self) -> int:
+        rows = await self._db.fetchall(QUERIES["pending_action_count"], {})
+        return int(rows[0]["actions"])
 
     async def fetch_unpublished(self, limit: int) -> list[tuple[int, RuntimeEvent]]:
         rows = await self._db.fetchall(QUERIES["fetch_unpublished"], {"limit": limit})

@@ -16,6 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from services.kit.errors import ERROR_DOMAIN, AgentrtError
+from services.kit.metrics import meter
 from services.kit.request_context import (
     annotate_current_span,
     read_context_header,
@@ -25,6 +26,12 @@ from services.kit.request_context import (
 from services.kit.telemetry import current_trace_id
 
 request_log = logging.getLogger("agentrt.requests")
+_rpc_count = meter().create_counter(
+    "agentrt.rpc.server.requests", unit="{request}", description="RPCs served, by method and code"
+)
+_rpc_duration = meter().create_histogram(
+    "agentrt.rpc.server.duration", unit="s", description="Time to serve an RPC, to its end"
+)
 log = logging.getLogger(__name__)
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -147,12 +154,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 response = await behavior(request, context)
             except grpc.aio.AbortError:
-                _log(method, started, context.code())
+                _finished(method, started, context.code())
                 raise
             except Exception as error:
-                _log(method, started, _code_of(error, context))
+                _finished(method, started, _code_of(error, context))
                 await abort_with(context, error)
-            _log(method, started, context.code() or grpc.StatusCode.OK)
+            _finished(method, started, context.code() or grpc.StatusCode.OK)
             return response
 
         return serve
@@ -170,12 +177,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     async for response in responses:
                         yield response
             except grpc.aio.AbortError:
-                _log(method, started, context.code())
+                _finished(method, started, context.code())
                 raise
             except Exception as error:
-                _log(method, started, _code_of(error, context))
+                _finished(method, started, _code_of(error, context))
                 await abort_with(context, error)
-            _log(method, started, context.code() or grpc.StatusCode.OK)
+            _finished(method, started, context.code() or grpc.StatusCode.OK)
 
         return serve
 
@@ -201,8 +208,13 @@ def _code_of(error: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> A
     return context.code() or grpc.StatusCode.INTERNAL
 
 
-def _log(method: str, started: float, code: Any) -> None:
+def _finished(method: str, started: float, code: Any) -> None:
+    """Counts the RPC, records its latency, and writes its line of the request log."""
     name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    seconds = time.monotonic() - started
+    attributes = {"rpc.method": method, "rpc.grpc.status_code": name}
+    _rpc_count.add(1, attributes)
+    _rpc_duration.record(seconds, attributes)
     level = logging.INFO if name in ("OK", "CANCELLED") else logging.WARNING
     if request_log.isEnabledFor(level):
         request_log.log(
@@ -210,7 +222,7 @@ def _log(method: str, started: float, code: Any) -> None:
             "rpc method=%s code=%s ms=%.2f trace_id=%s",
             method,
             name,
-            (time.monotonic() - started) * 1000,
+            seconds * 1000,
             current_trace_id() or "-",
         )
 

@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from services.kit.config import env_int
 from services.kit.interceptors import ServerInterceptor
 from services.kit.local_channel import LocalChannel, LocalServer
+from services.kit.metrics import configure_metrics
 from services.kit.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Server:
 
     def __init__(self, address: str, name: str) -> None:
         configure_tracing(name)
+        configure_metrics(name)
         self._units: list[ServiceUnit] = []
         interceptor = ServerInterceptor()
         self._server = LocalServer(

@@ -23,11 +23,13 @@ from services.kit.errors import (
     NameInvalid,
     NotFound,
     RequestIdReused,
+    ResourceExhausted,
 )
 from services.kit.ids import is_valid_id
 from services.kit.money import ModelPrice, parse_price
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.ledger import records
+from services.ledger.metrics import count_denial, count_recorded
 from services.ledger.store import LedgerStore, ReportQuery
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -81,7 +83,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if not request.HasField("usage_record"):
             raise FieldRequired("usage_record")
         entry = records.usage_entry(request.usage_record_id, request.usage_record, "")
-        record, _ = await self._store.record_usage(entry, self._clock())
+        record, created = await self._store.record_usage(entry, self._clock())
+        if created:
+            count_recorded([entry])
         return record
 
     async def ListUsageRecords(
@@ -226,7 +230,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_pb2.ReserveBudgetRequest, context: Context
     ) -> ledger_pb2.Reservation:
         validate.no_nul(request)
-        return await self._store.reserve(_reservation_request(request), self._clock())
+        try:
+            return await self._store.reserve(_reservation_request(request), self._clock())
+        except ResourceExhausted:
+            count_denial(request.tenant)
+            raise
 
     async def SettleReservation(
         self, request: ledger_pb2.SettleReservationRequest, context: Context
@@ -237,7 +245,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             records.usage_entry(r.usage_record_id, r.usage_record, f"usage_records[{i}].")
             for i, r in enumerate(request.usage_records)
         ]
-        return await self._store.settle(reservation_id, entries, self._clock())
+        now = self._clock()
+        settled = await self._store.settle(reservation_id, entries, now)
+        # A settlement made by this call ends at `now`; one repeated by a retry ended earlier
+        # and its usage was counted then.
+        if settled.end_time.ToDatetime(UTC) == now:
+            count_recorded(entries)
+        return settled
 
     async def ReleaseReservation(
         self, request: ledger_pb2.ReleaseReservationRequest, context: Context

@@ -123,9 +123,15 @@ class Cluster:
 
 @contextmanager
 def cluster(
-    database_url: str, redis_url: str, redis_prefix: str, logs: Path, extra: Mapping[str, str] = {}
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    logs: Path,
+    extra: Mapping[str, str] = {},
+    per_service: Mapping[str, Mapping[str, str]] = {},
 ) -> Iterator[Cluster]:
-    """Migrates the database, then runs each service as its own process."""
+    """Migrates the database, then runs each service as its own process (with the
+    variables `per_service` gives it, beside `extra`)."""
     env = {
         **os.environ,
         "AGENTRT_DATABASE_URL": database_url,
@@ -142,7 +148,7 @@ def cluster(
     running.cli("migrate")
     try:
         for service in SERVICES:
-            running.start(service)
+            running.start(service, extra=per_service.get(service, {}))
         yield running
     finally:
         running.stop_all()

@@ -376,6 +376,43 @@ class Client:
 
         return self._follow(open_stream, after_event_id)
 
+    async def follow_events(
+        self,
+        *,
+        types: Iterable[common_pb2.EventType.ValueType] = (),
+        labels: Mapping[str, str] | None = None,
+        session: str = "",
+        all_tenants: bool = False,
+        after_cursor: str = "",
+    ) -> AsyncIterator[gateway_pb2.WatchEventsResponse]:
+        """Yields the history events of every job of the key's tenant (every tenant's with
+        `all_tenants` and an admin key) from now on, or after `after_cursor` (the `cursor`
+        of a response received before), filtered by type, job labels and session; until
+        the caller stops. A stream broken with UNAVAILABLE is reopened after the last
+        cursor, as `events` does. Raises InvalidArgumentError, PermissionDeniedError."""
+        request = gateway_pb2.WatchEventsRequest(
+            after_cursor=after_cursor,
+            types=list(types),
+            labels=dict(labels or {}),
+            session=session,
+            all_tenants=all_tenants,
+        )
+        failures = 0
+        while True:
+            call = self._api.WatchEvents(request, metadata=self._metadata)
+            try:
+                async for response in call:
+                    failures = 0
+                    request.after_cursor = response.cursor
+                    yield response
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= self._resume.attempts:
+                    raise error_from_rpc(error) from error
+            finally:
+                call.cancel()
+            failures += 1
+            await asyncio.sleep(self._resume.backoff(failures))
+
     async def result(self, job: str | jobs_pb2.Job) -> jobs_pb2.Job:
         """Waits until the job has finished and returns it: SUCCEEDED with `result`, or
         FAILED, CANCELLED or TIMED_OUT with `failure` (reason and message)."""

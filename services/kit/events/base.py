@@ -74,6 +74,10 @@ class EventChannel(Protocol):
         """The cursor of the newest entry of the job's stream ("0" when empty)."""
         ...
 
+    async def global_position(self) -> Cursor:
+        """The cursor of the newest entry of the global stream ("0" when empty)."""
+        ...
+
     def follow_job(self, job: str, after: Cursor) -> AsyncIterator[tuple[Cursor, RuntimeEvent]]:
         """The job's entries after `after`, then new ones as they come, until closed.
 

@@ -90,6 +90,9 @@ class InMemoryEventChannel:
             return "0"
         return f"{stream.numbers[-1]}-0"
 
+    async def global_position(self) -> Cursor:
+        return f"{self._global.numbers[-1]}-0" if self._global.numbers else "0"
+
     def follow_job(self, job: str, after: Cursor) -> AsyncIterator[tuple[Cursor, RuntimeEvent]]:
         self._check_open()
         job_id = job_id_of(job)

@@ -154,6 +154,10 @@ class RedisEventChannel:
         newest = _entries(await self._redis.xrevrange(self._job_key(job), count=1))
         return newest[0][0] if newest else "0"
 
+    async def global_position(self) -> Cursor:
+        newest = _entries(await self._redis.xrevrange(self._global_key, count=1))
+        return newest[0][0] if newest else "0"
+
     def follow_job(self, job: str, after: Cursor) -> AsyncIterator[tuple[Cursor, RuntimeEvent]]:
         self._check_open()
         return self._follow(self._job_key(job), parse_cursor(after))
@@ -208,7 +212,7 @@ class RedisEventChannel:
                     if position <= last:
                         continue
                     last = position
-                    event = _decode(key, entry_id, payload)
+                    event = decode_entry(key, entry_id, payload)
                     if event is not None:
                         yield entry_id, event
         finally:
@@ -254,7 +258,7 @@ class RedisEventChannel:
             streams[self._control_key] = self._control_position
             try:
                 response = await self._redis.xread(streams, count=_READ_COUNT, block=self._block_ms)
-                read = _stream_entries(response)
+                read = stream_entries(response)
             except Exception as error:
                 if self._closed:
                     return
@@ -290,10 +294,12 @@ def _deliver(watch: _Watch, entries: list[Entry]) -> None:
 
 
 def _entries(raw: Any) -> list[Entry]:
-    return [(entry_id.decode(), fields.get(_FIELD)) for entry_id, fields in raw]
+    # XREADGROUP answers a pending entry trimmed from its stream without fields.
+    return [(entry_id.decode(), (fields or {}).get(_FIELD)) for entry_id, fields in raw]
 
 
-def _stream_entries(response: Any) -> list[tuple[str, list[Entry]]]:
+def stream_entries(response: Any) -> list[tuple[str, list[Entry]]]:
+    """An XREAD or XREADGROUP answer as (stream key, [(entry id, field `e`)])."""
     # RESP2 answers [[key, entries], ...]; RESP3 answers {key: [entries]}.
     if isinstance(response, dict):
         pairs = [(key, value[0]) for key, value in response.items()]
@@ -302,7 +308,8 @@ def _stream_entries(response: Any) -> list[tuple[str, list[Entry]]]:
     return [(key.decode(), _entries(value)) for key, value in pairs]
 
 
-def _decode(key: str, entry_id: str, payload: bytes | None) -> RuntimeEvent | None:
+def decode_entry(key: str, entry_id: str, payload: bytes | None) -> RuntimeEvent | None:
+    """The entry's event; None, with a warning, when it holds none."""
     # Another writer's malformed entry must not end every follower of the stream.
     try:
         if payload is not None:

@@ -126,6 +126,12 @@ class ScriptedGateway(gateway_pb2_grpc.RuntimeServiceServicer):
 
     Execute = ListJobs = CancelJob = ListActions = ResolveAction = _unimplemented
 
+    async def WatchEvents(
+        self, request: gateway_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[gateway_pb2.WatchEventsResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+        yield gateway_pb2.WatchEventsResponse()  # never reached: makes this a stream handler
+
     def _record(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         metadata = dict(context.invocation_metadata() or ())
         self.authorizations.append(str(metadata.get("authorization", "")))

@@ -176,6 +176,38 @@ async def test_lease_starts_queued_jobs_oldest_first(store: JobStore) -> None:
     assert (await store.lease_jobs("w3", 5, LEASE, seconds(11))).leases == []
 
 
+async def test_live_jobs_counts_unfinished_jobs_and_the_oldest_queued(store: JobStore) -> None:
+    empty = await store.live_jobs()
+    assert empty.counts == {states.QUEUED: 0, states.RUNNING: 0, states.WAITING: 0}
+    assert empty.oldest_queued is None
+    for n in (2, 0, 1, 3):
+        await create(store, seconds(n))
+    lease = await lease_one(store, at=5)
+    await store.finish(
+        id_of(lease.job), lease.lease_id, states.SUCCEEDED, JobResult(), None, None, seconds(6)
+    )
+    await lease_one(store, at=7)
+
+    live = await store.live_jobs()
+    assert live.counts == {states.QUEUED: 2, states.RUNNING: 1, states.WAITING: 0}
+    assert live.oldest_queued == seconds(2)
+    assert await store.pending_actions() == 0
+
+
+async def test_a_job_waiting_on_an_action_is_counted_with_its_pending_action(
+    store: JobStore,
+) -> None:
+    # Imported here: that suite imports this module's helpers.
+
+    # Imported here: that suite imports this module's helpers.
+    from tests.services.jobs.test_action_store_conformance import waiting_job
+
+    await waiting_job(store, store)
+    live = await store.live_jobs()
+    assert live.counts == {states.QUEUED: 0, states.RUNNING: 0, states.WAITING: 1}
+    assert await store.pending_actions() == 1
+
+
 async def test_concurrent_workers_never_get_the_same_job(store: JobStore) -> None:
     for n in range(20):
         await create(store, seconds(n))

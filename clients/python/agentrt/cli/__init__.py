@@ -15,6 +15,7 @@ import grpc
 
 from agentrt.cli import actions, admin, jobs, manage, replay
 from agentrt.cli.console import CommandError, Console
+from agentrt.cli.events import add_event_commands
 from agentrt.cli.models import add_commands as add_model_commands
 from agentrt.cli.render import parse_state
 from agentrt.cli.target import Target, resolve_target
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_commands(commands, connection)
     add_model_commands(commands, connection)
     _add_action_commands(commands, connection)
+    add_event_commands(commands, connection)
     _add_admin_api_commands(commands, connection)
     replay.add_commands(commands, connection)
     return parser
@@ -98,7 +100,7 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     dev.set_defaults(run=admin.dev)
 
     serve = commands.add_parser("serve", help="run one service (configured by AGENTRT_*)")
-    serve.add_argument("service", help="gateway, jobs, engine, orchestrator, ...")
+    serve.add_argument("service", help="gateway, jobs, engine, orchestrator, ..., exporter")
     serve.set_defaults(run=admin.serve)
 
     edge = commands.add_parser(

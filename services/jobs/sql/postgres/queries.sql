@@ -264,3 +264,15 @@ SELECT * FROM actions
 WHERE job_id = ANY ($1::text[]) AND state = 1 AND expire_time <= $2
 ORDER BY expire_time, id
 FOR UPDATE;
+
+-- name: live_jobs
+-- Jobs QUEUED (1), RUNNING (2) and WAITING (3) by state, with the oldest creation time of
+-- each; the runnable index answers it without touching finished jobs.
+SELECT state, count(*) AS jobs, min(create_time) AS oldest
+FROM jobs
+WHERE state IN (1, 2, 3)
+GROUP BY state;
+
+-- name: pending_action_count
+-- Actions PENDING (1), from the partial index of pending actions' expiry.
+SELECT count(*) AS actions FROM actions WHERE state = 1;

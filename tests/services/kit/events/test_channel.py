@@ -39,6 +39,18 @@ async def test_following_from_a_cursor_taken_earlier_loses_nothing(channel: Even
         assert ids(await take(follower, 1)) == ["a.4"]
 
 
+async def test_following_the_global_stream_from_its_position_gives_only_newer_events(
+    channel: EventChannel,
+) -> None:
+    assert await channel.global_position() == "0"
+    await channel.publish([history("a", 1), history("b", 1), delta("b", 1, 1)])
+    cursor = await channel.global_position()
+    assert cursor != "0"
+    await channel.publish([history("a", 2), delta("a", 2, 1), history("b", 2)])
+    async with closing(channel.follow_all(cursor)) as follower:
+        assert ids(await take(follower, 2)) == ["a.2", "b.2"]
+
+
 async def test_transient_events_go_to_the_job_stream_only(channel: EventChannel) -> None:
     await channel.publish([history("a", 1), delta("a", 1, 1), delta("a", 1, 2), history("a", 2)])
     async with closing(channel.follow_job("jobs/a", "0")) as job_follower:

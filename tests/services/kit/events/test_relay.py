@@ -65,6 +65,9 @@ class FlakyChannel:
     async def job_position(self, job: str) -> str:
         return await self._channel.job_position(job)
 
+    async def global_position(self) -> str:
+        return await self._channel.global_position()
+
     def follow_job(self, job: str, after: str) -> AsyncIterator[tuple[str, RuntimeEvent]]:
         return self._channel.follow_job(job, after)
 

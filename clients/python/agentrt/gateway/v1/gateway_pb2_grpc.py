@@ -79,6 +79,11 @@ class RuntimeServiceStub:
                 request_serializer=agentrt_dot_gateway_dot_v1_dot_gateway__pb2.ResolveActionRequest.SerializeToString,
                 response_deserializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.Action.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/agentrt.gateway.v1.RuntimeService/WatchEvents',
+                request_serializer=agentrt_dot_gateway_dot_v1_dot_gateway__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_gateway_dot_v1_dot_gateway__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServiceServicer:
@@ -170,6 +175,22 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams the history events of every job of the caller's tenant (of every
+        tenant with all_tenants and an admin key) as they enter the global event
+        log, filtered by type, job labels and session, each with the cursor to
+        resume after it; until the caller cancels. Transient events (output
+        deltas) are not in the global log. The log is trimmed by length: a resume
+        from a cursor older than the oldest entry it keeps starts there.
+        Caller: applications, operators, dashboards.
+        Errors: INVALID_ARGUMENT (FIELD_INVALID for a malformed after_cursor, an
+        unspecified or unknown type, a malformed label), PERMISSION_DENIED
+        (all_tenants without an admin key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +233,11 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.ResolveAction,
                     request_deserializer=agentrt_dot_gateway_dot_v1_dot_gateway__pb2.ResolveActionRequest.FromString,
                     response_serializer=agentrt_dot_jobs_dot_v1_dot_jobs__pb2.Action.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=agentrt_dot_gateway_dot_v1_dot_gateway__pb2.WatchEventsRequest.FromString,
+                    response_serializer=agentrt_dot_gateway_dot_v1_dot_gateway__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -433,6 +459,33 @@ class RuntimeService:
             '/agentrt.gateway.v1.RuntimeService/ResolveAction',
             agentrt_dot_gateway_dot_v1_dot_gateway__pb2.ResolveActionRequest.SerializeToString,
             agentrt_dot_jobs_dot_v1_dot_jobs__pb2.Action.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentrt.gateway.v1.RuntimeService/WatchEvents',
+            agentrt_dot_gateway_dot_v1_dot_gateway__pb2.WatchEventsRequest.SerializeToString,
+            agentrt_dot_gateway_dot_v1_dot_gateway__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

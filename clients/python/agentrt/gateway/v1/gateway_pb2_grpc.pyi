@@ -95,6 +95,18 @@ class RuntimeServiceStub:
     Errors: FAILED_PRECONDITION (ACTION_NOT_PENDING, RESUME_TOKEN_INVALID),
     NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchEventsRequest, _gateway_pb2.WatchEventsResponse]
+    """Streams the history events of every job of the caller's tenant (of every
+    tenant with all_tenants and an admin key) as they enter the global event
+    log, filtered by type, job labels and session, each with the cursor to
+    resume after it; until the caller cancels. Transient events (output
+    deltas) are not in the global log. The log is trimmed by length: a resume
+    from a cursor older than the oldest entry it keeps starts there.
+    Caller: applications, operators, dashboards.
+    Errors: INVALID_ARGUMENT (FIELD_INVALID for a malformed after_cursor, an
+    unspecified or unknown type, a malformed label), PERMISSION_DENIED
+    (all_tenants without an admin key).
+    """
 
 @_typing.type_check_only
 class RuntimeServiceAsyncStub(RuntimeServiceStub):
@@ -154,6 +166,18 @@ class RuntimeServiceAsyncStub(RuntimeServiceStub):
     Caller: approvers, applications running client tools.
     Errors: FAILED_PRECONDITION (ACTION_NOT_PENDING, RESUME_TOKEN_INVALID),
     NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT.
+    """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchEventsRequest, _gateway_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams the history events of every job of the caller's tenant (of every
+    tenant with all_tenants and an admin key) as they enter the global event
+    log, filtered by type, job labels and session, each with the cursor to
+    resume after it; until the caller cancels. Transient events (output
+    deltas) are not in the global log. The log is trimmed by length: a resume
+    from a cursor older than the oldest entry it keeps starts there.
+    Caller: applications, operators, dashboards.
+    Errors: INVALID_ARGUMENT (FIELD_INVALID for a malformed after_cursor, an
+    unspecified or unknown type, a malformed label), PERMISSION_DENIED
+    (all_tenants without an admin key).
     """
 
 class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -259,6 +283,24 @@ class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         Caller: approvers, applications running client tools.
         Errors: FAILED_PRECONDITION (ACTION_NOT_PENDING, RESUME_TOKEN_INVALID),
         NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _gateway_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.WatchEventsResponse], _abc.AsyncIterator[_gateway_pb2.WatchEventsResponse]]:
+        """Streams the history events of every job of the caller's tenant (of every
+        tenant with all_tenants and an admin key) as they enter the global event
+        log, filtered by type, job labels and session, each with the cursor to
+        resume after it; until the caller cancels. Transient events (output
+        deltas) are not in the global log. The log is trimmed by length: a resume
+        from a cursor older than the oldest entry it keeps starts there.
+        Caller: applications, operators, dashboards.
+        Errors: INVALID_ARGUMENT (FIELD_INVALID for a malformed after_cursor, an
+        unspecified or unknown type, a malformed label), PERMISSION_DENIED
+        (all_tenants without an admin key).
         """
 
 def add_RuntimeServiceServicer_to_server(servicer: RuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

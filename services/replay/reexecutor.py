@@ -81,6 +81,7 @@ class Reexecutor:
         if request.HasField("policy"):
             spec.policy.CopyFrom(request.policy)
         events = [entry async for entry in events_from(self._store, recording_id, 0)]
+        _refuse_a_tree(row, events)
         diff = ReexecutionDiff(
             recording=recording_name(recording_id), model_outputs=models, tool_outputs=tools
         )
@@ -294,6 +295,23 @@ def _sources(
             "a live what-if job runs them",
         )
     return models, tools
+
+
+def _refuse_a_tree(row: RecordingRow, events: Sequence[tuple[int, RuntimeEvent]]) -> None:
+    """FailedPrecondition for a recording with child jobs. Re-execution runs one agent
+    job; run on a workflow's root it would re-run the workflow from its spec and compare
+    the root's events alone, leaving every child unchecked, so a tree is refused rather
+    than reported identical while its children went unseen."""
+    jobs = {event.job for _, event in events} | {row.job}
+    if len(jobs) == 1:
+        return
+    name = recording_name(row.id)
+    raise FailedPrecondition(
+        f"{name} holds a tree of {len(jobs)} jobs ({row.job} and its child jobs); "
+        "re-execution runs a single agent job and does not re-execute a tree",
+        ErrorReason.ERROR_REASON_RECORDING_NOT_REEXECUTABLE,
+        {"name": name, "jobs": str(len(jobs))},
+    )
 
 
 def _divergence_limit(requested: int) -> int:

@@ -174,7 +174,9 @@ class ReplayServiceServicer:
         tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
         live model the engine does not serve), FAILED_PRECONDITION
         (FIELD_INVALID when the recording does not hold its job's spec, e.g.
-        an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+        an imported one made without it; RECORDING_NOT_REEXECUTABLE for a
+        recording with child jobs, whose re-execution is not supported yet),
+        UNAVAILABLE (DEPENDENCY_UNAVAILABLE
         when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -137,7 +137,9 @@ class ReplayServiceStub:
     tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
     live model the engine does not serve), FAILED_PRECONDITION
     (FIELD_INVALID when the recording does not hold its job's spec, e.g.
-    an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+    an imported one made without it; RECORDING_NOT_REEXECUTABLE for a
+    recording with child jobs, whose re-execution is not supported yet),
+    UNAVAILABLE (DEPENDENCY_UNAVAILABLE
     when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
     """
 
@@ -219,7 +221,9 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
     live model the engine does not serve), FAILED_PRECONDITION
     (FIELD_INVALID when the recording does not hold its job's spec, e.g.
-    an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+    an imported one made without it; RECORDING_NOT_REEXECUTABLE for a
+    recording with child jobs, whose re-execution is not supported yet),
+    UNAVAILABLE (DEPENDENCY_UNAVAILABLE
     when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
     """
 
@@ -340,7 +344,9 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
         live model the engine does not serve), FAILED_PRECONDITION
         (FIELD_INVALID when the recording does not hold its job's spec, e.g.
-        an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
+        an imported one made without it; RECORDING_NOT_REEXECUTABLE for a
+        recording with child jobs, whose re-execution is not supported yet),
+        UNAVAILABLE (DEPENDENCY_UNAVAILABLE
         when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
         """
 

@@ -83,6 +83,13 @@ async def test_a_tree_is_one_recording_that_moves_and_plays_back_the_same(
         assert E.EVENT_TYPE_TOOL_CALLED in calc_types
         root_types = [e.type for e in recording.events if e.job == root.name]
         assert root_types.count(E.EVENT_TYPE_CHILD_CREATED) == 3
+        # Every turn of an agent job says which model answered it; the workflow's own
+        # turn (its answer, made of its children's) was answered by none.
+        turns = [e for e in recording.events if e.type == E.EVENT_TYPE_TURN_COMPLETED]
+        assert {e.job for e in turns} == {root.name, *(c.name for c in children)}
+        assert {e.turn_completed.model for e in turns if e.job != root.name} == {"local"}
+        assert {e.turn_completed.model for e in turns if e.job == root.name} == {""}
+        assert dict(recording.metadata.model_versions) == {"local": "local"}
         # The children's events name the root as theirs: no recording of their own.
         assert {e.root_job for e in recording.events} == {root.name}
         for child in children:

@@ -1,5 +1,5 @@
 """A workflow's tree in the replay service: one recording holds the root and every child,
-moves to a fresh system and plays back the same; re-execution refuses a tree."""
+moves to a fresh system and plays back the same; each agent job of it is re-executed."""
 
 from __future__ import annotations
 
@@ -109,17 +109,66 @@ async def test_a_tree_is_one_recording_that_moves_and_plays_back_the_same(
     assert played == list(recording.events)
 
 
-async def test_reexecution_of_a_tree_is_refused_with_its_reason(system: LocalSystem) -> None:
+async def test_each_agent_job_of_a_tree_is_reexecuted_against_its_own_outputs(
+    system: LocalSystem,
+) -> None:
     async with Client(system.endpoint, system.api_key) as client:
         root = await parallel_with_an_approval(system, client)
         recording = await complete_recording(client, root.name)
-        for live in (False, True):
-            with pytest.raises(FailedPreconditionError) as refused:
-                await client.recordings.reexecute(recording.name, live=live, timeout=WAIT)
-            assert refused.value.reason == "RECORDING_NOT_REEXECUTABLE"
-            assert refused.value.metadata == {"name": recording.name, "jobs": "4"}
-            assert "tree of 4 jobs" in refused.value.message
-        # Nothing was made: no what-if job.
+        children = {c.spec.node: c for c in await children_of(system, root.name)}
+        same = await client.recordings.reexecute(recording.name)
+        assert same.identical, same.divergences
+        # The three agents' turns, tool call, action and ends; not the workflow's own.
+        agents = {c.name for c in children.values()}
+        expected = [
+            e
+            for e in recording.events
+            if e.job in agents
+            and e.type
+            in (
+                E.EVENT_TYPE_TURN_COMPLETED,
+                E.EVENT_TYPE_TOOL_CALLED,
+                E.EVENT_TYPE_ACTION_REQUIRED,
+                E.EVENT_TYPE_JOB_SUCCEEDED,
+            )
+        ]
+        assert same.events_compared == len(expected) >= 9
+
+        current = await client.get_policy_set("approvals")
+        current.rules[0].tool.verdict = policy_pb2.VERDICT_DENY
+        await client.update_policy_set(current, ["rules"])
+        changed = await client.recordings.reexecute(recording.name)
+    assert not changed.identical
+    [first] = changed.divergences
+    required = next(e for e in recording.events if e.type == E.EVENT_TYPE_ACTION_REQUIRED)
+    assert required.job == children["calc"].name
+    assert first.position == list(recording.events).index(required) + 1
+    assert first.recorded == required
+    assert first.reexecuted.job == children["calc"].name
+    assert first.reexecuted.tool_called.call.name == "calculator"
+    assert "denied by policy" in first.description
+
+
+async def test_a_tree_is_refused_live_and_once_imported(
+    system: LocalSystem, tmp_path: Path
+) -> None:
+    async with Client(system.endpoint, system.api_key) as client:
+        root = await parallel_with_an_approval(system, client)
+        recording = await complete_recording(client, root.name)
+        with pytest.raises(FailedPreconditionError) as refused:
+            await client.recordings.reexecute(recording.name, live=True, timeout=WAIT)
+        assert refused.value.reason == "RECORDING_NOT_REEXECUTABLE"
+        assert refused.value.metadata == {"name": recording.name, "jobs": "4"}
+        assert "live what-if" in refused.value.message
         jobs, _ = await client.list(page_size=100)
-    assert root.name in {job.name for job in jobs}
-    assert not [job for job in jobs if "agentrt.dev/what-if" in job.spec.labels]
+        assert not [job for job in jobs if "agentrt.dev/what-if" in job.spec.labels]
+        exported = b"".join([piece async for piece in client.recordings.export(root.name)])
+    async with (
+        local_system(tmp_path / "fresh") as fresh,
+        Client(fresh.endpoint, fresh.api_key) as other,
+    ):
+        imported = await other.recordings.import_file(exported, recording_id="a-tree")
+        with pytest.raises(FailedPreconditionError) as refused:
+            await other.recordings.reexecute(imported.name)
+    assert refused.value.reason == "RECORDING_NOT_REEXECUTABLE"
+    assert "tree of 4 jobs" in refused.value.message

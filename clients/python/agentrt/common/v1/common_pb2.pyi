@@ -119,9 +119,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     supported version. metadata["line"] names the line at fault, when one is.
     """
     ERROR_REASON_RECORDING_NOT_REEXECUTABLE: _ErrorReason.ValueType  # 45
-    """A recording cannot be re-executed as it is asked, e.g. it holds a tree of
-    jobs (a workflow and its children) and re-execution runs one agent job.
-    metadata["name"] names the recording.
+    """A recording cannot be re-executed as it is asked: it holds a tree of jobs
+    (a workflow and its children) and the run is live, or the children's specs
+    are not to be had (an imported tree). metadata["name"] names the
+    recording, metadata["jobs"] how many jobs its tree holds.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -219,9 +220,10 @@ ERROR_REASON_RECORDING_FILE_INVALID: ErrorReason.ValueType  # 44
 supported version. metadata["line"] names the line at fault, when one is.
 """
 ERROR_REASON_RECORDING_NOT_REEXECUTABLE: ErrorReason.ValueType  # 45
-"""A recording cannot be re-executed as it is asked, e.g. it holds a tree of
-jobs (a workflow and its children) and re-execution runs one agent job.
-metadata["name"] names the recording.
+"""A recording cannot be re-executed as it is asked: it holds a tree of jobs
+(a workflow and its children) and the run is live, or the children's specs
+are not to be had (an imported tree). metadata["name"] names the
+recording, metadata["jobs"] how many jobs its tree holds.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

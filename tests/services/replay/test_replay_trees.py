@@ -61,6 +61,19 @@ async def parallel_with_an_approval(system: LocalSystem, client: Client) -> jobs
 async def test_a_tree_is_one_recording_that_moves_and_plays_back_the_same(
     system: LocalSystem, tmp_path: Path
 ) -> None:
+    await a_tree_is_one_recording(system, tmp_path)
+
+
+@pytest.mark.integration
+async def test_a_tree_is_one_recording_on_postgres_and_redis(
+    pg_system: LocalSystem, tmp_path: Path
+) -> None:
+    await a_tree_is_one_recording(pg_system, tmp_path)
+
+
+async def a_tree_is_one_recording(system: LocalSystem, tmp_path: Path) -> None:
+    """Root and children in one recording, each job's whole history, exported, imported
+    into a fresh system and played back the same."""
     async with Client(system.endpoint, system.api_key) as client:
         root = await parallel_with_an_approval(system, client)
         recording = await complete_recording(client, root.name)

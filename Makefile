@@ -115,6 +115,7 @@ bench: install
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/workflow.py
 	$(BIN)/python bench/observability.py
+	$(BIN)/python bench/replay.py
 
 clean:
 	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache $(NODE)/node_modules

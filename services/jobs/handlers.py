@@ -115,6 +115,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request.turn_usage if request.HasField("turn_usage") else None,
             request.tool_calls,
             request.within_turn,
+            request.model,
         )
 
     async def FinishJob(self, request: jobs_pb2.FinishJobRequest, context: Context) -> jobs_pb2.Job:
@@ -128,6 +129,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request.checkpoint if request.HasField("checkpoint") else None,
             request.message if request.HasField("message") else None,
             request.turn_usage if request.HasField("turn_usage") else None,
+            request.model,
         )
 
     async def ReleaseJob(

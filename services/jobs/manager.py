@@ -197,6 +197,7 @@ class JobManager:
         turn_usage: Usage | None,
         tool_calls: Sequence[ToolCalled] = (),
         within_turn: bool = False,
+        model: str = "",
     ) -> Job:
         """Record a turn's progress, or tool calls within the turn; emits
         job.turn.completed and tool.called. Raises LeaseLost."""
@@ -212,6 +213,7 @@ class JobManager:
             self._clock(),
             tool_calls,
             within_turn,
+            model,
         )
         await self._forget(job_id)
         self._nudge_relay()
@@ -228,6 +230,7 @@ class JobManager:
         checkpoint: Checkpoint | None,
         message: Message | None = None,
         turn_usage: Usage | None = None,
+        model: str = "",
     ) -> Job:
         """End a leased job: SUCCEEDED needs a result, FAILED and TIMED_OUT a failure; a
         final checkpoint with its turn's message and usage records that turn too."""
@@ -238,7 +241,16 @@ class JobManager:
         if outcome is None:
             raise FieldRequired("result" if state == SUCCEEDED else "failure")
         job = await self._store.finish(
-            job_id, lease_id, state, outcome, usage, checkpoint, self._clock(), message, turn_usage
+            job_id,
+            lease_id,
+            state,
+            outcome,
+            usage,
+            checkpoint,
+            self._clock(),
+            message,
+            turn_usage,
+            model,
         )
         await self._ended(job)
         return job

@@ -348,10 +348,11 @@ def save_checkpoint(
     now: datetime,
     tool_calls: Sequence[ToolCalled] = (),
     within_turn: bool = False,
+    model: str = "",
 ) -> Change:
     """Record a turn's checkpoint, which must advance the job's turns, or, with tool
     calls or `within_turn`, progress within the current turn; each tool call becomes a
-    tool.called event."""
+    tool.called event. `model` is the model that answered the turn, as reported."""
     check_lease(record, lease_id)
     if within_turn and checkpoint.turn != record.turns:
         raise FieldInvalid(
@@ -372,6 +373,7 @@ def save_checkpoint(
             event.turn_completed.message.CopyFrom(message)
         if turn_usage is not None:
             event.turn_completed.usage.CopyFrom(turn_usage)
+        event.turn_completed.model = model
         stored.append(_stored(record, event))
     for called in tool_calls:
         record = replace(record, event_seq=record.event_seq + 1)
@@ -401,6 +403,7 @@ def finish(
     now: datetime,
     message: Message | None = None,
     turn_usage: Usage | None = None,
+    model: str = "",
 ) -> Change:
     """End the leased job with its outcome, and its final usage and checkpoint if given;
     a checkpoint that advances the turns also records its turn (job.turn.completed)."""
@@ -413,7 +416,9 @@ def finish(
                 "checkpoint.turn", f"must not be less than the turns completed ({record.turns})"
             )
         if checkpoint.turn > record.turns:
-            turn = save_checkpoint(record, lease_id, checkpoint, message, turn_usage, now)
+            turn = save_checkpoint(
+                record, lease_id, checkpoint, message, turn_usage, now, model=model
+            )
             record, turn_events = turn.record, turn.events
         else:
             record = _with_checkpoint(record, checkpoint, now)

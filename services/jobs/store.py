@@ -313,6 +313,7 @@ class JobStore(ActionStore, ActionJobs, Protocol):
         now: datetime,
         tool_calls: Sequence[ToolCalled] = (),
         within_turn: bool = False,
+        model: str = "",
     ) -> Job:
         """Save the checkpoint (its turn must be greater than the job's turns, else
         FieldInvalid("checkpoint.turn")) and emit job.turn.completed; with tool calls the
@@ -331,6 +332,7 @@ class JobStore(ActionStore, ActionJobs, Protocol):
         now: datetime,
         message: Message | None = None,
         turn_usage: Usage | None = None,
+        model: str = "",
     ) -> Job:
         """End the leased job: SUCCEEDED with a JobResult, FAILED or TIMED_OUT with a
         Failure (FieldInvalid otherwise); emits job.succeeded / job.failed / job.timed_out,

@@ -185,11 +185,12 @@ class PostgresJobStore:
         now: datetime,
         tool_calls: Sequence[ToolCalled] = (),
         within_turn: bool = False,
+        model: str = "",
     ) -> Job:
         return await self._change(
             job_id,
             lambda job: records.save_checkpoint(
-                job, lease_id, checkpoint, message, turn_usage, now, tool_calls, within_turn
+                job, lease_id, checkpoint, message, turn_usage, now, tool_calls, within_turn, model
             ),
         )
 
@@ -204,12 +205,13 @@ class PostgresJobStore:
         now: datetime,
         message: Message | None = None,
         turn_usage: Usage | None = None,
+        model: str = "",
     ) -> Job:
         records.check_outcome(state, outcome)
 
         def end(job: JobRecord) -> Change:
             return records.finish(
-                job, lease_id, state, outcome, usage, checkpoint, now, message, turn_usage
+                job, lease_id, state, outcome, usage, checkpoint, now, message, turn_usage, model
             )
 
         because = functools.partial(trees.ended_because, state=state)

@@ -451,7 +451,7 @@ class AgentRun:
         )
         hold = await self._spend.reserve_model_call(self._job, self._usage, request)
         try:
-            answer, usage = await self._model_turn(turn, request)
+            answer, usage, answered_by = await self._model_turn(turn, request)
         except BaseException:
             await _release(self._spend, hold, "the model call failed")
             raise
@@ -463,11 +463,11 @@ class AgentRun:
         self._state.awaiting = None
         checkpoint = self._checkpoint(turn)
         if not answer.tool_calls:
-            return self._succeeded(answer, FinalTurn(checkpoint, answer, usage))
+            return self._succeeded(answer, FinalTurn(checkpoint, answer, usage, answered_by))
         # The calls are recorded before any runs: a takeover finds them and answers each
         # one that has no result yet, instead of asking the model again.
         self._job = await self._jobs.checkpoint(
-            self.name, self._lease_id, checkpoint, answer, usage
+            self.name, self._lease_id, checkpoint, answer, usage, model=answered_by
         )
         self._turn = turn
         return None
@@ -694,7 +694,9 @@ class AgentRun:
 
     async def _model_turn(
         self, turn: int, request: engine_pb2.CompleteRequest
-    ) -> tuple[common_pb2.Message, common_pb2.Usage]:
+    ) -> tuple[common_pb2.Message, common_pb2.Usage, str]:
+        """The turn's answer, its usage and the model that answered, as the engine
+        reported it (a provider's version of the model asked for)."""
         self._deltas.start_turn()
         attempt = 1
         while True:
@@ -713,7 +715,7 @@ class AgentRun:
         answer = common_pb2.Message(
             role=common_pb2.ROLE_ASSISTANT, content=self._deltas.text, tool_calls=final.tool_calls
         )
-        return answer, call_usage(final.usage)
+        return answer, call_usage(final.usage), final.model
 
     async def _model_call(
         self, request: engine_pb2.CompleteRequest, turn: int

@@ -60,6 +60,8 @@ class FinalTurn:
     checkpoint: jobs_pb2.Checkpoint
     message: common_pb2.Message
     usage: common_pb2.Usage
+    model: str = ""
+    """The model that answered the turn, as the engine reported it."""
 
 
 class JobsPort(Protocol):
@@ -79,10 +81,11 @@ class JobsPort(Protocol):
         turn_usage: common_pb2.Usage | None,
         tool_calls: Sequence[common_pb2.ToolCalled] = (),
         within_turn: bool = False,
+        model: str = "",
     ) -> jobs_pb2.Job:
-        """Records a completed turn, or with `tool_calls` or `within_turn` progress
-        within the turn (one tool.called event per tool call, in the same transaction);
-        returns the job as it now is."""
+        """Records a completed turn, answered by `model` (as the engine reported it), or
+        with `tool_calls` or `within_turn` progress within the turn (one tool.called event
+        per tool call, in the same transaction); returns the job as it now is."""
         ...
 
     async def require_action(
@@ -244,6 +247,7 @@ class GrpcJobsPort:
         turn_usage: common_pb2.Usage | None,
         tool_calls: Sequence[common_pb2.ToolCalled] = (),
         within_turn: bool = False,
+        model: str = "",
     ) -> jobs_pb2.Job:
         request = jobs_pb2.CheckpointJobRequest(
             name=job,
@@ -253,6 +257,7 @@ class GrpcJobsPort:
             turn_usage=turn_usage,
             tool_calls=tool_calls,
             within_turn=within_turn,
+            model=model,
         )
         return await self._call(lambda: self._stub.CheckpointJob(request))
 
@@ -303,6 +308,7 @@ class GrpcJobsPort:
             request.checkpoint.CopyFrom(final_turn.checkpoint)
             request.message.CopyFrom(final_turn.message)
             request.turn_usage.CopyFrom(final_turn.usage)
+            request.model = final_turn.model
         return await self._call(lambda: self._stub.FinishJob(request))
 
     async def release(self, job: str, lease_id: str, reason: str) -> None:

@@ -3,7 +3,7 @@
 Only what the agent decides is compared: turns, tool calls, actions required and how the
 job ended. The jobs service's own bookkeeping (created, started, requeued, waiting, action
 resolutions) and the parts of an event that change with every run (ids, times, trace ids,
-job and action names, durations, usage) are left out.
+job and action names, durations, usage, the model that answered) are left out.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def comparable_form(event: RuntimeEvent) -> dict[str, Any]:
     if which is not None:
         getattr(kept, which).CopyFrom(getattr(event, which))
     if which == "turn_completed":
+        # The model that answered is what the run ran on (the recording's metadata),
+        # not what the agent decided; a what-if with another model differs there.
         kept.turn_completed.ClearField("usage")
+        kept.turn_completed.ClearField("model")
     if which == "tool_called":
         kept.tool_called.ClearField("duration")
     if which == "action":

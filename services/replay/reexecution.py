@@ -167,11 +167,14 @@ class RecordingJobsPort:
         turn_usage: common_pb2.Usage | None,
         tool_calls: Sequence[common_pb2.ToolCalled] = (),
         within_turn: bool = False,
+        model: str = "",
     ) -> jobs_pb2.Job:
         if message is not None:
             self._emit(
                 EventType.EVENT_TYPE_TURN_COMPLETED,
-                turn_completed=common_pb2.TurnCompleted(turn=checkpoint.turn, message=message),
+                turn_completed=common_pb2.TurnCompleted(
+                    turn=checkpoint.turn, message=message, model=model
+                ),
             )
         for called in tool_calls:
             self._emit(EventType.EVENT_TYPE_TOOL_CALLED, tool_called=called)
@@ -230,7 +233,14 @@ class RecordingJobsPort:
         final_turn: FinalTurn | None = None,
     ) -> jobs_pb2.Job:
         if final_turn is not None:
-            await self.checkpoint(job, lease_id, final_turn.checkpoint, final_turn.message, None)
+            await self.checkpoint(
+                job,
+                lease_id,
+                final_turn.checkpoint,
+                final_turn.message,
+                None,
+                model=final_turn.model,
+            )
         self._reexecution.state = state
         if state == JobState.JOB_STATE_SUCCEEDED:
             output = result.output if result is not None else ""

@@ -81,10 +81,20 @@ class Reexecutor:
         if request.HasField("policy"):
             spec.policy.CopyFrom(request.policy)
         events = [entry async for entry in events_from(self._store, recording_id, 0)]
+        tree = _jobs_of(row, events)
         diff = ReexecutionDiff(
             recording=recording_name(recording_id), model_outputs=models, tool_outputs=tools
         )
-        if models == LIVE:
+        if len(tree) > 1:
+            if models == LIVE:
+                raise _not_reexecutable(
+                    row,
+                    len(tree),
+                    "a live what-if run of a tree is not supported: it would compare the "
+                    "top-level job alone",
+                )
+            await self._recorded_tree(row, tree, request, events, diff)
+        elif models == LIVE:
             await self._live(row, spec, request, events, diff)
         else:
             job = jobs_pb2.Job(
@@ -104,6 +114,68 @@ class Reexecutor:
             del diff.divergences[limit:]
             diff.truncated = True
         return diff
+
+    async def _recorded_tree(
+        self,
+        row: RecordingRow,
+        tree: Sequence[str],
+        request: ReexecuteRecordingRequest,
+        events: Sequence[tuple[int, RuntimeEvent]],
+        diff: ReexecutionDiff,
+    ) -> None:
+        """Re-executes each agent job of the tree against its own recorded outputs, in
+        the order the recording first names them. A workflow job (the root, or a nested
+        one) is not re-run: its graph executor's decisions follow from its children's
+        answers, which are compared in the children. The recording keeps only the
+        top-level job's spec, so the children's are asked of the jobs service."""
+        jobs = await self._tree_jobs(row, tree)
+        for job in jobs:
+            if job.spec.HasField("workflow"):
+                continue
+            if request.HasField("policy"):
+                job.spec.policy.CopyFrom(request.policy)
+            job.state = JobState.JOB_STATE_RUNNING
+            result = await reexecute_job(job, events, self._policy)
+            diff.divergences.extend(result.divergences)
+            diff.events_compared += result.compared
+        # The workflow itself is not re-run, so there is no new state or answer of it.
+        diff.job_state = JobState.JOB_STATE_UNSPECIFIED
+
+    async def _tree_jobs(self, row: RecordingRow, tree: Sequence[str]) -> list[jobs_pb2.Job]:
+        """The tree's jobs with their specs and principals: the top-level job's from the
+        recording, the children's from the jobs service (so a recording made elsewhere,
+        imported, cannot be re-executed as a tree)."""
+        root = jobs_pb2.Job(
+            name=row.job,
+            tenant=row.tenant,
+            principal=row.metadata.principal,
+            spec=row.metadata.spec,
+        )
+        if row.origin != Recording.Origin.ORIGIN_RECORDED or self._jobs is None:
+            raise _not_reexecutable(
+                row,
+                len(tree),
+                "the recording keeps only its top-level job's spec, and its child jobs "
+                "are not in this deployment's jobs service",
+            )
+        jobs = []
+        for name in tree:
+            if name == row.job:
+                jobs.append(root)
+                continue
+            try:
+                jobs.append(
+                    await self._call(
+                        self._jobs.GetJob(jobs_pb2.GetJobRequest(tenant=row.tenant, name=name))
+                    )
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                raise _not_reexecutable(
+                    row, len(tree), f"its child job {name} is no longer in the jobs service"
+                ) from None
+        return jobs
 
     async def _with_spec(self, row: RecordingRow) -> RecordingRow:
         """The recording with its job's spec, asked of the jobs service now when the
@@ -294,6 +366,26 @@ def _sources(
             "a live what-if job runs them",
         )
     return models, tools
+
+
+def _jobs_of(row: RecordingRow, events: Sequence[tuple[int, RuntimeEvent]]) -> list[str]:
+    """The recording's jobs, the top-level one first, then in the order it names them."""
+    jobs = {row.job: None}
+    for _, event in events:
+        jobs.setdefault(event.job, None)
+    return list(jobs)
+
+
+def _not_reexecutable(row: RecordingRow, jobs: int, why: str) -> FailedPrecondition:
+    """The refusal of a tree that cannot be re-executed as asked, and why: rather than
+    re-running the top-level job alone and calling the tree identical unseen."""
+    name = recording_name(row.id)
+    return FailedPrecondition(
+        f"{name} holds a tree of {jobs} jobs ({row.job} and its child jobs) and cannot "
+        f"be re-executed: {why}",
+        ErrorReason.ERROR_REASON_RECORDING_NOT_REEXECUTABLE,
+        {"name": name, "jobs": str(jobs)},
+    )
 
 
 def _divergence_limit(requested: int) -> int:

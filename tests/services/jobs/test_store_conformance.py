@@ -286,7 +286,13 @@ async def test_a_checkpoint_records_the_turn_and_must_advance(store: JobStore) -
     turn_usage = Usage(input_tokens=10, output_tokens=1, total_tokens=11)
 
     saved = await store.checkpoint(
-        id_of(job), lease.lease_id, checkpoint(1), message, turn_usage, seconds(2)
+        id_of(job),
+        lease.lease_id,
+        checkpoint(1),
+        message,
+        turn_usage,
+        seconds(2),
+        model="local-2026-01",
     )
 
     assert saved.turns == 1 and saved.usage == checkpoint(1).usage
@@ -294,6 +300,7 @@ async def test_a_checkpoint_records_the_turn_and_must_advance(store: JobStore) -
     assert types([event]) == ["TURN_COMPLETED"] and event.job_state == states.RUNNING
     assert event.turn_completed.turn == 1
     assert event.turn_completed.message == message and event.turn_completed.usage == turn_usage
+    assert event.turn_completed.model == "local-2026-01"
     for stale in (0, 1):
         with pytest.raises(FieldInvalid) as raised:
             await store.checkpoint(
@@ -379,6 +386,7 @@ async def test_finish_with_the_final_turn_records_turn_and_end_together(
         seconds(3),
         answer,
         turn_usage,
+        "local-2026-01",
     )
 
     assert done.turns == 1 and done.state == states.SUCCEEDED
@@ -386,6 +394,7 @@ async def test_finish_with_the_final_turn_records_turn_and_end_together(
     assert types(events)[-2:] == ["TURN_COMPLETED", "JOB_SUCCEEDED"]
     turn = events[-2].turn_completed
     assert (turn.turn, turn.message, turn.usage) == (1, answer, turn_usage)
+    assert turn.model == "local-2026-01"
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert done.last_event_id == events[-1].id
 

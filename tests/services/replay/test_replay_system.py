@@ -88,6 +88,12 @@ async def test_a_run_with_an_approval_moves_to_a_fresh_system_and_plays_back_the
     assert len(started) == 2
     assert {e.attempt.runtime_version for e in started} == {RUNTIME_VERSION}
     assert recording.metadata.runtime_version == RUNTIME_VERSION != "unknown"
+    # Each turn says which model answered, as the engine reported it; the metadata keeps
+    # it under the model the spec asked for.
+    turns = [e.turn_completed for e in recording.events if e.type == E.EVENT_TYPE_TURN_COMPLETED]
+    assert len(turns) == 2
+    assert {turn.model for turn in turns} == {"local"}
+    assert dict(recording.metadata.model_versions) == {"local": "local"}
 
     exported = b"".join([piece async for piece in client.recordings.export(job.name, gzip=True)])
     assert exported.startswith(files.GZIP_MAGIC)

@@ -270,7 +270,8 @@ def diff_view(diff: R.ReexecutionDiff) -> str:
         )
     for found in diff.divergences:
         kind = R.Divergence.Kind.Name(found.kind).removeprefix("KIND_").lower()
-        lines += ["", f"@ position {found.position}: {kind}: {found.description}"]
+        job = found.recorded.job or found.reexecuted.job
+        lines += ["", f"@ position {found.position} ({job}): {kind}: {found.description}"]
         if found.field:
             lines.append(f"  field: {found.field}")
         if found.HasField("recorded"):

@@ -118,6 +118,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A recording file is truncated, altered or not a recording file of a
     supported version. metadata["line"] names the line at fault, when one is.
     """
+    ERROR_REASON_RECORDING_NOT_REEXECUTABLE: _ErrorReason.ValueType  # 45
+    """A recording cannot be re-executed as it is asked: it holds a tree of jobs
+    (a workflow and its children) and the run is live, or the children's specs
+    are not to be had (an imported tree). metadata["name"] names the
+    recording, metadata["jobs"] how many jobs its tree holds.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The domain of every google.rpc.ErrorInfo that agentrt returns.
@@ -212,6 +218,12 @@ The message says which; metadata["problem"] names it in one word.
 ERROR_REASON_RECORDING_FILE_INVALID: ErrorReason.ValueType  # 44
 """A recording file is truncated, altered or not a recording file of a
 supported version. metadata["line"] names the line at fault, when one is.
+"""
+ERROR_REASON_RECORDING_NOT_REEXECUTABLE: ErrorReason.ValueType  # 45
+"""A recording cannot be re-executed as it is asked: it holds a tree of jobs
+(a workflow and its children) and the run is live, or the children's specs
+are not to be had (an imported tree). metadata["name"] names the
+recording, metadata["jobs"] how many jobs its tree holds.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -1000,6 +1000,7 @@ class CheckpointJobRequest(_message.Message):
     TURN_USAGE_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     WITHIN_TURN_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"jobs/{job}"."""
     lease_id: _builtins.str
@@ -1008,6 +1009,11 @@ class CheckpointJobRequest(_message.Message):
     """The checkpoint records progress within the stored turn without tool calls
     (e.g. that a tool call is about to run): its turn must equal the stored
     one, and no job.turn.completed is emitted.
+    """
+    model: _builtins.str
+    """The model that answered the turn, as the engine reported it
+    (CompleteChunk.model): job.turn.completed carries it as
+    TurnCompleted.model.
     """
     @_builtins.property
     def checkpoint(self) -> Global___Checkpoint:
@@ -1040,10 +1046,11 @@ class CheckpointJobRequest(_message.Message):
         turn_usage: _common_pb2.Usage | None = ...,
         tool_calls: _abc.Iterable[_common_pb2.ToolCalled] | None = ...,
         within_turn: _builtins.bool = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "message", b"message", "turn_usage", b"turn_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "lease_id", b"lease_id", "message", b"message", "name", b"name", "tool_calls", b"tool_calls", "turn_usage", b"turn_usage", "within_turn", b"within_turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "lease_id", b"lease_id", "message", b"message", "model", b"model", "name", b"name", "tool_calls", b"tool_calls", "turn_usage", b"turn_usage", "within_turn", b"within_turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1064,12 +1071,17 @@ class FinishJobRequest(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     TURN_USAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"jobs/{job}"."""
     lease_id: _builtins.str
     """The lease."""
     state: _common_pb2.JobState.ValueType
     """SUCCEEDED, FAILED or TIMED_OUT."""
+    model: _builtins.str
+    """With checkpoint: the model that answered the final turn, as the engine
+    reported it (TurnCompleted.model of its job.turn.completed).
+    """
     @_builtins.property
     def result(self) -> Global___JobResult:
         """Required for SUCCEEDED."""
@@ -1109,10 +1121,11 @@ class FinishJobRequest(_message.Message):
         checkpoint: Global___Checkpoint | None = ...,
         message: _common_pb2.Message | None = ...,
         turn_usage: _common_pb2.Usage | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "failure", b"failure", "message", b"message", "result", b"result", "turn_usage", b"turn_usage", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "failure", b"failure", "lease_id", b"lease_id", "message", b"message", "name", b"name", "result", b"result", "state", b"state", "turn_usage", b"turn_usage", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "failure", b"failure", "lease_id", b"lease_id", "message", b"message", "model", b"model", "name", b"name", "result", b"result", "state", b"state", "turn_usage", b"turn_usage", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -778,7 +778,9 @@ class ReexecutionDiff(_message.Message):
     events_compared: _builtins.int
     """How many recorded events were compared."""
     job_state: _common_pb2.JobState.ValueType
-    """How the re-executed top-level job ended."""
+    """How the re-executed top-level job ended; unset for a tree, whose
+    workflow job is not re-run.
+    """
     output: _builtins.str
     """Its final answer, when it succeeded."""
     job: _builtins.str

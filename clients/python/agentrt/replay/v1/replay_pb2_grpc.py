@@ -167,15 +167,19 @@ class ReplayServiceServicer:
         divergence. Nothing is charged to budgets; the usage of live model
         calls is returned in the diff. With recorded model outputs, a job's
         re-execution stops at its first divergence: the later recorded outputs
-        answered another conversation. The call's deadline bounds the run.
+        answered another conversation. Of a tree, each agent job is re-executed
+        against its own recorded outputs (a workflow job is not re-run). The
+        call's deadline bounds the run.
         Caller: operators, through the gateway.
         Errors: INVALID_ARGUMENT (NAME_INVALID, FIELD_INVALID, also for model
         or system_prompt with recorded model outputs, and for model_outputs and
         tool_outputs that differ), NOT_FOUND (NOT_FOUND; MODEL_NOT_FOUND for a
         live model the engine does not serve), FAILED_PRECONDITION
         (FIELD_INVALID when the recording does not hold its job's spec, e.g.
-        an imported one made without it), UNAVAILABLE (DEPENDENCY_UNAVAILABLE
-        when the engine or a plugin is needed and down), DEADLINE_EXCEEDED.
+        an imported one made without it; RECORDING_NOT_REEXECUTABLE for a tree
+        of jobs re-executed live, or imported, whose children's specs are not
+        in this deployment), UNAVAILABLE (DEPENDENCY_UNAVAILABLE when the engine
+        or a plugin is needed and down), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,6 +41,7 @@ from services.jobs.store import (
     Resolution,
     TokenRef,
 )
+from services.jobs.tracing import record_job_created
 from services.jobs.trees import MAX_CHILD_JOBS
 from services.jobs.validation import (
     JobLimits,
@@ -107,6 +108,7 @@ class JobManager:
         new = new_job(tenant, principal, spec, request_id, trace_id, self._limits)
         job, created = await self._store.create_job(new, self._clock())
         if created:
+            record_job_created(job)
             # A child's creation is in its parent's history too.
             await self._forget(*_parents(job))
             self._nudge_relay()

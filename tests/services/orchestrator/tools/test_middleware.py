@@ -226,7 +226,7 @@ async def test_each_call_is_a_tool_call_span_with_genai_attributes(
     await run([tracer_of(spans), Retry(3, 0)], tool("lookup", idempotent=True), failing(1))
 
     [span] = spans.get_finished_spans()
-    assert span.name == "tool.call"
+    assert span.name == "agent.tool"
     assert dict(span.attributes or {}) == {
         "gen_ai.operation.name": "execute_tool",
         "gen_ai.tool.name": "lookup",

@@ -131,6 +131,11 @@ def job_span_id(job_name: str) -> int:
     return int.from_bytes(hashlib.sha256(job_name.encode()).digest()[:8], "big") or 1
 
 
+def action_span_id(action_name: str) -> int:
+    """The span id of the action's `agent.action` span, derived from its name."""
+    return job_span_id(action_name)
+
+
 def job_span_context(job_name: str, trace_id_hex: str) -> otel_context.Context | None:
     """A context whose parent is the job's `agent.job` span, None without a trace id."""
     trace_id = parse_trace_id(trace_id_hex)

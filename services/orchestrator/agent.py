@@ -26,7 +26,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from services.kit.events import EventChannel
-from services.kit.telemetry import capture, current_trace_id, job_span_context
+from services.kit.telemetry import (
+    action_span_id,
+    capture,
+    current_trace_id,
+    forced_ids,
+    job_span_context,
+)
 from services.kit.tool_schema import parse_arguments
 from services.orchestrator.guards import (
     AllowAll,
@@ -818,22 +824,24 @@ def _record_action(job: jobs_pb2.Job, action: jobs_pb2.Action) -> None:
     ended by now: a waiting job holds no lease)."""
     start = action.create_time.ToNanoseconds() if action.HasField("create_time") else None
     end = action.resolve_time.ToNanoseconds() if action.HasField("resolve_time") else None
-    span = tracer.start_span(
-        "agent.action",
-        context=job_span_context(job.name, job.trace_id),
-        start_time=start,
-        attributes={
-            "agentrt.job": job.name,
-            "agentrt.action": action.name,
-            "agentrt.action.kind": jobs_pb2.ActionKind.Name(action.kind)
-            .removeprefix("ACTION_KIND_")
-            .lower(),
-            "agentrt.action.state": jobs_pb2.Action.State.Name(action.state)
-            .removeprefix("STATE_")
-            .lower(),
-            "agentrt.action.resolved_by": action.resolved_by,
-        },
-    )
+    # Its id is derived from the action's name: the resolver's trace links to it.
+    with forced_ids(0, action_span_id(action.name)):
+        span = tracer.start_span(
+            "agent.action",
+            context=job_span_context(job.name, job.trace_id),
+            start_time=start,
+            attributes={
+                "agentrt.job": job.name,
+                "agentrt.action": action.name,
+                "agentrt.action.kind": jobs_pb2.ActionKind.Name(action.kind)
+                .removeprefix("ACTION_KIND_")
+                .lower(),
+                "agentrt.action.state": jobs_pb2.Action.State.Name(action.state)
+                .removeprefix("STATE_")
+                .lower(),
+                "agentrt.action.resolved_by": action.resolved_by,
+            },
+        )
     if action.state != jobs_pb2.Action.State.STATE_RESOLVED:
         span.set_status(trace.StatusCode.ERROR, "the action was not resolved")
     span.end(end_time=end)

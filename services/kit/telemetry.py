@@ -50,6 +50,7 @@ def configure_tracing(service_name: str) -> TracerProvider:
     its endpoint, headers and protocol from the standard OTEL_EXPORTER_OTLP_* variables.
     """
     global _configured
+    capture()  # a wrong AGENTRT_OTEL_CAPTURE_* value stops the process at start
     current = trace.get_tracer_provider()
     if _configured and isinstance(current, TracerProvider):
         return current

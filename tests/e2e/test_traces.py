@@ -1,10 +1,16 @@
-"""End to end: the services as processes export their spans by OTLP/gRPC to a receiver run
-by the test, and a job with an approved tool call and a child job is one span tree."""
+"""End to end: the services as processes, and `agentrt dev`, export their spans by OTLP/gRPC
+to a receiver run by the test, and a job with an approved tool call and a child job is one
+span tree."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,7 @@ from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tests.e2e.conftest import create_key
-from tests.e2e.processes import Cluster, cluster
+from tests.e2e.processes import AGENTRT, Cluster, cluster, free_port, wait_serving
 from tests.e2e.test_approvals import require_approval_of_calculations
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -106,22 +112,24 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
 def traced(
     receiver: tuple[Receiver, int], pg_dsn: str, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> Iterator[Cluster]:
-    _, port = receiver
-    otel = {
+    with cluster(pg_dsn, redis_url, redis_prefix, tmp_path, extra=otel(receiver[1])) as running:
+        yield running
+
+
+def otel(port: int) -> dict[str, str]:
+    """The variables that send a process's spans to the receiver on `port` at once."""
+    return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
     }
-    with cluster(pg_dsn, redis_url, redis_prefix, tmp_path, extra=otel) as running:
-        yield running
 
 
-async def run_job(running: Cluster) -> jobs_pb2.Job:
+async def run_job(gateway: str, policy: str, key: str) -> jobs_pb2.Job:
     """Runs PROMPT's job to its end, approving its calculation on the way."""
-    await require_approval_of_calculations(running)
-    key = create_key(running, "acme", "alice")
+    await require_approval_of_calculations(policy)
     auth = (("authorization", f"Bearer {key}"),)
     spec = jobs_pb2.JobSpec(
         prompt=PROMPT,
@@ -130,7 +138,7 @@ async def run_job(running: Cluster) -> jobs_pb2.Job:
         policy=E.PolicyRef(name="approvals"),
     )
     spec.agents["helper"].CopyFrom(wf.agent("reply: helped with {input}"))
-    async with grpc.aio.insecure_channel(running.address("gateway")) as channel:
+    async with grpc.aio.insecure_channel(gateway) as channel:
         stub = gateway_pb2_grpc.RuntimeServiceStub(channel)
         job = await stub.Execute(gateway_pb2.ExecuteRequest(spec=spec), metadata=auth, timeout=10)
         async with asyncio.timeout(WAIT):
@@ -180,8 +188,61 @@ def ancestors(span: Received, by_id: dict[bytes, Received]) -> list[Received]:
 async def test_a_job_with_an_approval_a_tool_and_a_child_is_one_span_tree(
     receiver: tuple[Receiver, int], traced: Cluster
 ) -> None:
-    found, _ = receiver
-    done = await run_job(traced)
+    key = create_key(traced, "acme", "alice")
+    done = await run_job(traced.address("gateway"), traced.address("policy"), key)
+    spans = await check_tree(receiver[0], done, lambda service: service)
+    # Capture is off by default: no prompt, answer or tool arguments on any span.
+    for span in spans:
+        for value in span.attributes.values():
+            assert "6 * 7" not in str(value) and "helped with" not in str(value), span.span.name
+
+
+@pytest.fixture
+def dev(receiver: tuple[Receiver, int], tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """`agentrt dev` exporting to the receiver with every capture switch on; yields its
+    address and its API key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTRT_")}
+    env.update(otel(receiver[1]))
+    env["AGENTRT_DATA_DIR"] = str(tmp_path / "data")
+    env["AGENTRT_OTEL_CAPTURE_INPUT"] = "true"
+    env["AGENTRT_OTEL_CAPTURE_OUTPUT"] = "true"
+    env["AGENTRT_OTEL_CAPTURE_TOOL_ARGS"] = "true"
+    port = free_port()
+    log = (tmp_path / "dev.log").open("wb")
+    process = subprocess.Popen(
+        [AGENTRT, "dev", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}", "agentrt.gateway.v1.RuntimeService", 30, process)
+        state = tmp_path / "data" / "dev.json"
+        deadline = time.monotonic() + 10
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}", json.loads(state.read_text())["api_key"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+
+
+async def test_agentrt_dev_makes_the_same_tree_and_captures_when_told(
+    receiver: tuple[Receiver, int], dev: tuple[str, str]
+) -> None:
+    address, key = dev
+    done = await run_job(address, address, key)
+    spans = await check_tree(receiver[0], done, lambda service: "agentrt-dev")
+    runs = [s for s in spans if s.span.name == "agent.run"]
+    inputs = [json.loads(r.attributes["gen_ai.input.messages"]) for r in runs]
+    assert any(m[0] == {"role": "ROLE_USER", "content": PROMPT} for m in inputs), inputs
+    assert any("helped with p" in str(r.attributes.get("gen_ai.output.messages")) for r in runs)
+    [tool] = [s for s in spans if s.span.name == "agent.tool"]
+    assert json.loads(tool.attributes["gen_ai.tool.call.arguments"]) == {"expression": "6 * 7"}
+
+
+async def check_tree(
+    found: Receiver, done: jobs_pb2.Job, service: Callable[[str], str]
+) -> list[Received]:
+    """Asserts the span tree of run_job's job and returns the spans received;
+    `service` names the process that serves a service."""
     assert done.state == E.JOB_STATE_SUCCEEDED, done.failure
     spans = await spans_until(
         found,
@@ -197,13 +258,13 @@ async def test_a_job_with_an_approval_a_tool_and_a_child_is_one_span_tree(
         assert not span.span.parent_span_id or span.span.parent_span_id in by_id, span.span.name
     [root] = [s for s in in_trace if not s.span.parent_span_id]
     assert root.span.name == "/agentrt.gateway.v1.RuntimeService/Execute"
-    assert root.service == "gateway"
+    assert root.service == service("gateway")
 
     jobs = {s.attributes["agentrt.job"]: s for s in in_trace if s.span.name == "agent.job"}
     assert len(jobs) == 2, "one agent.job per job, not per attempt"
     parent_job = jobs[done.name]
     [child_job] = [s for name, s in jobs.items() if name != done.name]
-    assert parent_job.service == "jobs"
+    assert parent_job.service == service("jobs")
     assert child_job.attributes["agentrt.parent_job"] == done.name
     assert parent_job in ancestors(child_job, by_id), "the child's job under its parent's"
     assert root in ancestors(parent_job, by_id)
@@ -215,7 +276,7 @@ async def test_a_job_with_an_approval_a_tool_and_a_child_is_one_span_tree(
     for attempt in attempts:
         job = jobs[str(attempt.attributes["agentrt.job"])]
         assert attempt.span.parent_span_id == job.id
-        assert attempt.service == "orchestrator"
+        assert attempt.service == service("orchestrator")
 
     runs = [s for s in in_trace if s.span.name == "agent.run"]
     assert len(runs) == 3  # the parent's two turns and the child's one
@@ -245,7 +306,4 @@ async def test_a_job_with_an_approval_a_tool_and_a_child_is_one_span_tree(
     assert resolve.span.trace_id != trace_id
     assert [(link.trace_id, link.span_id) for link in resolve.span.links] == [(trace_id, action.id)]
 
-    # Capture is off by default: no prompt, answer or tool arguments on any span.
-    for span in spans:
-        for value in span.attributes.values():
-            assert "6 * 7" not in str(value) and "helped with" not in str(value), span.span.name
+    return spans

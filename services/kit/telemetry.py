@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision
 
 from services.kit.config import ConfigError
 
@@ -146,9 +147,21 @@ def job_span_context(job_name: str, trace_id_hex: str) -> otel_context.Context |
         trace_id=trace_id,
         span_id=job_span_id(job_name),
         is_remote=True,
-        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        trace_flags=_root_decision(trace_id),
     )
     return trace.set_span_in_context(trace.NonRecordingSpan(parent))
+
+
+def _root_decision(trace_id: int) -> trace.TraceFlags:
+    """Whether the sampler keeps a trace begun with this id, as the first service of the
+    request decided it (a ratio sampler decides by trace id alone): the spans of a job
+    whose creation was not sampled are not sampled either, rather than left parentless."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        return trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    decision = provider.sampler.should_sample(None, trace_id, "agent.job").decision
+    sampled = decision == Decision.RECORD_AND_SAMPLE
+    return trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT)
 
 
 def _flag(name: str) -> bool:

@@ -218,15 +218,23 @@ async def test_no_final_answer_within_max_turns_fails_the_job(system: System) ->
     assert (done.turns, done.usage.model_calls) == (1, 1)
 
 
-async def test_an_unknown_model_fails_the_job_with_the_engines_message(system: System) -> None:
+async def test_an_unknown_model_fails_the_job_with_the_engines_message(
+    system: System, spans: InMemorySpanExporter
+) -> None:
     job = await system.create_job(prompt="hello", model="no-such-model")
-    await system.pool("worker-a").start()
+    pool = system.pool("worker-a")
+    await pool.start()
 
     assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_FAILED
     done = await system.get_job(job.name)
     assert done.failure.reason == E.ERROR_REASON_MODEL_NOT_FOUND
     assert "no-such-model" in done.failure.message
     assert done.turns == 0
+    await seconds_until(pool.wait_idle())
+    (run_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.run"]
+    assert run_span.status.status_code == trace.StatusCode.ERROR
+    [exception] = [e for e in run_span.events if e.name == "exception"]
+    assert "no-such-model" in str((exception.attributes or {})["exception.message"])
 
 
 async def test_a_crashed_workers_job_is_taken_over_and_succeeds_once(system: System) -> None:

@@ -25,6 +25,7 @@ from agentrt.common.v1.common_pb2 import (
 from agentrt.jobs.v1.jobs_pb2 import Action, Checkpoint, Job, JobResult, JobSpec
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
+from opentelemetry import trace
 
 from services.jobs.actions import hash_resume_token
 from services.jobs.job_cache import RedisJobCache
@@ -41,6 +42,7 @@ from services.jobs.store import (
     Resolution,
     TokenRef,
 )
+from services.jobs.tracing import record_action_resolved, record_job_created
 from services.jobs.validation import (
     JobLimits,
     bounded,
@@ -107,6 +109,7 @@ class JobManager:
         new = new_job(tenant, principal, spec, request_id, trace_id, self._limits)
         job, created = await self._store.create_job(new, self._clock())
         if created:
+            record_job_created(job)
             # A child's creation is in its parent's history too.
             await self._forget(*_parents(job))
             self._nudge_relay()
@@ -381,6 +384,9 @@ class JobManager:
             self._action_target(tenant, target), resolution, self._clock()
         )
         await self._action_ended(action)
+        if trace.get_current_span().is_recording():
+            job = await self.get_job(tenant, parse_action_name(action.name)[0])
+            record_action_resolved(action, job)
         return action
 
     async def cancel_action(self, tenant: str, job_id: str, action_id: str, reason: str) -> Action:

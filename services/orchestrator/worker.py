@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import socket
 from collections.abc import Sequence
@@ -14,12 +13,12 @@ from datetime import UTC, datetime
 
 import grpc
 from agentrt.jobs.v1 import jobs_pb2
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from services.kit.infra import Infrastructure
 from services.kit.labels import WHAT_IF_LABEL
 from services.kit.request_context import job_request_context, set_request_context
+from services.kit.telemetry import job_span_context
 from services.orchestrator.agent import (
     DEFAULT_RETRY,
     AgentRun,
@@ -200,9 +199,10 @@ class WorkerPool:
     async def _run_job(self, lease: jobs_pb2.JobLease) -> None:
         job = lease.job
         set_request_context(job_request_context(job))  # this task's, for all the job's calls
+        # One attempt of the job, a child of its `agent.job` span (services/jobs/tracing.py).
         with tracer.start_as_current_span(
-            "agent.job",
-            context=job_trace_context(job),
+            "agent.attempt",
+            context=job_span_context(job.name, job.trace_id),
             attributes={
                 "agentrt.job": job.name,
                 "agentrt.tenant": job.tenant,
@@ -231,6 +231,7 @@ class WorkerPool:
             except Exception as error:
                 # Its lease expires and another worker tries again from the checkpoint.
                 log.exception("job %s: the run failed", job.name)
+                span.record_exception(error)
                 span.set_status(trace.StatusCode.ERROR, type(error).__name__)
                 return
             span.set_attribute("agentrt.run.end", end.value)
@@ -246,28 +247,6 @@ class WorkerPool:
                 lease.job.name,
                 error,
             )
-
-
-def job_trace_context(job: jobs_pb2.Job) -> otel_context.Context | None:
-    """A context that puts the job's spans in the trace that created the job.
-
-    The jobs service keeps only the trace id, so the parent is a stand-in span derived
-    from the job's name: every attempt of the job hangs under the same parent.
-    """
-    try:
-        trace_id = int(job.trace_id, 16)
-    except ValueError:
-        return None
-    if not 0 < trace_id < 2**128:
-        return None
-    span_id = int.from_bytes(hashlib.sha256(job.name.encode()).digest()[:8], "big") or 1
-    parent = trace.SpanContext(
-        trace_id=trace_id,
-        span_id=span_id,
-        is_remote=True,
-        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-    )
-    return trace.set_span_in_context(trace.NonRecordingSpan(parent))
 
 
 def _log_lease_failure(error: Exception, delay: float) -> None:

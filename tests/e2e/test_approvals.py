@@ -23,8 +23,8 @@ E = common_pb2
 WAIT = 30.0
 
 
-async def require_approval_of_calculations(running: Cluster) -> None:
-    async with grpc.aio.insecure_channel(running.address("policy")) as channel:
+async def require_approval_of_calculations(policy_address: str) -> None:
+    async with grpc.aio.insecure_channel(policy_address) as channel:
         rule = policy_pb2.Rule(
             id="calc",
             description="a person checks every calculation",
@@ -43,7 +43,7 @@ async def require_approval_of_calculations(running: Cluster) -> None:
 async def test_an_approval_survives_an_orchestrator_sigkill_and_the_tool_runs_once(
     processes: Cluster,
 ) -> None:
-    await require_approval_of_calculations(processes)
+    await require_approval_of_calculations(processes.address("policy"))
     key = create_key(processes, "acme", "alice")
     auth = (("authorization", f"Bearer {key}"),)
     spec = jobs_pb2.JobSpec(

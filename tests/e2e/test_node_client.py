@@ -29,7 +29,7 @@ async def restart_the_gateway_when_asked(processes: Cluster, control: Path) -> N
 async def test_the_node_client_passes_its_contract_tests(
     processes: Cluster, tmp_path: Path
 ) -> None:
-    await require_approval_of_calculations(processes)  # policy set "approvals"
+    await require_approval_of_calculations(processes.address("policy"))  # policy set "approvals"
     control = tmp_path / "control"
     control.mkdir()
     env = {

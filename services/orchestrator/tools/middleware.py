@@ -27,6 +27,8 @@ from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
 from opentelemetry import trace
 
+from services.kit.telemetry import Capture
+from services.kit.telemetry import capture as process_capture
 from services.orchestrator.guards import BudgetExceeded
 from services.orchestrator.ports import retry_delay
 from services.orchestrator.tools.base import ToolFailed, ToolInvocation, ToolOutput, ToolSource
@@ -118,15 +120,16 @@ async def _ending(context: ToolCallContext, call_next: Next) -> ToolOutput | Bas
 
 
 class Telemetry:
-    """An OpenTelemetry span `tool.call` around each call, with the GenAI semantic
+    """An OpenTelemetry span `agent.tool` around each call, with the GenAI semantic
     conventions' tool attributes and the call's outcome."""
 
-    def __init__(self, tracer: trace.Tracer | None = None) -> None:
+    def __init__(self, tracer: trace.Tracer | None = None, capture: Capture | None = None) -> None:
         self._tracer = tracer or trace.get_tracer("agentrt.orchestrator")
+        self._capture = capture or process_capture()
 
     async def __call__(self, context: ToolCallContext, call_next: Next) -> ToolOutput:
         call = context.invocation.call
-        attributes = {
+        attributes: dict[str, str] = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": call.name,
             "gen_ai.tool.call.id": call.id,
@@ -134,8 +137,10 @@ class Telemetry:
             "agentrt.job": context.invocation.job.name,
             "agentrt.tool.source": context.source,
         }
+        if self._capture.tool_args:
+            attributes["gen_ai.tool.call.arguments"] = call.arguments
         with self._tracer.start_as_current_span(
-            "tool.call",
+            "agent.tool",
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,

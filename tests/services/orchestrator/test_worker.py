@@ -90,17 +90,25 @@ async def test_a_job_runs_to_success_with_live_deltas_and_one_checkpoint(
 
     await seconds_until(pool.wait_idle())
     (job_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.job"]
+    (attempt_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.attempt"]
     (run_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.run"]
-    assert job_span.attributes == {
+    assert job_span.attributes == {"agentrt.job": job.name, "agentrt.tenant": TENANT}
+    assert attempt_span.attributes == {
         "agentrt.job": job.name,
         "agentrt.tenant": TENANT,
         "agentrt.attempt": 1,
         "agentrt.run.end": "finished",
     }
     assert job_span.context.trace_id == int(job.trace_id, 16)
-    assert run_span.parent is not None and run_span.parent.span_id == job_span.context.span_id
+    assert job_span.parent is None, "created outside any trace: the job's span is the root"
+    assert attempt_span.context.trace_id == job_span.context.trace_id
+    assert attempt_span.parent is not None
+    assert attempt_span.parent.span_id == job_span.context.span_id
+    assert run_span.parent is not None
+    assert run_span.parent.span_id == attempt_span.context.span_id
     attributes = run_span.attributes or {}
     assert attributes["gen_ai.request.model"] == "local-slow"
+    assert attributes["gen_ai.system"] == "local"
     assert attributes["gen_ai.usage.input_tokens"] == done.usage.input_tokens
     assert attributes["gen_ai.usage.output_tokens"] == done.usage.output_tokens
     assert not any("hello" in str(value) for value in attributes.values()), "no prompt text"
@@ -210,15 +218,23 @@ async def test_no_final_answer_within_max_turns_fails_the_job(system: System) ->
     assert (done.turns, done.usage.model_calls) == (1, 1)
 
 
-async def test_an_unknown_model_fails_the_job_with_the_engines_message(system: System) -> None:
+async def test_an_unknown_model_fails_the_job_with_the_engines_message(
+    system: System, spans: InMemorySpanExporter
+) -> None:
     job = await system.create_job(prompt="hello", model="no-such-model")
-    await system.pool("worker-a").start()
+    pool = system.pool("worker-a")
+    await pool.start()
 
     assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_FAILED
     done = await system.get_job(job.name)
     assert done.failure.reason == E.ERROR_REASON_MODEL_NOT_FOUND
     assert "no-such-model" in done.failure.message
     assert done.turns == 0
+    await seconds_until(pool.wait_idle())
+    (run_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.run"]
+    assert run_span.status.status_code == trace.StatusCode.ERROR
+    [exception] = [e for e in run_span.events if e.name == "exception"]
+    assert "no-such-model" in str((exception.attributes or {})["exception.message"])
 
 
 async def test_a_crashed_workers_job_is_taken_over_and_succeeds_once(system: System) -> None:

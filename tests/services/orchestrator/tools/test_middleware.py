@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from services.kit.telemetry import Capture
 from services.orchestrator.guards import BudgetExceeded
 from services.orchestrator.tools.base import ToolFailed, ToolInvocation, ToolOutput
 from services.orchestrator.tools.middleware import (
@@ -226,7 +227,7 @@ async def test_each_call_is_a_tool_call_span_with_genai_attributes(
     await run([tracer_of(spans), Retry(3, 0)], tool("lookup", idempotent=True), failing(1))
 
     [span] = spans.get_finished_spans()
-    assert span.name == "tool.call"
+    assert span.name == "agent.tool"
     assert dict(span.attributes or {}) == {
         "gen_ai.operation.name": "execute_tool",
         "gen_ai.tool.name": "lookup",
@@ -238,6 +239,20 @@ async def test_each_call_is_a_tool_call_span_with_genai_attributes(
         "agentrt.tool.attempts": 2,
     }
     assert span.status.status_code == StatusCode.UNSET
+
+
+async def test_tool_arguments_are_on_the_span_only_when_captured(
+    spans: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("test")
+    await run([Telemetry(tracer, Capture(tool_args=True))], tool("lookup"))
+    await run([Telemetry(tracer, Capture())], tool("lookup"))
+
+    captured, plain = spans.get_finished_spans()
+    assert (captured.attributes or {})["gen_ai.tool.call.arguments"] == "{}"
+    assert "gen_ai.tool.call.arguments" not in (plain.attributes or {})
 
 
 async def test_a_failed_call_is_an_error_span(spans: InMemorySpanExporter) -> None:

@@ -50,6 +50,9 @@ def cache_key(tenant: str, fingerprint: str) -> str:
 
 
 class ResponseCache(Protocol):
+    store: str
+    """Where the answers are (`memory`, `redis`): the label of the cache's metrics."""
+
     async def get(self, key: str) -> Completion | None: ...
 
     async def put(self, key: str, completion: Completion, ttl_seconds: float) -> None: ...
@@ -63,6 +66,8 @@ class _Entry:
 
 class InMemoryResponseCache:
     """Answers of one engine process; at most `max_entries`, the least recently used go."""
+
+    store = "memory"
 
     def __init__(
         self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
@@ -95,6 +100,8 @@ class RedisResponseCache:
 
     A cache is an optimisation: Redis being unreachable makes a miss, never an error.
     """
+
+    store = "redis"
 
     def __init__(self, client: redis.Redis, prefix: str, timeout_seconds: float = 0.5) -> None:
         self._redis = client

@@ -19,6 +19,7 @@ from services.engine.deployments import RoutingConfig, load_routing
 from services.engine.flights import Flights, InProcessFlights, RedisFlights
 from services.engine.handlers import EngineServicer
 from services.engine.idempotency import IdempotencyTracker
+from services.engine.metrics import BreakerGauge
 from services.engine.providers.base import Provider
 from services.engine.providers.local import LocalProvider
 from services.engine.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
@@ -30,9 +31,13 @@ from services.engine.response_cache import (
 from services.engine.shared_record import RedisCompletionRecord
 from services.kit.config import ConfigError, env_float, env_int, env_str
 from services.kit.infra import Infrastructure
-from services.kit.periodic import cancel_all
+from services.kit.metrics import metrics_enabled
+from services.kit.periodic import cancel_all, run_every
 
 log = logging.getLogger(__name__)
+
+BREAKER_GAUGE_SECONDS = 5.0
+"""How often the breaker gauge reads every deployment's breaker (from Redis when shared)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,8 @@ class EngineUnit:
         )
         self._servicer = EngineServicer(engine)
         self._refresher: asyncio.Task[None] | None = None
+        self.breaker_gauge = BreakerGauge(breakers, [p.name for p in self._catalog.providers])
+        self._gauge_reader: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         engine_pb2_grpc.add_EngineServiceServicer_to_server(self._servicer, server)
@@ -141,10 +148,13 @@ class EngineUnit:
     async def start(self) -> None:
         await self._catalog.refresh()
         self._refresher = asyncio.create_task(self._refresh_periodically())
+        if metrics_enabled():
+            self._gauge_reader = asyncio.create_task(
+                run_every(BREAKER_GAUGE_SECONDS, self.breaker_gauge.refresh)
+            )
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            await cancel_all([self._refresher])
+        await cancel_all([t for t in (self._refresher, self._gauge_reader) if t is not None])
 
     async def close(self) -> None:
         await self._catalog.aclose()

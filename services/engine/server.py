@@ -23,6 +23,7 @@ from services.engine.metrics import BreakerGauge
 from services.engine.providers.base import Provider
 from services.engine.providers.local import LocalProvider
 from services.engine.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
+from services.engine.redis_outage import RedisGuard
 from services.engine.response_cache import (
     InMemoryResponseCache,
     RedisResponseCache,
@@ -122,10 +123,12 @@ class EngineUnit:
         cache: ResponseCache = InMemoryResponseCache()
         shared = None
         if redis_client is not None:
-            breakers = RedisBreakers(redis_client, prefix, settings)
-            flights = RedisFlights(redis_client, prefix)
-            cache = RedisResponseCache(redis_client, prefix)
-            shared = RedisCompletionRecord(redis_client, prefix, config.record_seconds)
+            # One view of Redis for all four: an outage found by one is skipped by all.
+            guard = RedisGuard()
+            breakers = RedisBreakers(redis_client, prefix, settings, guard=guard)
+            flights = RedisFlights(redis_client, prefix, guard=guard)
+            cache = RedisResponseCache(redis_client, prefix, guard=guard)
+            shared = RedisCompletionRecord(redis_client, prefix, config.record_seconds, guard=guard)
         self.tracker = IdempotencyTracker(
             ttl_seconds=config.record_seconds, shared=shared, flights=flights
         )
@@ -137,6 +140,7 @@ class EngineUnit:
             cache=cache,
             cache_seconds=config.cache_seconds,
         )
+        self.engine = engine
         self._servicer = EngineServicer(engine)
         self._refresher: asyncio.Task[None] | None = None
         self.breaker_gauge = BreakerGauge(breakers, [p.name for p in self._catalog.providers])

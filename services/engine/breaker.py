@@ -9,7 +9,6 @@ the slot for `probe_seconds` at most.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from typing import Any, Literal, Protocol
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
+
+from services.engine.redis_outage import RedisGuard, RedisOutage
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +200,12 @@ class RedisBreakers:
         prefix: str,
         settings: BreakerSettings,
         timeout_seconds: float = 0.5,
+        guard: RedisGuard | None = None,
     ) -> None:
         self._redis = client
         self._prefix = f"{prefix}:engine:breaker:"
         self._settings = settings
-        self._timeout = timeout_seconds
+        self._guard = guard or RedisGuard(timeout_seconds)
         # A breaker's hash outlives its longest meaningful state, then goes.
         self._keep_ms = int(1000 * 10 * (settings.cooldown_seconds + settings.probe_seconds))
         self._acquire = client.register_script(_ACQUIRE)
@@ -218,9 +220,10 @@ class RedisBreakers:
 
     async def succeeded(self, deployment: str) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._redis.delete(self._prefix + deployment)
-        except (redis.RedisError, TimeoutError) as error:
+            await self._guard.run(lambda: self._redis.delete(self._prefix + deployment))
+        except RedisOutage:
+            pass  # the guard logged the outage
+        except redis.RedisError as error:
             log.warning("could not close the breaker of %s in Redis (%r)", deployment, error)
 
     async def released(self, deployment: str) -> None:
@@ -244,8 +247,10 @@ class RedisBreakers:
         self, script: AsyncScript, deployment: str, args: list[int], fallback: object
     ) -> Any:
         try:
-            async with asyncio.timeout(self._timeout):
-                return await script(keys=[self._prefix + deployment], args=args)
-        except (redis.RedisError, TimeoutError) as error:
+            keys = [self._prefix + deployment]
+            return await self._guard.run(lambda: script(keys=keys, args=args))
+        except RedisOutage:
+            return fallback  # the guard logged the outage
+        except redis.RedisError as error:
             log.warning("the breaker of %s in Redis is unreachable (%r)", deployment, error)
             return fallback

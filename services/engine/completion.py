@@ -26,6 +26,7 @@ from services.engine.errors import (
     RateLimited,
 )
 from services.engine.idempotency import IdempotencyTracker
+from services.engine.metrics import count_cache_lookup
 from services.engine.model import (
     Attempt,
     AttemptOutcome,
@@ -125,7 +126,7 @@ class CompletionEngine:
         async def call() -> Completion:
             if not cache.applies_to(params):
                 return await fresh()
-            return await self._through_cache(cache_key(tenant, fingerprint), cache, fresh)
+            return await self._through_cache(model, cache_key(tenant, fingerprint), cache, fresh)
 
         if not idempotency_key:
             return await call()
@@ -160,7 +161,7 @@ class CompletionEngine:
             chunks = self._routed_stream(model, plan, messages, tools, params, deadline)
             if not cache.applies_to(params):
                 return chunks
-            return self._stream_through_cache(cache_key(tenant, fingerprint), cache, chunks)
+            return self._stream_through_cache(model, cache_key(tenant, fingerprint), cache, chunks)
 
         if not idempotency_key:
             return open_stream()
@@ -177,9 +178,14 @@ class CompletionEngine:
         return [DeploymentStatus(route, state) for route, state in zip(routes, states, strict=True)]
 
     async def _through_cache(
-        self, key: str, cache: CacheRequest, fresh: Callable[[], Awaitable[Completion]]
+        self,
+        model: str,
+        key: str,
+        cache: CacheRequest,
+        fresh: Callable[[], Awaitable[Completion]],
     ) -> Completion:
         hit = await self._cache.get(key)
+        count_cache_lookup(model, self._cache.store, hit is not None)
         if hit is not None:
             return _as_cache_hit(hit)
         completion = await fresh()
@@ -187,10 +193,15 @@ class CompletionEngine:
         return completion
 
     async def _stream_through_cache(
-        self, key: str, cache: CacheRequest, chunks: AsyncGenerator[CompletionChunk, None]
+        self,
+        model: str,
+        key: str,
+        cache: CacheRequest,
+        chunks: AsyncGenerator[CompletionChunk, None],
     ) -> AsyncGenerator[CompletionChunk, None]:
         async with aclosing(chunks):
             hit = await self._cache.get(key)
+            count_cache_lookup(model, self._cache.store, hit is not None)
             if hit is not None:
                 yield closing_chunk(_as_cache_hit(hit))
                 return

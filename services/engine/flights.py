@@ -30,6 +30,7 @@ from services.engine.errors import (
     RateLimited,
 )
 from services.engine.model import Completion
+from services.engine.redis_outage import RedisGuard, RedisOutage
 from services.engine.shared_record import completion_from_json, record_key
 
 log = logging.getLogger(__name__)
@@ -220,13 +221,14 @@ class RedisFlights:
         poll_seconds: float = 0.25,
         keep_seconds: float = 60.0,
         timeout_seconds: float = 0.5,
+        guard: RedisGuard | None = None,
     ) -> None:
         self._redis = client
         self._prefix = f"{prefix}:engine:flight:"
         self._lease_ms = int(lease_seconds * 1000)
         self._poll_ms = max(1, int(poll_seconds * 1000))
         self._keep_ms = int(keep_seconds * 1000)
-        self._timeout = timeout_seconds
+        self._guard = guard or RedisGuard(timeout_seconds)
         self._record_prefix = prefix
         self._claim_script = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
@@ -234,13 +236,14 @@ class RedisFlights:
         self._local = InProcessFlights()
 
     async def claim(self, key: str, fingerprint: str) -> Leader | Follower | Recorded:
+        # Redis is not the source of truth: without it, joins stay within this replica.
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._claim(key, fingerprint)
-        except (redis.RedisError, TimeoutError) as error:
-            # Redis is not the source of truth: without it, joins stay within this replica.
+            return await self._guard.run(lambda: self._claim(key, fingerprint))
+        except RedisOutage:
+            pass  # the guard logged the outage
+        except redis.RedisError as error:
             log.warning("calls in flight cannot be shared (%r); joining in-process only", error)
-            return await self._local.claim(key, fingerprint)
+        return await self._local.claim(key, fingerprint)
 
     async def _claim(self, key: str, fingerprint: str) -> Leader | Follower | Recorded:
         lock, events = self._prefix + key, self._prefix + key + ":events"

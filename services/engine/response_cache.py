@@ -8,7 +8,6 @@ so the ledger charges nothing for it; the answer says `cache_hit`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -21,6 +20,7 @@ from typing import Protocol
 import redis.asyncio as redis
 
 from services.engine.model import Completion, CompletionParams
+from services.engine.redis_outage import RedisGuard, RedisOutage
 from services.engine.shared_record import completion_from_json
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ def cache_key(tenant: str, fingerprint: str) -> str:
 
 
 class ResponseCache(Protocol):
+    store: str
+    """Where the answers are (`memory`, `redis`): the label of the cache's metrics."""
+
     async def get(self, key: str) -> Completion | None: ...
 
     async def put(self, key: str, completion: Completion, ttl_seconds: float) -> None: ...
@@ -63,6 +66,8 @@ class _Entry:
 
 class InMemoryResponseCache:
     """Answers of one engine process; at most `max_entries`, the least recently used go."""
+
+    store = "memory"
 
     def __init__(
         self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
@@ -96,24 +101,35 @@ class RedisResponseCache:
     A cache is an optimisation: Redis being unreachable makes a miss, never an error.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str, timeout_seconds: float = 0.5) -> None:
+    store = "redis"
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        timeout_seconds: float = 0.5,
+        guard: RedisGuard | None = None,
+    ) -> None:
         self._redis = client
         self._prefix = f"{prefix}:engine:cache:"
-        self._timeout = timeout_seconds
+        self._guard = guard or RedisGuard(timeout_seconds)
 
     async def get(self, key: str) -> Completion | None:
         try:
-            async with asyncio.timeout(self._timeout):
-                raw = await self._redis.get(self._prefix + key)
-        except (redis.RedisError, TimeoutError) as error:
+            raw = await self._guard.run(lambda: self._redis.get(self._prefix + key))
+        except RedisOutage:
+            return None  # a miss; the guard logged the outage
+        except redis.RedisError as error:
             log.warning("the response cache is unreachable (%r): a miss", error)
             return None
         return None if raw is None else completion_from_json(json.loads(raw))
 
     async def put(self, key: str, completion: Completion, ttl_seconds: float) -> None:
         value = json.dumps(asdict(completion))
+        ttl_ms = int(ttl_seconds * 1000)
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._redis.set(self._prefix + key, value, px=int(ttl_seconds * 1000))
-        except (redis.RedisError, TimeoutError) as error:
+            await self._guard.run(lambda: self._redis.set(self._prefix + key, value, px=ttl_ms))
+        except RedisOutage:
+            pass  # the guard logged the outage
+        except redis.RedisError as error:
             log.warning("could not store an answer in the response cache (%r)", error)

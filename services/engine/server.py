@@ -19,9 +19,11 @@ from services.engine.deployments import RoutingConfig, load_routing
 from services.engine.flights import Flights, InProcessFlights, RedisFlights
 from services.engine.handlers import EngineServicer
 from services.engine.idempotency import IdempotencyTracker
+from services.engine.metrics import BreakerGauge
 from services.engine.providers.base import Provider
 from services.engine.providers.local import LocalProvider
 from services.engine.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
+from services.engine.redis_outage import RedisGuard
 from services.engine.response_cache import (
     InMemoryResponseCache,
     RedisResponseCache,
@@ -30,9 +32,13 @@ from services.engine.response_cache import (
 from services.engine.shared_record import RedisCompletionRecord
 from services.kit.config import ConfigError, env_float, env_int, env_str
 from services.kit.infra import Infrastructure
-from services.kit.periodic import cancel_all
+from services.kit.metrics import metrics_enabled
+from services.kit.periodic import cancel_all, run_every
 
 log = logging.getLogger(__name__)
+
+BREAKER_GAUGE_SECONDS = 5.0
+"""How often the breaker gauge reads every deployment's breaker (from Redis when shared)."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +123,12 @@ class EngineUnit:
         cache: ResponseCache = InMemoryResponseCache()
         shared = None
         if redis_client is not None:
-            breakers = RedisBreakers(redis_client, prefix, settings)
-            flights = RedisFlights(redis_client, prefix)
-            cache = RedisResponseCache(redis_client, prefix)
-            shared = RedisCompletionRecord(redis_client, prefix, config.record_seconds)
+            # One view of Redis for all four: an outage found by one is skipped by all.
+            guard = RedisGuard()
+            breakers = RedisBreakers(redis_client, prefix, settings, guard=guard)
+            flights = RedisFlights(redis_client, prefix, guard=guard)
+            cache = RedisResponseCache(redis_client, prefix, guard=guard)
+            shared = RedisCompletionRecord(redis_client, prefix, config.record_seconds, guard=guard)
         self.tracker = IdempotencyTracker(
             ttl_seconds=config.record_seconds, shared=shared, flights=flights
         )
@@ -132,8 +140,11 @@ class EngineUnit:
             cache=cache,
             cache_seconds=config.cache_seconds,
         )
+        self.engine = engine
         self._servicer = EngineServicer(engine)
         self._refresher: asyncio.Task[None] | None = None
+        self.breaker_gauge = BreakerGauge(breakers, [p.name for p in self._catalog.providers])
+        self._gauge_reader: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         engine_pb2_grpc.add_EngineServiceServicer_to_server(self._servicer, server)
@@ -141,10 +152,13 @@ class EngineUnit:
     async def start(self) -> None:
         await self._catalog.refresh()
         self._refresher = asyncio.create_task(self._refresh_periodically())
+        if metrics_enabled():
+            self._gauge_reader = asyncio.create_task(
+                run_every(BREAKER_GAUGE_SECONDS, self.breaker_gauge.refresh)
+            )
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            await cancel_all([self._refresher])
+        await cancel_all([t for t in (self._refresher, self._gauge_reader) if t is not None])
 
     async def close(self) -> None:
         await self._catalog.aclose()

@@ -8,7 +8,6 @@ unreachable the call is made (and possibly paid for) again, never refused.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import asdict
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 
 from services.engine.model import ChatMessage, Completion, TokenUsage, ToolCall
+from services.engine.redis_outage import RedisGuard, RedisOutage
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,24 @@ class RedisCompletionRecord:
     """
 
     def __init__(
-        self, client: redis.Redis, prefix: str, ttl_seconds: float, timeout_seconds: float = 0.5
+        self,
+        client: redis.Redis,
+        prefix: str,
+        ttl_seconds: float,
+        timeout_seconds: float = 0.5,
+        guard: RedisGuard | None = None,
     ) -> None:
         self._redis = client
         self._prefix = record_key(prefix, "")
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._timeout = timeout_seconds
+        self._guard = guard or RedisGuard(timeout_seconds)
 
     async def get(self, key: str) -> tuple[str, Completion] | None:
         try:
-            async with asyncio.timeout(self._timeout):
-                raw = await self._redis.get(self._prefix + key)
-        except (redis.RedisError, TimeoutError) as error:
+            raw = await self._guard.run(lambda: self._redis.get(self._prefix + key))
+        except RedisOutage:
+            return None  # called again; the guard logged the outage
+        except redis.RedisError as error:
             log.warning("the shared call record is unreachable (%r); calling again", error)
             return None
         if raw is None:
@@ -68,9 +74,12 @@ class RedisCompletionRecord:
     async def put(self, key: str, fingerprint: str, completion: Completion) -> None:
         value = json.dumps({"fingerprint": fingerprint, "completion": asdict(completion)})
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._redis.set(self._prefix + key, value, px=self._ttl_ms, nx=True)
-        except (redis.RedisError, TimeoutError) as error:
+            await self._guard.run(
+                lambda: self._redis.set(self._prefix + key, value, px=self._ttl_ms, nx=True)
+            )
+        except RedisOutage:
+            pass  # the guard logged the outage
+        except redis.RedisError as error:
             log.warning("could not share the record of call %s (%r)", key, error)
 
 

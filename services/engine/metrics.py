@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -40,15 +41,28 @@ class BreakerGauge:
         self._breakers = breakers
         self._deployments = tuple(deployments)
         self._states: dict[str, BreakerState] = {}
-        meter().create_observable_gauge(
-            "agentrt.engine.breaker.state",
-            callbacks=[self._observe],
-            description="Each deployment's circuit breaker: 0 closed, 1 half-open, 2 open",
-        )
+        _live_gauges.add(self)
 
     async def refresh(self) -> None:
         self._states = {name: await self._breakers.state(name) for name in self._deployments}
 
-    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+    def observations(self) -> Iterable[Observation]:
         for name, state in self._states.items():
             yield Observation(BREAKER_VALUES[state], {"deployment": name})
+
+
+# One instrument for the process (a second of the same name would be ignored), observing
+# every engine's gauge that is alive.
+_live_gauges: weakref.WeakSet[BreakerGauge] = weakref.WeakSet()
+
+
+def _observe_breakers(options: CallbackOptions) -> Iterable[Observation]:
+    for gauge in list(_live_gauges):
+        yield from gauge.observations()
+
+
+meter().create_observable_gauge(
+    "agentrt.engine.breaker.state",
+    callbacks=[_observe_breakers],
+    description="Each deployment's circuit breaker: 0 closed, 1 half-open, 2 open",
+)

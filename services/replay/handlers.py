@@ -11,6 +11,7 @@ import grpc
 from agentrt.common.v1.common_pb2 import ErrorReason, EventType, RuntimeEvent
 from agentrt.replay.v1 import replay_pb2, replay_pb2_grpc
 
+from services.kit import validate
 from services.kit.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -199,8 +200,7 @@ def _advance(
 
 def _time_range(request: replay_pb2.ListRecordingsRequest) -> dict[str, int]:
     bounds: dict[str, int] = {}
-    if request.HasField("start_time_after"):
-        bounds["start_after"] = request.start_time_after.ToMicroseconds()
-    if request.HasField("start_time_before"):
-        bounds["start_before"] = request.start_time_before.ToMicroseconds()
+    for name, bound in (("start_time_after", "start_after"), ("start_time_before", "start_before")):
+        if validate.optional_timestamp(request, name) is not None:
+            bounds[bound] = getattr(request, name).ToMicroseconds()
     return bounds

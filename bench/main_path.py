@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,30 +43,49 @@ REDIS_URL = os.environ.get("AGENTRT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"
 QUIET = {"AGENTRT_LOG_LEVEL": "WARNING"}
 
 
-async def one_job(stub: RuntimeServiceAsyncStub, auth: tuple[tuple[str, str]], i: int) -> float:
+SpecOf = Callable[[int], jobs_pb2.JobSpec]
+"""The spec of the i-th job of a load (negative i: a warm-up job)."""
+
+
+def plain_job(i: int) -> jobs_pb2.JobSpec:
+    return jobs_pb2.JobSpec(prompt=f"benchmark job {i}")
+
+
+async def one_job(
+    stub: RuntimeServiceAsyncStub, auth: tuple[tuple[str, str]], spec: jobs_pb2.JobSpec
+) -> float:
     """Seconds from the Execute call to the job's terminal event."""
     started = time.perf_counter()
-    request = gateway_pb2.ExecuteRequest(spec=jobs_pb2.JobSpec(prompt=f"benchmark job {i}"))
+    request = gateway_pb2.ExecuteRequest(spec=spec)
     last = None
-    async for event in stub.ExecuteStream(request, metadata=auth, timeout=60):
+    async for event in stub.ExecuteStream(request, metadata=auth, timeout=120):
         last = event
     elapsed = time.perf_counter() - started
     if last is None or last.type != common_pb2.EVENT_TYPE_JOB_SUCCEEDED:
-        raise RuntimeError(f"job {i} did not succeed: {last}")
+        raise RuntimeError(f"a job did not succeed: {last}")
     return elapsed
 
 
-async def load(endpoint: str, key: str, jobs: int, concurrency: int) -> tuple[float, list[float]]:
+async def load(
+    endpoint: str,
+    key: str,
+    jobs: int,
+    concurrency: int,
+    spec_of: SpecOf = plain_job,
+    warm_up: int = 50,
+) -> tuple[float, list[float]]:
+    """Runs `jobs` jobs, `concurrency` at a time, after `warm_up` others: the wall time and
+    each job's latency."""
     auth = (("authorization", f"Bearer {key}"),)
     async with grpc.aio.insecure_channel(endpoint) as channel:
         stub: RuntimeServiceAsyncStub = gateway_pb2_grpc.RuntimeServiceStub(channel)
-        await asyncio.gather(*(one_job(stub, auth, -i) for i in range(1, 51)))  # warm-up
+        await asyncio.gather(*(one_job(stub, auth, spec_of(-i)) for i in range(1, warm_up + 1)))
         queue = iter(range(jobs))
         latencies: list[float] = []
 
         async def worker() -> None:
             for i in queue:
-                latencies.append(await one_job(stub, auth, i))
+                latencies.append(await one_job(stub, auth, spec_of(i)))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -11,28 +11,23 @@ root's end. Usage: python bench/workflow.py [--mode dev|processes|both] [--trees
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
 from agentrt import workflows as wf
-from agentrt.common.v1 import common_pb2
-from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2
 
 from services.kit.loop import run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.main_path import QUIET, REDIS_URL, dev_process, pg_database
+from bench.main_path import QUIET, REDIS_URL, dev_process, load, pg_database
 from tests.e2e.processes import cluster
 
 if TYPE_CHECKING:
-    from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
+    pass
 
 CHILDREN = 10
 JOBS_PER_TREE = CHILDREN + 2
@@ -47,36 +42,6 @@ def tree_spec(i: int) -> jobs_pb2.JobSpec:
         model="local",
         orchestration=jobs_pb2.OrchestrationConfig(max_parallel=CHILDREN, max_child_jobs=20),
     )
-
-
-async def one_tree(stub: RuntimeServiceAsyncStub, auth: tuple[tuple[str, str]], i: int) -> float:
-    """Seconds from the Execute call to the root's terminal event."""
-    started = time.perf_counter()
-    request = gateway_pb2.ExecuteRequest(spec=tree_spec(i))
-    last = None
-    async for event in stub.ExecuteStream(request, metadata=auth, timeout=120):
-        last = event
-    elapsed = time.perf_counter() - started
-    if last is None or last.type != common_pb2.EVENT_TYPE_JOB_SUCCEEDED:
-        raise RuntimeError(f"tree {i} did not succeed: {last}")
-    return elapsed
-
-
-async def load(endpoint: str, key: str, trees: int, concurrency: int) -> tuple[float, list[float]]:
-    auth = (("authorization", f"Bearer {key}"),)
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        stub: RuntimeServiceAsyncStub = gateway_pb2_grpc.RuntimeServiceStub(channel)
-        await asyncio.gather(*(one_tree(stub, auth, -i) for i in range(1, 4)))  # warm-up
-        queue = iter(range(trees))
-        latencies: list[float] = []
-
-        async def worker() -> None:
-            for i in queue:
-                latencies.append(await one_tree(stub, auth, i))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
 
 
 def report(label: str, wall: float, latencies: list[float], concurrency: int) -> None:
@@ -94,7 +59,7 @@ def report(label: str, wall: float, latencies: list[float], concurrency: int) ->
 
 def bench_dev(trees: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, dev_process(Path(tmp) / "data") as (endpoint, key):
-        wall, latencies = run_main(load(endpoint, key, trees, concurrency))
+        wall, latencies = run_main(load(endpoint, key, trees, concurrency, tree_spec, warm_up=3))
         report("agentrt dev (SQLite, in-process)", wall, latencies, concurrency)
 
 
@@ -107,7 +72,9 @@ def bench_processes(trees: int, concurrency: int) -> None:
     ):
         created = running.cli("keys", "create", "--tenant", "bench", "--principal", "bench")
         key = next(w for w in created.stdout.split() if w.startswith("agk_"))
-        wall, latencies = run_main(load(running.address("gateway"), key, trees, concurrency))
+        wall, latencies = run_main(
+            load(running.address("gateway"), key, trees, concurrency, tree_spec, warm_up=3)
+        )
         report("processes (PostgreSQL + Redis)", wall, latencies, concurrency)
 
 

@@ -33,7 +33,7 @@ from agentrt.jobs.v1 import jobs_pb2
 from services.kit.loop import run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.e2e.processes import AGENTRT, cluster, free_port, wait_serving
+from tests.e2e.processes import AGENTRT, Cluster, cluster, free_port, wait_serving
 
 if TYPE_CHECKING:
     from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
@@ -73,9 +73,10 @@ async def load(
     concurrency: int,
     spec_of: SpecOf = plain_job,
     warm_up: int = 50,
+    meter: CpuMeter | None = None,
 ) -> tuple[float, list[float]]:
     """Runs `jobs` jobs, `concurrency` at a time, after `warm_up` others: the wall time and
-    each job's latency."""
+    each job's latency; `meter`, if given, counts the CPU of the measured jobs only."""
     auth = (("authorization", f"Bearer {key}"),)
     async with grpc.aio.insecure_channel(endpoint) as channel:
         stub: RuntimeServiceAsyncStub = gateway_pb2_grpc.RuntimeServiceStub(channel)
@@ -87,9 +88,71 @@ async def load(
             for i in queue:
                 latencies.append(await one_job(stub, auth, spec_of(i)))
 
+        if meter is not None:
+            meter.start()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
+        wall = time.perf_counter() - started
+        if meter is not None:
+            meter.stop()
+        return wall, latencies
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used; 0 for one that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def pids_named(command: str) -> list[int]:
+    """Every process whose command name is `command` (PostgreSQL's backends, Redis)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == command:
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
+def own_pid() -> list[int]:
+    return [os.getpid()]
+
+
+class CpuMeter:
+    """The CPU each part of the system spends over the measured jobs: each service
+    process, this client, and the PostgreSQL and Redis servers."""
+
+    def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
+        self.parts: dict[str, Callable[[], list[int]]] = {**parts, "client": own_pid}
+        self.used: dict[str, float] = {}
+
+    def sample(self) -> dict[str, float]:
+        return {name: sum(process_cpu(pid) for pid in pids()) for name, pids in self.parts.items()}
+
+    def start(self) -> None:
+        self.used = self.sample()
+
+    def stop(self) -> None:
+        ended = self.sample()
+        self.used = {name: ended[name] - self.used[name] for name in ended}
+
+    def report(self, jobs: int) -> None:
+        per_job = {name: used * 1000 / jobs for name, used in self.used.items()}
+        parts = " ".join(f"{name}={ms:.2f}" for name, ms in per_job.items())
+        print(f"{'':<34} cpu ms/job total={sum(per_job.values()):.2f} {parts}")
+
+
+def servers() -> dict[str, Callable[[], list[int]]]:
+    return {"postgres": lambda: pids_named("postgres"), "redis": lambda: pids_named("redis-server")}
 
 
 def report(label: str, wall: float, latencies: list[float], concurrency: int) -> None:
@@ -108,6 +171,14 @@ def report(label: str, wall: float, latencies: list[float], concurrency: int) ->
 
 @contextmanager
 def dev_process(data_dir: Path) -> Iterator[tuple[str, str]]:
+    """`agentrt dev` on `data_dir`: its endpoint and API key."""
+    with dev_server(data_dir) as (endpoint, key, _):
+        yield endpoint, key
+
+
+@contextmanager
+def dev_server(data_dir: Path) -> Iterator[tuple[str, str, int]]:
+    """`agentrt dev` on `data_dir`: its endpoint, API key and process id."""
     port = free_port()
     env = {**os.environ, **QUIET, "AGENTRT_DATA_DIR": str(data_dir)}
     log = (data_dir.parent / "dev.log").open("ab")
@@ -124,7 +195,7 @@ def dev_process(data_dir: Path) -> Iterator[tuple[str, str]]:
         while not state.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         info = json.loads(state.read_text())
-        yield info["endpoint"], info["api_key"]
+        yield info["endpoint"], info["api_key"], process.pid
     finally:
         process.terminate()
         process.wait(30)
@@ -149,9 +220,21 @@ def pg_database() -> Iterator[str]:
 
 
 def bench_dev(jobs: int, concurrency: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp, dev_process(Path(tmp) / "data") as (endpoint, key):
-        wall, latencies = run_main(load(endpoint, key, jobs, concurrency))
+    with tempfile.TemporaryDirectory() as tmp, dev_server(Path(tmp) / "data") as dev:
+        endpoint, key, pid = dev
+        meter = CpuMeter({"dev": lambda: [pid]})
+        wall, latencies = run_main(load(endpoint, key, jobs, concurrency, meter=meter))
         report("agentrt dev (SQLite, in-process)", wall, latencies, concurrency)
+        meter.report(len(latencies))
+
+
+def service_pids(running: Cluster) -> dict[str, Callable[[], list[int]]]:
+    """Each service's process id, read when sampled (a restarted service has a new one)."""
+
+    def pid_of(name: str) -> Callable[[], list[int]]:
+        return lambda: [running.processes[name].pid]
+
+    return {name: pid_of(name) for name in running.processes}
 
 
 def bench_processes(jobs: int, concurrency: int) -> None:
@@ -163,8 +246,12 @@ def bench_processes(jobs: int, concurrency: int) -> None:
     ):
         created = running.cli("keys", "create", "--tenant", "bench", "--principal", "bench")
         key = next(w for w in created.stdout.split() if w.startswith("agk_"))
-        wall, latencies = run_main(load(running.address("gateway"), key, jobs, concurrency))
+        meter = CpuMeter({**service_pids(running), **servers()})
+        wall, latencies = run_main(
+            load(running.address("gateway"), key, jobs, concurrency, meter=meter)
+        )
         report("processes (PostgreSQL + Redis)", wall, latencies, concurrency)
+        meter.report(len(latencies))
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 `python tools/protos.py generate` regenerates `clients/python/agentrt/<service>/v1/` and the
 descriptor set of the public API that the Envoy edge transcodes (`services/edge/agentrt.binpb`);
-`deps` copies the google/api protos the contracts import into `.build/protodeps` for buf;
+`deps` copies the google/api and google/rpc protos the contracts import into `.build/protodeps` for buf;
 `breaking [REF]` runs `buf breaking` (FILE rules) against REF, by default the previous commit.
 """
 
@@ -27,6 +27,8 @@ EDGE_PACKAGE = PROTOS / "agentrt" / "gateway" / "v1"
 EDGE_ERROR_PROTOS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 """The errors' details, which the edge prints as JSON and so must be able to decode."""
 GOOGLE_API_PROTOS = ("annotations", "field_behavior", "http", "resource")
+GOOGLE_RPC_PROTOS = ("status",)
+"""google.rpc messages the contracts use (BatchSpend's per-operation status)."""
 
 
 def googleapis_root() -> Path:
@@ -92,6 +94,12 @@ def copy_deps(target: Path = DEPS) -> None:
     source = googleapis_root() / "google" / "api"
     for name in GOOGLE_API_PROTOS:
         shutil.copyfile(source / f"{name}.proto", api / f"{name}.proto")
+    rpc = target / "google" / "rpc"
+    rpc.mkdir(parents=True, exist_ok=True)
+    for name in GOOGLE_RPC_PROTOS:
+        shutil.copyfile(
+            googleapis_root() / "google" / "rpc" / f"{name}.proto", rpc / f"{name}.proto"
+        )
 
 
 def git(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -110,6 +110,7 @@ FORWARDED_SERVICES: tuple[ForwardedService, ...] = (
             "ReserveBudget": Access.INTERNAL,
             "SettleReservation": Access.INTERNAL,
             "ReleaseReservation": Access.INTERNAL,
+            "BatchSpend": Access.INTERNAL,
         },
     ),
     ForwardedService("orchestrator", _ORCHESTRATOR, _all(_ORCHESTRATOR, Access.ADMIN)),

@@ -53,6 +53,17 @@ def error_status(
     metadata: dict[str, str] | None = None,
 ) -> tuple[str, tuple[tuple[str, bytes], ...]]:
     """The details string and trailing metadata of a google.rpc.Status with ErrorInfo."""
+    status = rpc_status(code, message, reason, metadata)
+    return message, (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+def rpc_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: common_pb2.ErrorReason.ValueType,
+    metadata: dict[str, str] | None = None,
+) -> status_pb2.Status:
+    """A google.rpc.Status whose details hold one ErrorInfo of the agentrt domain."""
     info = error_details_pb2.ErrorInfo(
         reason=common_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_"),
         domain=ERROR_DOMAIN,
@@ -60,8 +71,13 @@ def error_status(
     )
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return message, (("grpc-status-details-bin", status.SerializeToString()),)
+    return status_pb2.Status(code=code.value[0], message=message, details=[detail])
+
+
+def status_of_error(error: AgentrtError) -> status_pb2.Status:
+    """The google.rpc.Status the server interceptor ends a call with for `error`."""
+    code = getattr(grpc.StatusCode, error.code)
+    return rpc_status(code, error.message, error.reason, error.metadata)
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:

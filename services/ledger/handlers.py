@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ from google.protobuf.message import Message
 from services.kit import validate
 from services.kit.errors import (
     Aborted,
+    AgentrtError,
     AlreadyExists,
     FieldInvalid,
     FieldRequired,
@@ -26,6 +28,7 @@ from services.kit.errors import (
     ResourceExhausted,
 )
 from services.kit.ids import is_valid_id
+from services.kit.interceptors import status_of_error
 from services.kit.money import ModelPrice, parse_price
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.ledger import records
@@ -42,6 +45,8 @@ MAX_MODEL_ID = 128
 DEFAULT_TTL = timedelta(minutes=5)
 MIN_TTL = timedelta(seconds=1)
 MAX_TTL = timedelta(hours=1)
+MAX_BATCH_OPERATIONS = 500
+"""The most operations one BatchSpend may carry."""
 UPDATE_ATTEMPTS = 5
 """How often an update without an etag is retried when a concurrent change won the race."""
 
@@ -261,6 +266,41 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         released = await self._store.release(reservation_id, self._clock())
         log.debug("released %s: %.200s", released.name, request.reason or "no reason given")
         return released
+
+    async def BatchSpend(
+        self, request: ledger_pb2.BatchSpendRequest, context: Context
+    ) -> ledger_pb2.BatchSpendResponse:
+        if not request.operations:
+            raise FieldRequired("operations")
+        if len(request.operations) > MAX_BATCH_OPERATIONS:
+            raise FieldInvalid(
+                "operations",
+                f"at most {MAX_BATCH_OPERATIONS} operations, got {len(request.operations)}",
+            )
+        for i, operation in enumerate(request.operations):
+            if operation.WhichOneof("operation") is None:
+                raise FieldRequired(f"operations[{i}].operation")
+        results = await asyncio.gather(
+            *(self._spend(operation, context) for operation in request.operations)
+        )
+        return ledger_pb2.BatchSpendResponse(results=results)
+
+    async def _spend(
+        self, operation: ledger_pb2.SpendOperation, context: Context
+    ) -> ledger_pb2.SpendResult:
+        """One operation of a batch, as its own call would do it; its domain error becomes
+        its result (any other error fails the batch, whose operations are idempotent)."""
+        try:
+            kind = operation.WhichOneof("operation")
+            if kind == "reserve":
+                reservation = await self.ReserveBudget(operation.reserve, context)
+            elif kind == "settle":
+                reservation = await self.SettleReservation(operation.settle, context)
+            else:
+                reservation = await self.ReleaseReservation(operation.release, context)
+        except AgentrtError as error:
+            return ledger_pb2.SpendResult(error=status_of_error(error))
+        return ledger_pb2.SpendResult(reservation=reservation)
 
     # Reports
 

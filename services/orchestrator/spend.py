@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from agentrt.common.v1 import common_pb2
@@ -51,11 +51,15 @@ from services.kit.money import (
     to_nanos,
 )
 from services.orchestrator.guards import BudgetExceeded, Hold
+from services.orchestrator.spend_batch import SpendBatcher
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
+if TYPE_CHECKING:
+    SpendCalls: TypeAlias = SpendBatcher | ledger_pb2_grpc.LedgerServiceAsyncStub
+    """What reserves, settles and releases: batched, or the stub's single calls."""
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 """The output a call may produce when its params set no max_output_tokens."""
@@ -129,6 +133,10 @@ class SpendConfig:
     spent and must be recorded (a restarted ledger accepts the same record once)."""
     attempt_timeout: float = 5.0
     """Seconds one ledger call may take."""
+    batch_operations: int = 100
+    """AGENTRT_LEDGER_BATCH_OPERATIONS: the most reservations, settlements and releases of
+    concurrent jobs sent to the ledger in one BatchSpend call (default 100); 1 sends each
+    in a call of its own."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpendConfig:
@@ -149,6 +157,7 @@ class SpendConfig:
             price_cache_seconds=env_float("AGENTRT_PRICE_CACHE_SECONDS", 10.0, env),
             retry_seconds=env_float("AGENTRT_LEDGER_RETRY_SECONDS", 2.0, env),
             settle_retry_seconds=env_float("AGENTRT_LEDGER_SETTLE_RETRY_SECONDS", 60.0, env),
+            batch_operations=env_int("AGENTRT_LEDGER_BATCH_OPERATIONS", 100, env, 1),
         )
 
 
@@ -222,6 +231,12 @@ class LedgerSpend:
     ) -> None:
         self._stub = stub
         self._config = config or SpendConfig()
+        self._spend: SpendCalls = (
+            SpendBatcher(stub, self._config.batch_operations)
+            if self._config.batch_operations > 1
+            else stub
+        )
+        """Where reservations, settlements and releases go."""
         self._clock = clock or (lambda: datetime.now(UTC))
         self._caches = _Caches()
         self._estimates: dict[str, _Estimate] = {}
@@ -288,7 +303,7 @@ class LedgerSpend:
             return
         request = ledger_pb2.ReleaseReservationRequest(name=hold.reservation, reason=reason)
         try:
-            await self._call("release", self._stub.ReleaseReservation, request)
+            await self._call("release", self._spend.ReleaseReservation, request)
         except LedgerUnavailable as error:
             log.warning("%s not released, it expires instead: %s", hold.reservation, error)
 
@@ -543,7 +558,7 @@ class LedgerSpend:
             root_job=tree_root(job) if tree_inherits(job) else "",
         )
         try:
-            return await self._call("reserve", self._stub.ReserveBudget, request)
+            return await self._call("reserve", self._spend.ReserveBudget, request)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise
@@ -560,7 +575,7 @@ class LedgerSpend:
             stored = await self._call("record usage", self._stub.RecordUsage, usage, retry)
             return str(stored.usage.cost)
         request = ledger_pb2.SettleReservationRequest(name=reservation, usage_records=[usage])
-        settled = await self._call("settle", self._stub.SettleReservation, request, retry)
+        settled = await self._call("settle", self._spend.SettleReservation, request, retry)
         return str(settled.settled.cost) if priced else ""
 
     async def _cached_price(self, model: str) -> ModelPrice | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 
 import redis.asyncio
 from redis.asyncio.client import PubSub
@@ -24,6 +25,11 @@ class RedisWakeups:
     waiters. It pings Redis when idle and, when the connection drops or a ping goes
     unanswered, reconnects and subscribes again; notifications sent meanwhile are lost,
     which the waiters' timeouts absorb.
+
+    A notification wakes this process's own waiters at once, without the round trip
+    through Redis (a new job reaches a worker's long poll in the same jobs process
+    sooner); it carries this instance's token, so that its echo from Redis does not wake
+    them a second time.
     """
 
     def __init__(
@@ -37,6 +43,8 @@ class RedisWakeups:
         self._channel_prefix = f"{prefix}:wake:"
         self._idle_check_seconds = idle_check_seconds
         self._local = LocalWaiters()
+        self._token = secrets.token_bytes(8)
+        """What this instance's notifications carry, to know their echo."""
         self._confirmed: dict[str, asyncio.Event] = {}
         self._live: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -44,7 +52,8 @@ class RedisWakeups:
 
     async def notify(self, topic: str) -> None:
         self._check_open()
-        await self._redis.publish(self._channel_prefix + topic, b"")
+        self._local.wake(topic)
+        await self._redis.publish(self._channel_prefix + topic, self._token)
 
     async def listen(self, topic: str, timeout: float = 5.0) -> bool:
         """Subscribes to the topic ahead of the first wait; True once Redis confirmed it.
@@ -143,7 +152,7 @@ class RedisWakeups:
             topic = (channel.decode() if isinstance(channel, bytes) else channel).removeprefix(
                 self._channel_prefix
             )
-            if kind == "message":
+            if kind == "message" and message["data"] != self._token:
                 self._local.wake(topic)
             elif kind == "subscribe" and topic in self._confirmed:
                 self._confirmed[topic].set()

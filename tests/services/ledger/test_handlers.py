@@ -27,6 +27,7 @@ from agentrt.ledger.v1.ledger_pb2 import (
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from services.kit.config import RuntimeConfig
 from services.kit.events import InMemoryEventChannel, InMemoryWakeups
@@ -640,3 +641,89 @@ async def test_the_sweeper_expires_a_reservation_nobody_released(ledger: Stub) -
     )
     assert unchanged.state == Reservation.STATE_EXPIRED
     assert unchanged.HasField("end_time")
+
+
+# Batches
+
+
+def reserve_operation(tokens: int, request_id: str = "") -> ledger_pb2.SpendOperation:
+    return ledger_pb2.SpendOperation(
+        reserve=ledger_pb2.ReserveBudgetRequest(
+            tenant="acme",
+            principal="alice",
+            job="jobs/01arz3ndektsv4rrffq69g5fav",
+            amounts=Amounts(tokens=tokens),
+            request_id=request_id,
+        )
+    )
+
+
+def result_error(result: ledger_pb2.SpendResult) -> tuple[int, str, dict[str, str]]:
+    """The code, ErrorInfo reason and metadata of a failed operation's result."""
+    info = error_details_pb2.ErrorInfo()
+    assert result.WhichOneof("result") == "error"
+    assert result.error.details[0].Unpack(info)
+    return result.error.code, info.reason, dict(info.metadata)
+
+
+async def test_a_batch_does_each_operation_as_its_own_call_would(ledger: Stub) -> None:
+    await create_budget(ledger, tokens=1000)
+    held = await reserve(ledger, 300)
+    unknown = ledger_pb2.SpendOperation(
+        settle=ledger_pb2.SettleReservationRequest(name=A_RESERVATION)
+    )
+    settle = ledger_pb2.SpendOperation(
+        settle=ledger_pb2.SettleReservationRequest(
+            name=held.name, usage_records=[model_usage("call-1", input_tokens=100, output_tokens=0)]
+        )
+    )
+    batch = ledger_pb2.BatchSpendRequest(
+        operations=[reserve_operation(500, "big"), reserve_operation(900), unknown, settle]
+    )
+    response = await ledger.BatchSpend(batch, timeout=TIMEOUT)
+
+    admitted, denied, missing, settled = response.results
+    assert admitted.reservation.state == Reservation.STATE_ACTIVE
+    assert admitted.reservation.request_id == "big"
+    code, reason, metadata = result_error(denied)
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "BUDGET_EXCEEDED")
+    assert metadata["budget"] == "budgets/daily"
+    assert result_error(missing)[:2] == (grpc.StatusCode.NOT_FOUND.value[0], "NOT_FOUND")
+    assert (settled.reservation.state, settled.reservation.settled.tokens) == (
+        Reservation.STATE_SETTLED,
+        100,
+    )
+    # The denial changed nothing; the rest happened: 500 held, 100 spent.
+    status = (await check(ledger)).budgets[0]
+    assert (status.spent.tokens, status.reserved.tokens) == (100, 500)
+    # Each operation is as idempotent as its call: the batch again changes nothing.
+    again = await ledger.BatchSpend(batch, timeout=TIMEOUT)
+    assert again.results[0] == admitted and again.results[3] == settled
+    assert (await check(ledger)).budgets[0].reserved.tokens == 500
+    release = ledger_pb2.SpendOperation(
+        release=ledger_pb2.ReleaseReservationRequest(name=admitted.reservation.name)
+    )
+    released = await ledger.BatchSpend(
+        ledger_pb2.BatchSpendRequest(operations=[release]), timeout=TIMEOUT
+    )
+    assert released.results[0].reservation.state == Reservation.STATE_RELEASED
+
+
+@pytest.mark.parametrize(
+    ("operations", "field"),
+    [
+        ([], "operations"),
+        ([ledger_pb2.SpendOperation()], "operations[1].operation"),
+        ([reserve_operation(1)] * 501, "operations"),
+    ],
+)
+async def test_a_bad_batch_is_refused_whole_and_changes_nothing(
+    ledger: Stub, operations: list[ledger_pb2.SpendOperation], field: str
+) -> None:
+    await create_budget(ledger, tokens=1000)
+    request = ledger_pb2.BatchSpendRequest(operations=[reserve_operation(10), *operations])
+    if not operations:
+        request = ledger_pb2.BatchSpendRequest()
+    code, _, metadata = await failure(ledger.BatchSpend(request, timeout=TIMEOUT))
+    assert (code, metadata["field"]) == (INVALID, field)
+    assert (await check(ledger)).budgets[0].reserved.tokens == 0

@@ -114,6 +114,35 @@ async def test_a_notification_reaches_every_process(
 
 
 @pytest.mark.integration
+async def test_a_process_wakes_its_own_waiters_once_without_the_round_trip(
+    redis_url: str, redis_prefix: str, redis_replicas: Callable[[], RedisWakeups]
+) -> None:
+    wakeups, other = redis_replicas(), redis_replicas()
+    assert await wakeups.listen("outbox")
+    assert await wakeups.listen("marker")
+    assert await other.listen("outbox")
+    waiting = asyncio.create_task(wakeups.wait("outbox", timeout=5))
+    await asyncio.sleep(0)
+    # Redis is unreachable to this notify: the local waiter is woken all the same.
+    unreachable = RedisWakeups(
+        redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0"), prefix=redis_prefix.rstrip(":")
+    )
+    unreachable._local, unreachable._token = wakeups._local, wakeups._token
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await unreachable.notify("outbox")
+    assert await asyncio.wait_for(waiting, 0.05)
+
+    await wakeups.notify("outbox")
+    assert await other.wait("outbox", timeout=5)
+    # Its own echo is ignored: once the marker is in, so is the echo, and only the local
+    # wake-up (kept, since nobody waited) is there.
+    await wakeups.notify("marker")
+    assert await wakeups.wait("marker", timeout=5)
+    assert await wakeups.wait("outbox", timeout=0)
+    assert not await wakeups.wait("outbox", timeout=0.1)
+
+
+@pytest.mark.integration
 async def test_the_listener_resubscribes_after_its_connection_is_killed(
     redis_url: str, redis_prefix: str, redis_replicas: Callable[[], RedisWakeups]
 ) -> None:

@@ -30,6 +30,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1252,6 +1253,126 @@ class ReleaseReservationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseReservationRequest: _TypeAlias = ReleaseReservationRequest  # noqa: Y015
+
+@_typing.final
+class BatchSpendRequest(_message.Message):
+    """Request for LedgerService.BatchSpend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendOperation]:
+        """What to do, 1 to 500 operations."""
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[Global___SpendOperation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSpendRequest: _TypeAlias = BatchSpendRequest  # noqa: Y015
+
+@_typing.final
+class SpendOperation(_message.Message):
+    """One operation of a BatchSpend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVE_FIELD_NUMBER: _builtins.int
+    SETTLE_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reserve(self) -> Global___ReserveBudgetRequest:
+        """As ReserveBudget."""
+
+    @_builtins.property
+    def settle(self) -> Global___SettleReservationRequest:
+        """As SettleReservation."""
+
+    @_builtins.property
+    def release(self) -> Global___ReleaseReservationRequest:
+        """As ReleaseReservation."""
+
+    def __init__(
+        self,
+        *,
+        reserve: Global___ReserveBudgetRequest | None = ...,
+        settle: Global___SettleReservationRequest | None = ...,
+        release: Global___ReleaseReservationRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation", "release", b"release", "reserve", b"reserve", "settle", b"settle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation", "release", b"release", "reserve", b"reserve", "settle", b"settle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["reserve", "settle", "release"]  # noqa: Y015
+    _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
+
+Global___SpendOperation: _TypeAlias = SpendOperation  # noqa: Y015
+
+@_typing.final
+class BatchSpendResponse(_message.Message):
+    """Response of LedgerService.BatchSpend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendResult]:
+        """One per operation, in the order of the request's operations."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SpendResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSpendResponse: _TypeAlias = BatchSpendResponse  # noqa: Y015
+
+@_typing.final
+class SpendResult(_message.Message):
+    """What one operation of a BatchSpend did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation as its single call would have returned it."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The status its single call would have ended with, with the same
+        ErrorInfo (reason and metadata) in its details.
+        """
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "reservation", b"reservation", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "reservation", b"reservation", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["reservation", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___SpendResult: _TypeAlias = SpendResult  # noqa: Y015
 
 @_typing.final
 class GetUsageReportRequest(_message.Message):

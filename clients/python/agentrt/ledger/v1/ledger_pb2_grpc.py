@@ -116,6 +116,11 @@ class LedgerServiceStub:
                 request_serializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseReservationRequest.SerializeToString,
                 response_deserializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.BatchSpend = channel.unary_unary(
+                '/agentrt.ledger.v1.LedgerService/BatchSpend',
+                request_serializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.BatchSpendRequest.SerializeToString,
+                response_deserializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.BatchSpendResponse.FromString,
+                _registered_method=True)
         self.GetUsageReport = channel.unary_unary(
                 '/agentrt.ledger.v1.LedgerService/GetUsageReport',
                 request_serializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.GetUsageReportRequest.SerializeToString,
@@ -317,6 +322,24 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchSpend(self, request, context):
+        """Reserves, settles and releases several calls' budgets in one round trip:
+        each operation does exactly what ReserveBudget, SettleReservation or
+        ReleaseReservation does with the same request, independently of the
+        others (one refused or invalid operation changes nothing for the rest,
+        and the operations of one batch are not ordered among themselves).
+        Workers use it to send the holds and settlements of their concurrent
+        jobs together.
+        Caller: orchestrator.
+        Errors: INVALID_ARGUMENT (FIELD_REQUIRED for no operations or an
+        operation with none of its fields set, FIELD_INVALID for more than 500
+        operations). An operation's own error is its result's `error`, with the
+        code and ErrorInfo its single call would have returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsageReport(self, request, context):
         """Sums recorded usage over a time range, grouped as asked.
         Caller: operators, through the gateway.
@@ -410,6 +433,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ReleaseReservation,
                     request_deserializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseReservationRequest.FromString,
                     response_serializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.Reservation.SerializeToString,
+            ),
+            'BatchSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSpend,
+                    request_deserializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.BatchSpendRequest.FromString,
+                    response_serializer=agentrt_dot_ledger_dot_v1_dot_ledger__pb2.BatchSpendResponse.SerializeToString,
             ),
             'GetUsageReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsageReport,
@@ -850,6 +878,33 @@ class LedgerService:
             '/agentrt.ledger.v1.LedgerService/ReleaseReservation',
             agentrt_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseReservationRequest.SerializeToString,
             agentrt_dot_ledger_dot_v1_dot_ledger__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.ledger.v1.LedgerService/BatchSpend',
+            agentrt_dot_ledger_dot_v1_dot_ledger__pb2.BatchSpendRequest.SerializeToString,
+            agentrt_dot_ledger_dot_v1_dot_ledger__pb2.BatchSpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -178,6 +178,20 @@ class LedgerServiceStub:
     FAILED_PRECONDITION (ILLEGAL_TRANSITION for a SETTLED reservation;
     metadata["state"]).
     """
+    BatchSpend: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.BatchSpendRequest, _ledger_pb2.BatchSpendResponse]
+    """Reserves, settles and releases several calls' budgets in one round trip:
+    each operation does exactly what ReserveBudget, SettleReservation or
+    ReleaseReservation does with the same request, independently of the
+    others (one refused or invalid operation changes nothing for the rest,
+    and the operations of one batch are not ordered among themselves).
+    Workers use it to send the holds and settlements of their concurrent
+    jobs together.
+    Caller: orchestrator.
+    Errors: INVALID_ARGUMENT (FIELD_REQUIRED for no operations or an
+    operation with none of its fields set, FIELD_INVALID for more than 500
+    operations). An operation's own error is its result's `error`, with the
+    code and ErrorInfo its single call would have returned.
+    """
     GetUsageReport: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetUsageReportRequest, _ledger_pb2.GetUsageReportResponse]
     """Sums recorded usage over a time range, grouped as asked.
     Caller: operators, through the gateway.
@@ -316,6 +330,20 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (NOT_FOUND),
     FAILED_PRECONDITION (ILLEGAL_TRANSITION for a SETTLED reservation;
     metadata["state"]).
+    """
+    BatchSpend: _aio.UnaryUnaryMultiCallable[_ledger_pb2.BatchSpendRequest, _ledger_pb2.BatchSpendResponse]  # type: ignore[assignment]
+    """Reserves, settles and releases several calls' budgets in one round trip:
+    each operation does exactly what ReserveBudget, SettleReservation or
+    ReleaseReservation does with the same request, independently of the
+    others (one refused or invalid operation changes nothing for the rest,
+    and the operations of one batch are not ordered among themselves).
+    Workers use it to send the holds and settlements of their concurrent
+    jobs together.
+    Caller: orchestrator.
+    Errors: INVALID_ARGUMENT (FIELD_REQUIRED for no operations or an
+    operation with none of its fields set, FIELD_INVALID for more than 500
+    operations). An operation's own error is its result's `error`, with the
+    code and ErrorInfo its single call would have returned.
     """
     GetUsageReport: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetUsageReportRequest, _ledger_pb2.GetUsageReportResponse]  # type: ignore[assignment]
     """Sums recorded usage over a time range, grouped as asked.
@@ -548,6 +576,26 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (NAME_INVALID), NOT_FOUND (NOT_FOUND),
         FAILED_PRECONDITION (ILLEGAL_TRANSITION for a SETTLED reservation;
         metadata["state"]).
+        """
+
+    @_abc_1.abstractmethod
+    def BatchSpend(
+        self,
+        request: _ledger_pb2.BatchSpendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.BatchSpendResponse, _abc.Awaitable[_ledger_pb2.BatchSpendResponse]]:
+        """Reserves, settles and releases several calls' budgets in one round trip:
+        each operation does exactly what ReserveBudget, SettleReservation or
+        ReleaseReservation does with the same request, independently of the
+        others (one refused or invalid operation changes nothing for the rest,
+        and the operations of one batch are not ordered among themselves).
+        Workers use it to send the holds and settlements of their concurrent
+        jobs together.
+        Caller: orchestrator.
+        Errors: INVALID_ARGUMENT (FIELD_REQUIRED for no operations or an
+        operation with none of its fields set, FIELD_INVALID for more than 500
+        operations). An operation's own error is its result's `error`, with the
+        code and ErrorInfo its single call would have returned.
         """
 
     @_abc_1.abstractmethod

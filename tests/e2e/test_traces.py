@@ -128,7 +128,8 @@ def otel(port: int) -> dict[str, str]:
 
 
 async def run_job(gateway: str, policy: str, key: str) -> jobs_pb2.Job:
-    """Runs PROMPT's job to its end, approving its calculation on the way."""
+    """Runs PROMPT's job to its end, approving its calculation on the way; checks that
+    WatchJob showed the usage of each of its turns."""
     await require_approval_of_calculations(policy)
     auth = (("authorization", f"Bearer {key}"),)
     spec = jobs_pb2.JobSpec(
@@ -156,13 +157,20 @@ async def run_job(gateway: str, policy: str, key: str) -> jobs_pb2.Job:
             metadata=auth,
             timeout=10,
         )
+        watched = []
         async with asyncio.timeout(WAIT):
-            async for _ in stub.WatchJob(gateway_pb2.WatchJobRequest(name=job.name), metadata=auth):
-                pass
+            async for event in stub.WatchJob(
+                gateway_pb2.WatchJobRequest(name=job.name), metadata=auth
+            ):
+                watched.append(event)
         done: jobs_pb2.Job = await stub.GetJob(
             gateway_pb2.GetJobRequest(name=job.name), metadata=auth
         )
-        return done
+    recorded = [e.usage_recorded for e in watched if e.type == E.EVENT_TYPE_USAGE_RECORDED]
+    assert [r.turn for r in recorded] == [1, 2], "one usage.recorded per turn"
+    assert all(r.model == "local" and r.usage.total_tokens > 0 for r in recorded)
+    assert sum(r.usage.output_tokens for r in recorded) == done.usage.output_tokens
+    return done
 
 
 async def spans_until(found: Receiver, names: dict[str, int]) -> list[Received]:
@@ -268,6 +276,13 @@ async def check_tree(
     assert child_job.attributes["agentrt.parent_job"] == done.name
     assert parent_job in ancestors(child_job, by_id), "the child's job under its parent's"
     assert root in ancestors(parent_job, by_id)
+    # Each agent.job spans its job's life, from creation to end, emitted when it ended.
+    assert parent_job.span.start_time_unix_nano == done.create_time.ToNanoseconds()
+    assert parent_job.span.end_time_unix_nano == done.end_time.ToNanoseconds()
+    assert parent_job.attributes["agentrt.job.state"] == "succeeded"
+    assert parent_job.attributes["agentrt.job.attempts"] == 3
+    assert parent_job.span.start_time_unix_nano < child_job.span.start_time_unix_nano
+    assert child_job.span.end_time_unix_nano < parent_job.span.end_time_unix_nano
 
     attempts = [s for s in in_trace if s.span.name == "agent.attempt"]
     parent_attempts = [s for s in attempts if s.attributes["agentrt.job"] == done.name]
@@ -277,6 +292,8 @@ async def check_tree(
         job = jobs[str(attempt.attributes["agentrt.job"])]
         assert attempt.span.parent_span_id == job.id
         assert attempt.service == service("orchestrator")
+        started = attempt.span.start_time_unix_nano
+        assert job.span.start_time_unix_nano < started < job.span.end_time_unix_nano
 
     runs = [s for s in in_trace if s.span.name == "agent.run"]
     assert len(runs) == 3  # the parent's two turns and the child's one
@@ -298,12 +315,16 @@ async def check_tree(
 
     [action] = [s for s in in_trace if s.span.name == "agent.action"]
     assert action.span.parent_span_id == parent_job.id
+    assert action.service == service("jobs"), "emitted where it was resolved"
     assert action.attributes["agentrt.action.kind"] == "approval"
     assert action.attributes["agentrt.action.state"] == "resolved"
     assert action.span.end_time_unix_nano > action.span.start_time_unix_nano
-    # The resolver's trace (its ResolveAction call) links to the action's span.
+    # The resolver's trace (its ResolveAction call) and the action's span link each other.
     [resolve] = [s for s in spans if s.span.name == "agent.action.resolve"]
     assert resolve.span.trace_id != trace_id
     assert [(link.trace_id, link.span_id) for link in resolve.span.links] == [(trace_id, action.id)]
+    assert [(link.trace_id, link.span_id) for link in action.span.links] == [
+        (resolve.span.trace_id, resolve.id)
+    ]
 
     return spans

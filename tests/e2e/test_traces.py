@@ -11,9 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -22,11 +20,9 @@ from agentrt.common.v1 import common_pb2
 from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2
 from google.protobuf.struct_pb2 import Struct
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tests.e2e.conftest import create_key
+from tests.e2e.otlp import Received, Receiver, span_tree, start_receiver
 from tests.e2e.processes import AGENTRT, Cluster, cluster, free_port, wait_serving
 from tests.e2e.test_approvals import require_approval_of_calculations
 
@@ -39,71 +35,9 @@ PROMPT = (
 )
 
 
-@dataclass
-class Received:
-    """A span as the receiver got it, with the service that sent it."""
-
-    service: str
-    span: trace_pb2.Span
-
-    @property
-    def id(self) -> bytes:
-        return self.span.span_id
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        return {a.key: _value(a.value) for a in self.span.attributes}
-
-
-def _value(value: otlp_common_pb2.AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
-
-
-@dataclass
-class Receiver:
-    """An OTLP/gRPC trace receiver (opentelemetry.proto.collector.trace.v1.TraceService)
-    that keeps every span it is sent."""
-
-    spans: list[Received] = field(default_factory=list)
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        for resource_spans in request.resource_spans:
-            service = next(
-                (
-                    a.value.string_value
-                    for a in resource_spans.resource.attributes
-                    if a.key == "service.name"
-                ),
-                "",
-            )
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(Received(service, span) for span in scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    found = Receiver()
-    export = grpc.unary_unary_rpc_method_handler(
-        found.Export,
-        request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
-        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": export}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, found, port = await start_receiver()
     yield found, port
     await server.stop(None)
 
@@ -327,4 +261,15 @@ async def check_tree(
         (resolve.span.trace_id, resolve.id)
     ]
 
+    # The picture in docs/observability.md (pytest -s shows it).
+    both = [s for s in spans if s.span.trace_id in (trace_id, resolve.span.trace_id)]
+    print(span_tree(both, leave_out=routine))
     return spans
+
+
+def routine(span: Received) -> bool:
+    """The calls the picture leaves out: health checks, heartbeats, policy and ledger."""
+    return any(
+        part in span.span.name
+        for part in ("grpc.health", "HeartbeatLease", "PolicyService", "LedgerService")
+    )

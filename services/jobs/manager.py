@@ -390,7 +390,7 @@ class JobManager:
             self._action_target(tenant, target), resolution, self._clock()
         )
         await self._action_ended(action)
-        record_action_resolved(action, await self._job_of(action))
+        await self._trace_action(action, resolved=True)
         return action
 
     async def cancel_action(self, tenant: str, job_id: str, action_id: str, reason: str) -> Action:
@@ -399,7 +399,7 @@ class JobManager:
         ref = ActionRef(tenant, job_id, action_id)
         action = await self._actions.cancel_action(ref, reason, self._clock())
         await self._action_ended(action)
-        record_action_ended(action, await self._job_of(action))
+        await self._trace_action(action)
         return action
 
     async def expire_actions(self) -> list[Action]:
@@ -409,12 +409,22 @@ class JobManager:
         if expired:
             await self._action_ended(*expired)
         for action in expired:
-            record_action_ended(action, await self._job_of(action))
+            await self._trace_action(action)
         return expired
 
-    async def _job_of(self, action: Action) -> Job:
-        """The action's job, for the action's span (which is in the job's trace)."""
-        return await self.get_job(None, parse_action_name(action.name)[0])
+    async def _trace_action(self, action: Action, resolved: bool = False) -> None:
+        """Emits the ended action's span in its job's trace (and, when resolved, the
+        resolver's span). The action has ended whatever happens here: a job that cannot
+        be read costs the spans, never the caller's answer."""
+        try:
+            job = await self.get_job(None, parse_action_name(action.name)[0])
+        except Exception:
+            _LOG.warning("no span for action %s: its job is unreadable", action.name, exc_info=True)
+            return
+        if resolved:
+            record_action_resolved(action, job)
+        else:
+            record_action_ended(action, job)
 
     def _action_target(self, tenant: str, target: str | tuple[str, str]) -> ActionTarget:
         if isinstance(target, tuple):

@@ -21,10 +21,11 @@ from services.jobs.store_sqlite import SqliteJobStore
 from services.jobs.tracing import record_ended_jobs
 from services.jobs.validation import JobLimits
 from services.kit.events import InMemoryEventChannel, InMemoryWakeups, OutboxRelay
-from services.kit.names import parse_job_name
+from services.kit.names import parse_action_name, parse_job_name
 from services.kit.storage import StorageConfig, migrate
 from services.kit.telemetry import configure_tracing, job_span_id
 from tests.services.jobs.conftest import make_spec
+from tests.services.jobs.test_actions_manager import approval, outcome
 from tests.services.jobs.test_manager import Clock
 
 tracer = trace.get_tracer("tests.jobs")
@@ -138,3 +139,40 @@ async def test_a_cascade_and_a_deadline_emit_the_span_of_every_job_they_end(
     assert (timed_out.attributes or {})["agentrt.job.state"] == "timed_out"
     assert (timed_out.attributes or {})["agentrt.job.failure_reason"] == "deadline_exceeded"
     assert timed_out.status.status_code == trace.StatusCode.ERROR
+
+
+async def test_an_actions_span_and_its_resolvers_link_each_other(
+    database: Path, spans: InMemorySpanExporter
+) -> None:
+    service = Service(await SqliteJobStore.open(database), Clock())
+    try:
+        job, _ = await service.create()
+        [lease] = await service.manager.lease_jobs("w1", 1, 30, 0)
+        first = await service.manager.require_action(
+            parse_job_name(job.name), lease.lease_id, approval(), None, None
+        )
+        with tracer.start_as_current_span("ResolveAction"):
+            await service.manager.resolve_action("acme", "carol", first.resume_token, outcome(), "")
+        [lease] = await service.manager.lease_jobs("w1", 1, 30, 0)
+        second = await service.manager.require_action(
+            parse_job_name(job.name), lease.lease_id, approval(), None, None
+        )
+        await service.manager.cancel_action("acme", *parse_action_name(second.name), "not needed")
+    finally:
+        await service.store.close()
+
+    actions = {
+        str((s.attributes or {})["agentrt.action"]): s
+        for s in spans.get_finished_spans()
+        if s.name == "agent.action"
+    }
+    [resolve] = [s for s in spans.get_finished_spans() if s.name == "agent.action.resolve"]
+    resolved, cancelled = actions[first.name], actions[second.name]
+    assert resolved.context is not None and resolve.context is not None
+    assert resolved.parent is not None and resolved.parent.span_id == job_span_id(job.name)
+    assert resolved.context.trace_id == int(job.trace_id, 16) != resolve.context.trace_id
+    assert [link.context.span_id for link in resolve.links] == [resolved.context.span_id]
+    assert [link.context.span_id for link in resolved.links] == [resolve.context.span_id]
+    assert (resolved.attributes or {})["agentrt.action.state"] == "resolved"
+    assert (cancelled.attributes or {})["agentrt.action.state"] == "cancelled"
+    assert cancelled.status.status_code == trace.StatusCode.ERROR and not cancelled.links

@@ -62,7 +62,7 @@ async def record_ended_jobs(store: JobStore, published: Sequence[RuntimeEvent]) 
     restart of the jobs service; a batch published again emits its spans again, with the
     same ids, which trace backends merge.
     """
-    ended = [job_id_of(event.job) for event in published if event.type in _ENDS]
+    ended = [job_id_of(event.job) for event in published if event.type in _ENDS and event.trace_id]
     if ended:
         for job in await store.ended_jobs(ended):
             record_job_ended(job)

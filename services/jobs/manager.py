@@ -25,10 +25,10 @@ from agentrt.common.v1.common_pb2 import (
 from agentrt.jobs.v1.jobs_pb2 import Action, Checkpoint, Job, JobResult, JobSpec
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
-from opentelemetry import trace
 
 from services.jobs.actions import hash_resume_token
 from services.jobs.job_cache import RedisJobCache
+from services.jobs.metrics import LEASE_TAKEOVERS
 from services.jobs.records import FINISH_STATES
 from services.jobs.states import SUCCEEDED, State
 from services.jobs.store import (
@@ -42,7 +42,11 @@ from services.jobs.store import (
     Resolution,
     TokenRef,
 )
-from services.jobs.tracing import record_action_resolved, record_job_created
+from services.jobs.tracing import (
+    creator_trace_parent,
+    record_action_ended,
+    record_action_resolved,
+)
 from services.jobs.validation import (
     JobLimits,
     bounded,
@@ -107,9 +111,9 @@ class JobManager:
         """Create a QUEUED job, or return the one created before with this request_id and
         spec (created=False). Raises InvalidArgument (RequestIdReused among them)."""
         new = new_job(tenant, principal, spec, request_id, trace_id, self._limits)
+        new = replace(new, trace_parent=creator_trace_parent(trace_id))
         job, created = await self._store.create_job(new, self._clock())
         if created:
-            record_job_created(job)
             # A child's creation is in its parent's history too.
             await self._forget(*_parents(job))
             self._nudge_relay()
@@ -167,6 +171,8 @@ class JobManager:
         give_up = loop.time() + wait_seconds
         while True:
             batch = await self._lease_batch(worker, max_jobs or 1, lease_seconds, runtime_version)
+            if batch.takeovers:
+                LEASE_TAKEOVERS.add(batch.takeovers)
             if batch.leases or batch.timed_out:
                 changed = [lease.job for lease in batch.leases] + batch.timed_out
                 await self._forget(*(parse_job_name(job.name) for job in changed))
@@ -384,9 +390,7 @@ class JobManager:
             self._action_target(tenant, target), resolution, self._clock()
         )
         await self._action_ended(action)
-        if trace.get_current_span().is_recording():
-            job = await self.get_job(tenant, parse_action_name(action.name)[0])
-            record_action_resolved(action, job)
+        await self._trace_action(action, resolved=True)
         return action
 
     async def cancel_action(self, tenant: str, job_id: str, action_id: str, reason: str) -> Action:
@@ -395,6 +399,7 @@ class JobManager:
         ref = ActionRef(tenant, job_id, action_id)
         action = await self._actions.cancel_action(ref, reason, self._clock())
         await self._action_ended(action)
+        await self._trace_action(action)
         return action
 
     async def expire_actions(self) -> list[Action]:
@@ -403,7 +408,23 @@ class JobManager:
         expired = await self._actions.expire_actions(self._clock(), self._limits.action_batch)
         if expired:
             await self._action_ended(*expired)
+        for action in expired:
+            await self._trace_action(action)
         return expired
+
+    async def _trace_action(self, action: Action, resolved: bool = False) -> None:
+        """Emits the ended action's span in its job's trace (and, when resolved, the
+        resolver's span). The action has ended whatever happens here: a job that cannot
+        be read costs the spans, never the caller's answer."""
+        try:
+            job = await self.get_job(None, parse_action_name(action.name)[0])
+        except Exception:
+            _LOG.warning("no span for action %s: its job is unreadable", action.name, exc_info=True)
+            return
+        if resolved:
+            record_action_resolved(action, job)
+        else:
+            record_action_ended(action, job)
 
     def _action_target(self, tenant: str, target: str | tuple[str, str]) -> ActionTarget:
         if isinstance(target, tuple):

@@ -1,4 +1,5 @@
-"""The jobs service's metrics: unfinished jobs by state and the age of the queue."""
+"""The jobs service's metrics: unfinished jobs by state, the age of the queue, and lease
+takeovers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.jobs.store import JobStore, LiveJobs
 from services.kit.metrics import meter
+
+LEASE_TAKEOVERS = meter().create_counter(
+    "agentrt.jobs.lease.takeovers",
+    unit="{lease}",
+    description="Jobs leased again after their lease expired (a crashed or cut-off worker)",
+)
 
 
 class JobGauges:

@@ -29,7 +29,7 @@ from agentrt.jobs.v1.jobs_pb2 import Checkpoint, Job, JobResult
 
 from services.jobs import states
 from services.jobs.states import State
-from services.jobs.store import JobLease, LeaseBatch, NewJob
+from services.jobs.store import EndedJob, JobLease, LeaseBatch, NewJob
 from services.kit.errors import (
     FieldInvalid,
     IllegalTransition,
@@ -94,6 +94,9 @@ class JobRecord:
     """How many children the job has created."""
     awaiting: str
     """While WAITING on children: their ids, space-separated; empty otherwise."""
+    trace_parent: str
+    """The W3C traceparent of the span that created the job, in the job's trace: its
+    `agent.job` span's parent. Empty when the creator was outside the job's trace."""
 
 
 COLUMNS = tuple(field.name for field in fields(JobRecord))
@@ -173,6 +176,15 @@ def to_job(record: JobRecord) -> Job:
     return job
 
 
+def ended_jobs(rows: Sequence[JobRecord]) -> list[EndedJob]:
+    """The rows' jobs that have ended, for their `agent.job` spans."""
+    return [
+        EndedJob(to_job(record), record.trace_parent)
+        for record in rows
+        if record.state in states.TERMINAL
+    ]
+
+
 def checkpoint_of(record: JobRecord) -> Checkpoint | None:
     """The job's latest checkpoint, if it has one."""
     return None if record.checkpoint is None else Checkpoint.FromString(record.checkpoint)
@@ -222,6 +234,7 @@ def create(
         node=new.spec.node,
         children=0,
         awaiting="",
+        trace_parent=new.trace_parent,
     )
     event = _event(record, EventType.EVENT_TYPE_JOB_CREATED, now)
     return Change(record, (_stored(record, event),))
@@ -301,6 +314,7 @@ def lease_or_time_out(
     leases = []
     timed_out = []
     overdue = 0
+    takeovers = 0
     for record in candidates:
         if record.deadline <= now and in_tree(record):
             # Its end must reach its parent and descendants, which only the deadline
@@ -312,10 +326,11 @@ def lease_or_time_out(
             timed_out.append(to_job(change.record))
         else:
             lease_id = new_id()
+            takeovers += record.state == states.RUNNING
             change = lease(record, worker, lease_id, expire, now, runtime_version)
             leases.append(JobLease(to_job(change.record), lease_id, expire, checkpoint_of(record)))
         changes.append(change)
-    return changes, LeaseBatch(leases, timed_out, overdue)
+    return changes, LeaseBatch(leases, timed_out, overdue, takeovers)
 
 
 def overdue(record: JobRecord, now: datetime) -> bool:
@@ -351,8 +366,9 @@ def save_checkpoint(
     model: str = "",
 ) -> Change:
     """Record a turn's checkpoint, which must advance the job's turns, or, with tool
-    calls or `within_turn`, progress within the current turn; each tool call becomes a
-    tool.called event. `model` is the model that answered the turn, as reported."""
+    calls or `within_turn`, progress within the current turn: job.turn.completed, then
+    usage.recorded when the turn's usage is given; each tool call becomes a tool.called
+    event. `model` is the model that answered the turn, as reported."""
     check_lease(record, lease_id)
     if within_turn and checkpoint.turn != record.turns:
         raise FieldInvalid(
@@ -375,12 +391,28 @@ def save_checkpoint(
             event.turn_completed.usage.CopyFrom(turn_usage)
         event.turn_completed.model = model
         stored.append(_stored(record, event))
+        if turn_usage is not None:
+            record, recorded = _usage_recorded(record, checkpoint.turn, turn_usage, model, now)
+            stored.append(recorded)
     for called in tool_calls:
         record = replace(record, event_seq=record.event_seq + 1)
         event = _event(record, EventType.EVENT_TYPE_TOOL_CALLED, now)
         event.tool_called.CopyFrom(called)
         stored.append(_stored(record, event))
     return Change(record, tuple(stored), checkpoint_changed=True)
+
+
+def _usage_recorded(
+    record: JobRecord, turn: int, usage: Usage, model: str, now: datetime
+) -> tuple[JobRecord, StoredEvent]:
+    """usage.recorded for the turn's usage: what billing and metering consumers read,
+    without having to pick it out of job.turn.completed."""
+    record = replace(record, event_seq=record.event_seq + 1)
+    event = _event(record, EventType.EVENT_TYPE_USAGE_RECORDED, now)
+    event.usage_recorded.turn = turn
+    event.usage_recorded.usage.CopyFrom(usage)
+    event.usage_recorded.model = model
+    return record, _stored(record, event)
 
 
 def check_outcome(state: State, outcome: JobResult | Failure) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 import grpc
@@ -16,6 +17,7 @@ from services.jobs.manager import JobManager
 from services.jobs.metrics import JobGauges
 from services.jobs.store import ActionStore, JobStore, open_job_store
 from services.jobs.store_redis import RedisActionStore
+from services.jobs.tracing import record_ended_jobs
 from services.jobs.validation import JobLimits
 from services.kit.config import ConfigError, env_float, env_str
 from services.kit.events import OutboxRelay
@@ -44,7 +46,9 @@ class JobsUnit:
         which the relay then keeps fresh by forgetting every job it publishes events of."""
         self._store = store
         events = infra.events if cache is None else InvalidatingChannel(infra.events, cache)
-        self._relay = OutboxRelay(store, events, infra.wakeups)
+        self._relay = OutboxRelay(
+            store, events, infra.wakeups, on_published=functools.partial(record_ended_jobs, store)
+        )
         self._manager = JobManager(
             store, infra.wakeups, self._relay.notify, JobLimits(), actions=actions, cache=cache
         )

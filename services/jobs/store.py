@@ -49,6 +49,9 @@ class NewJob:
     own_timeout: bool = False
     """Whether the caller set spec.timeout (a child's is bounded by its root's
     orchestration.child_timeout, which replaces the default)."""
+    trace_parent: str = ""
+    """The W3C traceparent of the creating call's span when it is in the job's trace
+    (services.jobs.tracing.creator_trace_parent); empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class LeaseBatch:
     overdue: int = 0
     """Runnable jobs of trees found past their deadline, neither leased nor timed out:
     their end changes their parents and descendants too, which the deadline sweep does."""
+    takeovers: int = 0
+    """Of the leases, how many took over a RUNNING job whose lease had expired."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,16 @@ class ActionJobs(Protocol):
 
 
 @dataclass(frozen=True)
+class EndedJob:
+    """A job that has ended, with the creator's span context its `agent.job` span needs."""
+
+    job: Job
+    trace_parent: str
+    """JobRecord.trace_parent: the W3C traceparent of the span that created the job, or
+    empty when that was outside the job's trace."""
+
+
+@dataclass(frozen=True)
 class LiveJobs:
     """The jobs that have not ended, for the service's metrics."""
 
@@ -378,6 +393,11 @@ class JobStore(ActionStore, ActionJobs, Protocol):
         self, tenant: str | None, job_id: str, after_sequence: int, limit: int
     ) -> tuple[list[RuntimeEvent], State]:
         """The job's history events after `after_sequence`, oldest first, and its state."""
+        ...
+
+    async def ended_jobs(self, job_ids: Sequence[str]) -> list[EndedJob]:
+        """Those of the jobs (ids) that have ended, in no particular order; unknown and
+        unfinished ones are left out."""
         ...
 
     async def live_jobs(self) -> LiveJobs:

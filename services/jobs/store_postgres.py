@@ -42,6 +42,7 @@ from services.jobs.store import (
     SQL_DIRECTORY,
     ActionRef,
     ActionTarget,
+    EndedJob,
     JobFilter,
     LeaseBatch,
     LiveJobs,
@@ -411,6 +412,10 @@ class PostgresJobStore:
                 await _save_actions(connection, [settled])
         return to_action(settled)
 
+    async def ended_jobs(self, job_ids: Sequence[str]) -> list[EndedJob]:
+        rows = await self._pool.fetch(QUERIES["jobs_by_id"], list(job_ids))
+        return records.ended_jobs([record_from_row(row) for row in rows])
+
     async def live_jobs(self) -> LiveJobs:
         rows = await self._pool.fetch(QUERIES["live_jobs"])
         return LiveJobs.from_rows((row["state"], row["jobs"], row["oldest"]) for row in rows)
@@ -508,6 +513,7 @@ async def _insert(connection: PoolConnection, change: Change) -> bool:
         job.root,
         job.depth,
         job.node,
+        job.trace_parent,
     )
     return inserted is not None
 

@@ -44,6 +44,7 @@ from services.jobs.store import (
     SQL_DIRECTORY,
     ActionRef,
     ActionTarget,
+    EndedJob,
     JobFilter,
     LeaseBatch,
     LiveJobs,
@@ -370,6 +371,10 @@ class SqliteJobStore:
             return to_action(settled)
 
         return await self._db.transaction(apply)
+
+    async def ended_jobs(self, job_ids: Sequence[str]) -> list[EndedJob]:
+        rows = await self._db.fetchall(QUERIES["jobs_by_id"], {"ids": json.dumps(list(job_ids))})
+        return records.ended_jobs([_record(row) for row in rows])
 
     async def live_jobs(self) -> LiveJobs:
         rows = await self._db.fetchall(QUERIES["live_jobs"], {})

@@ -85,9 +85,9 @@ _forced_ids: contextvars.ContextVar[tuple[int, int] | None] = contextvars.Contex
 class JobSpanIds(IdGenerator):
     """Random ids, except for the span started inside `forced_ids`.
 
-    A job's `agent.job` span is started by the jobs service when the job is created,
-    and its attempts run later in workers that know only the job: they find the span's
-    id again from the job's name (`job_span_id`), so no id has to be stored.
+    A job's `agent.job` span is emitted by the jobs service when the job ends, and its
+    attempts run earlier in workers that know only the job: both find the span's id
+    from the job's name (`job_span_id`), so no id has to be stored.
     """
 
     def __init__(self) -> None:

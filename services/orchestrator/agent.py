@@ -27,11 +27,8 @@ from opentelemetry import trace
 
 from services.kit.events import EventChannel
 from services.kit.telemetry import (
-    action_span_id,
     capture,
     current_trace_id,
-    forced_ids,
-    job_span_context,
 )
 from services.kit.tool_schema import parse_arguments
 from services.orchestrator.guards import (
@@ -669,7 +666,6 @@ class AgentRun:
         action = awaited_action(actions, awaiting)
         if action is None:
             raise RuntimeError(f"job {self.name}: the action it waited on ({awaiting}) is gone")
-        _record_action(self._job, action)
         return action
 
     async def _decide(
@@ -845,35 +841,6 @@ async def keep_lease(
 def _messages_json(messages: Sequence[common_pb2.Message]) -> str:
     """Messages as a JSON array (for spans that capture prompts or answers)."""
     return json.dumps([json_format.MessageToDict(m) for m in messages])
-
-
-def _record_action(job: jobs_pb2.Job, action: jobs_pb2.Action) -> None:
-    """Emits the `agent.action` span of an action the job waited on, from its request to
-    its resolution, under the job's `agent.job` span (the attempt that requested it has
-    ended by now: a waiting job holds no lease)."""
-    start = action.create_time.ToNanoseconds() if action.HasField("create_time") else None
-    end = action.resolve_time.ToNanoseconds() if action.HasField("resolve_time") else None
-    # Its id is derived from the action's name: the resolver's trace links to it.
-    with forced_ids(0, action_span_id(action.name)):
-        span = tracer.start_span(
-            "agent.action",
-            context=job_span_context(job.name, job.trace_id),
-            start_time=start,
-            attributes={
-                "agentrt.job": job.name,
-                "agentrt.action": action.name,
-                "agentrt.action.kind": jobs_pb2.ActionKind.Name(action.kind)
-                .removeprefix("ACTION_KIND_")
-                .lower(),
-                "agentrt.action.state": jobs_pb2.Action.State.Name(action.state)
-                .removeprefix("STATE_")
-                .lower(),
-                "agentrt.action.resolved_by": action.resolved_by,
-            },
-        )
-    if action.state != jobs_pb2.Action.State.STATE_RESOLVED:
-        span.set_status(trace.StatusCode.ERROR, "the action was not resolved")
-    span.end(end_time=end)
 
 
 def _record_answer(span: trace.Span, final: engine_pb2.CompleteChunk) -> None:

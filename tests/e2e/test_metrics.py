@@ -13,8 +13,10 @@ import httpx
 import pytest
 from agentrt import Client
 from agentrt.common.v1.common_pb2 import ErrorReason
+from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget
+from google.protobuf.duration_pb2 import Duration
 
 from tests.e2e.conftest import create_key
 from tests.e2e.processes import SERVICES, Cluster, cluster, free_ports
@@ -124,3 +126,33 @@ async def test_the_jobs_gauges_show_a_job_waiting_in_the_queue(
     assert total(samples, "agentrt_jobs_live", 'state="running"') == 0
     pending = [key for key in samples if key.split("{")[0] == "agentrt_jobs_actions_pending"]
     assert len(pending) == 1 and samples[pending[0]] == 0
+
+
+async def test_a_lease_taken_over_after_it_expired_is_counted(
+    metered: tuple[Cluster, dict[str, str]],
+) -> None:
+    running, endpoints = metered
+    key = create_key(running, "acme", "alice")
+    running.kill("orchestrator")
+    takeovers = "agentrt_jobs_lease_takeovers_total"
+    before = total(scrape(endpoints["jobs"]), takeovers)
+    async with Client(running.address("gateway"), key) as client:
+        job = await client.execute("a worker takes me and dies")
+    async with grpc.aio.insecure_channel(running.address("jobs")) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+
+        async def lease(worker: str) -> jobs_pb2.LeaseJobsResponse:
+            request = jobs_pb2.LeaseJobsRequest(
+                worker=worker,
+                lease_duration=Duration(seconds=1),
+                wait_timeout=Duration(seconds=5),
+            )
+            response: jobs_pb2.LeaseJobsResponse = await jobs.LeaseJobs(request, timeout=10)
+            return response
+
+        [first] = (await lease("crashed")).leases  # and never heard of again
+        assert first.job.name == job.name
+        await asyncio.sleep(1.2)
+        [second] = (await lease("rescuer")).leases
+    assert second.job.name == job.name and second.job.attempt == 2
+    assert total(scrape(endpoints["jobs"]), takeovers) - before == 1

@@ -11,9 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -22,11 +20,9 @@ from agentrt.common.v1 import common_pb2
 from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2
 from google.protobuf.struct_pb2 import Struct
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tests.e2e.conftest import create_key
+from tests.e2e.otlp import Received, Receiver, span_tree, start_receiver
 from tests.e2e.processes import AGENTRT, Cluster, cluster, free_port, wait_serving
 from tests.e2e.test_approvals import require_approval_of_calculations
 
@@ -39,71 +35,9 @@ PROMPT = (
 )
 
 
-@dataclass
-class Received:
-    """A span as the receiver got it, with the service that sent it."""
-
-    service: str
-    span: trace_pb2.Span
-
-    @property
-    def id(self) -> bytes:
-        return self.span.span_id
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        return {a.key: _value(a.value) for a in self.span.attributes}
-
-
-def _value(value: otlp_common_pb2.AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
-
-
-@dataclass
-class Receiver:
-    """An OTLP/gRPC trace receiver (opentelemetry.proto.collector.trace.v1.TraceService)
-    that keeps every span it is sent."""
-
-    spans: list[Received] = field(default_factory=list)
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        for resource_spans in request.resource_spans:
-            service = next(
-                (
-                    a.value.string_value
-                    for a in resource_spans.resource.attributes
-                    if a.key == "service.name"
-                ),
-                "",
-            )
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(Received(service, span) for span in scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    found = Receiver()
-    export = grpc.unary_unary_rpc_method_handler(
-        found.Export,
-        request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
-        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": export}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, found, port = await start_receiver()
     yield found, port
     await server.stop(None)
 
@@ -128,7 +62,8 @@ def otel(port: int) -> dict[str, str]:
 
 
 async def run_job(gateway: str, policy: str, key: str) -> jobs_pb2.Job:
-    """Runs PROMPT's job to its end, approving its calculation on the way."""
+    """Runs PROMPT's job to its end, approving its calculation on the way; checks that
+    WatchJob showed the usage of each of its turns."""
     await require_approval_of_calculations(policy)
     auth = (("authorization", f"Bearer {key}"),)
     spec = jobs_pb2.JobSpec(
@@ -156,13 +91,20 @@ async def run_job(gateway: str, policy: str, key: str) -> jobs_pb2.Job:
             metadata=auth,
             timeout=10,
         )
+        watched = []
         async with asyncio.timeout(WAIT):
-            async for _ in stub.WatchJob(gateway_pb2.WatchJobRequest(name=job.name), metadata=auth):
-                pass
+            async for event in stub.WatchJob(
+                gateway_pb2.WatchJobRequest(name=job.name), metadata=auth
+            ):
+                watched.append(event)
         done: jobs_pb2.Job = await stub.GetJob(
             gateway_pb2.GetJobRequest(name=job.name), metadata=auth
         )
-        return done
+    recorded = [e.usage_recorded for e in watched if e.type == E.EVENT_TYPE_USAGE_RECORDED]
+    assert [r.turn for r in recorded] == [1, 2], "one usage.recorded per turn"
+    assert all(r.model == "local" and r.usage.total_tokens > 0 for r in recorded)
+    assert sum(r.usage.output_tokens for r in recorded) == done.usage.output_tokens
+    return done
 
 
 async def spans_until(found: Receiver, names: dict[str, int]) -> list[Received]:
@@ -268,6 +210,13 @@ async def check_tree(
     assert child_job.attributes["agentrt.parent_job"] == done.name
     assert parent_job in ancestors(child_job, by_id), "the child's job under its parent's"
     assert root in ancestors(parent_job, by_id)
+    # Each agent.job spans its job's life, from creation to end, emitted when it ended.
+    assert parent_job.span.start_time_unix_nano == done.create_time.ToNanoseconds()
+    assert parent_job.span.end_time_unix_nano == done.end_time.ToNanoseconds()
+    assert parent_job.attributes["agentrt.job.state"] == "succeeded"
+    assert parent_job.attributes["agentrt.job.attempts"] == 3
+    assert parent_job.span.start_time_unix_nano < child_job.span.start_time_unix_nano
+    assert child_job.span.end_time_unix_nano < parent_job.span.end_time_unix_nano
 
     attempts = [s for s in in_trace if s.span.name == "agent.attempt"]
     parent_attempts = [s for s in attempts if s.attributes["agentrt.job"] == done.name]
@@ -277,6 +226,8 @@ async def check_tree(
         job = jobs[str(attempt.attributes["agentrt.job"])]
         assert attempt.span.parent_span_id == job.id
         assert attempt.service == service("orchestrator")
+        started = attempt.span.start_time_unix_nano
+        assert job.span.start_time_unix_nano < started < job.span.end_time_unix_nano
 
     runs = [s for s in in_trace if s.span.name == "agent.run"]
     assert len(runs) == 3  # the parent's two turns and the child's one
@@ -298,12 +249,27 @@ async def check_tree(
 
     [action] = [s for s in in_trace if s.span.name == "agent.action"]
     assert action.span.parent_span_id == parent_job.id
+    assert action.service == service("jobs"), "emitted where it was resolved"
     assert action.attributes["agentrt.action.kind"] == "approval"
     assert action.attributes["agentrt.action.state"] == "resolved"
     assert action.span.end_time_unix_nano > action.span.start_time_unix_nano
-    # The resolver's trace (its ResolveAction call) links to the action's span.
+    # The resolver's trace (its ResolveAction call) and the action's span link each other.
     [resolve] = [s for s in spans if s.span.name == "agent.action.resolve"]
     assert resolve.span.trace_id != trace_id
     assert [(link.trace_id, link.span_id) for link in resolve.span.links] == [(trace_id, action.id)]
+    assert [(link.trace_id, link.span_id) for link in action.span.links] == [
+        (resolve.span.trace_id, resolve.id)
+    ]
 
+    # The picture in docs/observability.md (pytest -s shows it).
+    both = [s for s in spans if s.span.trace_id in (trace_id, resolve.span.trace_id)]
+    print(span_tree(both, leave_out=routine))
     return spans
+
+
+def routine(span: Received) -> bool:
+    """The calls the picture leaves out: health checks, heartbeats, policy and ledger."""
+    return any(
+        part in span.span.name
+        for part in ("grpc.health", "HeartbeatLease", "PolicyService", "LedgerService")
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from agentrt.common.v1.common_pb2 import RuntimeEvent
@@ -46,7 +46,11 @@ class OutboxRelay:
         wakeups: Wakeups | None,
         batch_size: int = 500,
         idle_poll_seconds: float = 0.5,
+        on_published: Callable[[Sequence[RuntimeEvent]], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_published` is told of each batch the channel stored, before the batch is
+        marked published (so a batch published again is told again); its failures are
+        logged, and never hold the events back."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if idle_poll_seconds <= 0:
@@ -56,6 +60,7 @@ class OutboxRelay:
         self._wakeups = wakeups
         self._batch_size = batch_size
         self._idle_poll_seconds = idle_poll_seconds
+        self._on_published = on_published
         self._nudged = asyncio.Event()
         self._batch_lock = asyncio.Lock()
 
@@ -101,9 +106,19 @@ class OutboxRelay:
         async with self._batch_lock:
             rows = await self._source.fetch_unpublished(self._batch_size)
             if rows:
-                await self._channel.publish([event for _, event in rows])
+                events = [event for _, event in rows]
+                await self._channel.publish(events)
+                await self._tell_published(events)
                 await self._source.mark_published([row_id for row_id, _ in rows])
             return len(rows)
+
+    async def _tell_published(self, events: Sequence[RuntimeEvent]) -> None:
+        if self._on_published is None:
+            return
+        try:
+            await self._on_published(events)
+        except Exception:
+            _log.warning("handling %d published events failed", len(events), exc_info=True)
 
     async def _wait_for_rows(self) -> None:
         if self._nudged.is_set():

@@ -198,6 +198,13 @@ def test_event_lines_are_compact() -> None:
         ),
     )
     assert event_line(turn) == "job.turn.completed (turn 1, 1,234 tokens, $0.0012)"
+    usage = common_pb2.RuntimeEvent(
+        type=common_pb2.EVENT_TYPE_USAGE_RECORDED,
+        usage_recorded=common_pb2.UsageRecorded(
+            turn=1, usage=common_pb2.Usage(total_tokens=1234, cost="0.0012"), model="gpt-4o"
+        ),
+    )
+    assert event_line(usage) == "usage.recorded (turn 1, gpt-4o, 1,234 tokens, $0.0012)"
     assert (
         event_line(common_pb2.RuntimeEvent(type=common_pb2.EVENT_TYPE_JOB_CREATED)) == "job.created"
     )

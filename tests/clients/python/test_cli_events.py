@@ -86,3 +86,24 @@ async def test_follow_events_starts_after_the_cursor_given(system: LocalSystem) 
                 break
     assert {response.event.job for response in seen} == {job.name}
     assert resumed == [response.event.id for response in seen[1:]]
+
+
+async def test_follow_shows_the_usage_each_turn_recorded(system: LocalSystem) -> None:
+    out = io.StringIO()
+    async with Client(system.endpoint, system.api_key) as client:
+        job = await client.run("hello")
+        args = build_parser().parse_args(
+            ["events", "follow", "--after", "0", "--type", "usage.recorded"]
+        )
+        follow = asyncio.create_task(
+            events.follow_events(args, client, Console(out, io.StringIO()))
+        )
+        async with asyncio.timeout(10):
+            while "usage.recorded" not in out.getvalue():  # noqa: ASYNC110 (a StringIO signals nothing)
+                await asyncio.sleep(0.02)
+        follow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follow
+    [line] = out.getvalue().splitlines()
+    assert job.name.removeprefix("jobs/") in line
+    assert f"usage.recorded (turn 1, local, {job.usage.total_tokens:,} tokens" in line

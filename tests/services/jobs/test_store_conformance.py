@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from agentrt.common.v1.common_pb2 import (
     ToolCall,
     ToolCalled,
     Usage,
+    UsageRecorded,
 )
 from agentrt.jobs.v1.jobs_pb2 import Checkpoint, Job, JobResult, JobSpec, OrchestrationConfig
 
@@ -240,6 +242,42 @@ async def test_an_expired_lease_is_taken_over_from_the_last_checkpoint(store: Jo
     assert started.job_state == states.RUNNING
 
 
+async def test_a_lease_batch_counts_its_takeovers(store: JobStore) -> None:
+    crashed = await create(store)
+    await lease_one(store, "w1", at=1)
+    queued = await create(store, seconds(2))
+
+    batch = await store.lease_jobs("w2", 5, LEASE, seconds(1 + LEASE))
+
+    assert [lease.job.name for lease in batch.leases] == [crashed.name, queued.name]
+    assert batch.takeovers == 1
+
+
+async def test_ended_jobs_come_with_the_trace_parent_of_their_creator(store: JobStore) -> None:
+    trace_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    new = replace(
+        make_new_job(trace_id="4bf92f3577b34da6a3ce929d0e0e4736"), trace_parent=trace_parent
+    )
+    traced, _ = await store.create_job(new, T0)
+    running = await create(store, seconds(1))
+    lease = await lease_one(store, at=2)
+    await store.finish(
+        id_of(traced), lease.lease_id, states.SUCCEEDED, JobResult(), None, None, seconds(9)
+    )
+    cancelled = await create(store, seconds(3))
+    await store.cancel(None, id_of(cancelled), "", seconds(4))
+
+    ended = await store.ended_jobs(
+        [id_of(traced), id_of(running), id_of(cancelled), "01arz3ndektsv4rrffq69g5fav"]
+    )
+
+    by_name = {e.job.name: e for e in ended}
+    assert set(by_name) == {traced.name, cancelled.name}, "unfinished and unknown jobs left out"
+    assert by_name[traced.name].trace_parent == trace_parent
+    assert by_name[traced.name].job == await store.get_job(None, id_of(traced))
+    assert by_name[cancelled.name].trace_parent == ""
+
+
 async def test_the_old_worker_loses_its_lease_after_a_takeover(store: JobStore) -> None:
     job = await create(store)
     old = await lease_one(store, "w1", at=1)
@@ -296,11 +334,15 @@ async def test_a_checkpoint_records_the_turn_and_must_advance(store: JobStore) -
     )
 
     assert saved.turns == 1 and saved.usage == checkpoint(1).usage
-    event = (await history(store, job))[-1]
-    assert types([event]) == ["TURN_COMPLETED"] and event.job_state == states.RUNNING
+    event, recorded = (await history(store, job))[-2:]
+    assert types([event, recorded]) == ["TURN_COMPLETED", "USAGE_RECORDED"]
+    assert event.job_state == states.RUNNING
     assert event.turn_completed.turn == 1
     assert event.turn_completed.message == message and event.turn_completed.usage == turn_usage
     assert event.turn_completed.model == "local-2026-01"
+    # The turn's usage, charged in the same transaction, for billing consumers.
+    assert recorded.usage_recorded == UsageRecorded(turn=1, usage=turn_usage, model="local-2026-01")
+    assert recorded.sequence == event.sequence + 1 and saved.last_event_id == recorded.id
     for stale in (0, 1):
         with pytest.raises(FieldInvalid) as raised:
             await store.checkpoint(
@@ -391,10 +433,13 @@ async def test_finish_with_the_final_turn_records_turn_and_end_together(
 
     assert done.turns == 1 and done.state == states.SUCCEEDED
     events = await history(store, job)
-    assert types(events)[-2:] == ["TURN_COMPLETED", "JOB_SUCCEEDED"]
-    turn = events[-2].turn_completed
+    assert types(events)[-3:] == ["TURN_COMPLETED", "USAGE_RECORDED", "JOB_SUCCEEDED"]
+    turn = events[-3].turn_completed
     assert (turn.turn, turn.message, turn.usage) == (1, answer, turn_usage)
     assert turn.model == "local-2026-01"
+    assert events[-2].usage_recorded == UsageRecorded(
+        turn=1, usage=turn_usage, model="local-2026-01"
+    )
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert done.last_event_id == events[-1].id
 

@@ -18,7 +18,7 @@ from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -57,6 +57,18 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter.shutdown()
 
 
+async def seconds_until_span(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
+    """The one span named `name`, once it has ended (failing after WAIT seconds)."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            found = [s for s in spans.get_finished_spans() if s.name == name]
+            if found:
+                break
+            await asyncio.sleep(0.02)
+    (span,) = found
+    return span
+
+
 async def test_a_job_runs_to_success_with_live_deltas_and_one_checkpoint(
     system: System, spans: InMemorySpanExporter
 ) -> None:
@@ -89,10 +101,26 @@ async def test_a_job_runs_to_success_with_live_deltas_and_one_checkpoint(
         assert delta.job_state == E.JOB_STATE_RUNNING
 
     await seconds_until(pool.wait_idle())
-    (job_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.job"]
+    # The jobs service emits agent.job once it has published the job's end.
+    job_span = await seconds_until_span(spans, "agent.job")
     (attempt_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.attempt"]
     (run_span,) = [s for s in spans.get_finished_spans() if s.name == "agent.run"]
-    assert job_span.attributes == {"agentrt.job": job.name, "agentrt.tenant": TENANT}
+    assert job_span.attributes == {
+        "agentrt.job": job.name,
+        "agentrt.tenant": TENANT,
+        "agentrt.job.state": "succeeded",
+        "agentrt.job.attempts": 1,
+        "agentrt.job.turns": 1,
+        "gen_ai.usage.input_tokens": done.usage.input_tokens,
+        "gen_ai.usage.output_tokens": done.usage.output_tokens,
+    }
+    # One span over the job's whole life, around its attempt.
+    assert (job_span.start_time, job_span.end_time) == (
+        done.create_time.ToNanoseconds(),
+        done.end_time.ToNanoseconds(),
+    )
+    assert job_span.start_time is not None and attempt_span.start_time is not None
+    assert job_span.start_time <= attempt_span.start_time
     assert attempt_span.attributes == {
         "agentrt.job": job.name,
         "agentrt.tenant": TENANT,

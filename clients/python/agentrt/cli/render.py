@@ -82,8 +82,10 @@ def event_line(event: common_pb2.RuntimeEvent) -> str:
         detail = f"{event.action.kind} {event.action.action}".strip()
     elif payload == "tool_called":
         detail = f"{event.tool_called.call.name} {'ok' if event.tool_called.ok else 'failed'}"
-    elif payload == "usage":
-        detail = usage_text(event.usage)
+    elif payload == "usage_recorded":
+        recorded = event.usage_recorded
+        detail = f"turn {recorded.turn}, {recorded.model or 'model unknown'}, "
+        detail += usage_text(recorded.usage)
     elif payload == "child":
         detail = child_text(event.child)
     else:

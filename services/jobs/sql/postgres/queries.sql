@@ -8,9 +8,10 @@
 WITH job AS (
     INSERT INTO jobs (
         id, tenant, principal, session, parent, state, request_id, request_hash, spec,
-        deadline, create_time, update_time, trace_id, event_seq, root, depth, node
+        deadline, create_time, update_time, trace_id, event_seq, root, depth, node,
+        trace_parent
     )
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $15, $16, $17)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $15, $16, $17, $18)
     ON CONFLICT (tenant, request_id) WHERE request_id <> '' DO NOTHING
     RETURNING id, event_seq
 )

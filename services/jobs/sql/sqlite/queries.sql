@@ -6,11 +6,12 @@
 -- name: insert_job
 INSERT INTO jobs (
     id, tenant, principal, session, parent, state, request_id, request_hash, spec,
-    deadline, create_time, update_time, trace_id, event_seq, root, depth, node
+    deadline, create_time, update_time, trace_id, event_seq, root, depth, node, trace_parent
 )
 VALUES (
     :id, :tenant, :principal, :session, :parent, :state, :request_id, :request_hash, :spec,
-    :deadline, :create_time, :update_time, :trace_id, :event_seq, :root, :depth, :node
+    :deadline, :create_time, :update_time, :trace_id, :event_seq, :root, :depth, :node,
+    :trace_parent
 );
 
 -- name: job_by_request_id

@@ -167,6 +167,35 @@ async def test_a_failed_mark_publishes_the_rows_again(channel: EventChannel) -> 
     assert outbox.marked == [1, 2]
 
 
+async def test_the_published_hook_hears_each_stored_batch_before_it_is_marked(
+    channel: EventChannel,
+) -> None:
+    outbox = Outbox()
+    outbox.add(interleaved_jobs(2, 3))
+    heard: list[tuple[list[str], list[int]]] = []
+
+    async def published(events: Sequence[RuntimeEvent]) -> None:
+        heard.append((ids_of(list(events)), list(outbox.marked)))
+
+    relay = OutboxRelay(outbox, channel, None, batch_size=4, on_published=published)
+    assert await relay.drain() == 6
+    everything = ids_of(interleaved_jobs(2, 3))
+    assert heard == [(everything[:4], []), (everything[4:], [1, 2, 3, 4])]
+
+
+async def test_a_failing_published_hook_holds_no_event_back(channel: EventChannel) -> None:
+    outbox = Outbox()
+    outbox.add([history("a", 1), history("a", 2)])
+
+    async def broken(events: Sequence[RuntimeEvent]) -> None:
+        raise RuntimeError("span export broke")
+
+    relay = OutboxRelay(outbox, channel, None, on_published=broken)
+    assert await relay.drain() == 2
+    assert outbox.marked == [1, 2]
+    assert ids(await take(channel.follow_job("jobs/a", "0"), 2)) == ["a.1", "a.2"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [({"batch_size": 0}, "batch_size"), ({"idle_poll_seconds": 0}, "idle_poll_seconds")],

@@ -22,6 +22,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ErrorReason:
@@ -328,7 +333,9 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_TOOL_CALLED: _EventType.ValueType  # 14
     """"tool.called": a tool call finished (successfully or not)."""
     EVENT_TYPE_USAGE_RECORDED: _EventType.ValueType  # 15
-    """"usage.recorded": usage was charged to the job."""
+    """"usage.recorded": a turn's model usage was charged to the job (written
+    with the turn's checkpoint, right after its job.turn.completed).
+    """
     EVENT_TYPE_CHILD_CREATED: _EventType.ValueType  # 16
     """"job.child.created": the job created a child job (in the parent's
     history).
@@ -382,7 +389,9 @@ EVENT_TYPE_ACTION_EXPIRED: EventType.ValueType  # 13
 EVENT_TYPE_TOOL_CALLED: EventType.ValueType  # 14
 """"tool.called": a tool call finished (successfully or not)."""
 EVENT_TYPE_USAGE_RECORDED: EventType.ValueType  # 15
-""""usage.recorded": usage was charged to the job."""
+""""usage.recorded": a turn's model usage was charged to the job (written
+with the turn's checkpoint, right after its job.turn.completed).
+"""
 EVENT_TYPE_CHILD_CREATED: EventType.ValueType  # 16
 """"job.child.created": the job created a child job (in the parent's
 history).
@@ -840,6 +849,7 @@ class RuntimeEvent(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     CHILD_FIELD_NUMBER: _builtins.int
     NODE_EVENT_FIELD_NUMBER: _builtins.int
+    USAGE_RECORDED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique and ordered within its job: "<job id>.<sequence>" for events kept
     in the job's history, "<job id>.<sequence>.<n>" for transient ones that
@@ -900,8 +910,11 @@ class RuntimeEvent(_message.Message):
         """For tool.called."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def usage(self) -> Global___Usage:
-        """For usage.recorded."""
+        """Not used: usage.recorded carries `usage_recorded`, which also names
+        the model and the turn.
+        """
 
     @_builtins.property
     def child(self) -> Global___ChildEvent:
@@ -910,6 +923,10 @@ class RuntimeEvent(_message.Message):
     @_builtins.property
     def node_event(self) -> Global___NodeEvent:
         """For workflow.node.started and workflow.node.finished."""
+
+    @_builtins.property
+    def usage_recorded(self) -> Global___UsageRecorded:
+        """For usage.recorded."""
 
     def __init__(
         self,
@@ -935,12 +952,13 @@ class RuntimeEvent(_message.Message):
         usage: Global___Usage | None = ...,
         child: Global___ChildEvent | None = ...,
         node_event: Global___NodeEvent | None = ...,
+        usage_recorded: Global___UsageRecorded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "job_succeeded", b"job_succeeded", "node_event", b"node_event", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "job_succeeded", b"job_succeeded", "node_event", b"node_event", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage", "usage_recorded", b"usage_recorded"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "node", b"node", "node_event", b"node_event", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "root_job", b"root_job", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "node", b"node", "node_event", b"node_event", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "root_job", b"root_job", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage", "usage_recorded", b"usage_recorded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage", "child", "node_event"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage", "child", "node_event", "usage_recorded"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1190,6 +1208,45 @@ class ActionEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActionEvent: _TypeAlias = ActionEvent  # noqa: Y015
+
+@_typing.final
+class UsageRecorded(_message.Message):
+    """Payload of usage.recorded: what one turn's model calls used, as the worker
+    reported it with the turn's checkpoint. Summing a job's usage.recorded
+    events gives its model usage (tool calls are counted in the job's usage).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    turn: _builtins.int
+    """The turn, from 1."""
+    model: _builtins.str
+    """The model that answered, as the engine reported it; empty when the
+    worker did not say.
+    """
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """The turn's usage: tokens, cost when a price is known, model calls, and
+        whether the engine answered from its cache.
+        """
+
+    def __init__(
+        self,
+        *,
+        turn: _builtins.int = ...,
+        usage: Global___Usage | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "turn", b"turn", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRecorded: _TypeAlias = UsageRecorded  # noqa: Y015
 
 @_typing.final
 class ToolCalled(_message.Message):

@@ -1,0 +1,124 @@
+"""An OTLP/gRPC trace receiver for tests and benchmarks: keeps every span it is sent."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+
+@dataclass
+class Received:
+    """A span as the receiver got it, with the service that sent it."""
+
+    service: str
+    span: trace_pb2.Span
+
+    @property
+    def id(self) -> bytes:
+        return self.span.span_id
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return {a.key: _value(a.value) for a in self.span.attributes}
+
+
+def _value(value: otlp_common_pb2.AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+@dataclass
+class Receiver:
+    """An OTLP/gRPC trace receiver (opentelemetry.proto.collector.trace.v1.TraceService)
+    that keeps every span it is sent."""
+
+    spans: list[Received] = field(default_factory=list)
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            service = next(
+                (
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                ),
+                "",
+            )
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend(Received(service, span) for span in scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def start_receiver(port: int = 0) -> tuple[grpc.aio.Server, Receiver, int]:
+    """A started receiver on 127.0.0.1:`port` (0: any free port), and its port."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    found = Receiver()
+    export = grpc.unary_unary_rpc_method_handler(
+        found.Export,
+        request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
+        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": export}
+            ),
+        )
+    )
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, found, port
+
+
+def span_tree(spans: list[Received], leave_out: Callable[[Received], bool]) -> str:
+    """The spans of one trace as an indented tree, children in start order, each with its
+    service, duration and links; spans `leave_out` picks (and their subtrees) left out."""
+    by_id = {span.id: span for span in spans}
+    children: dict[bytes, list[Received]] = defaultdict(list)
+    for span in spans:
+        parent = span.span.parent_span_id
+        children[parent if parent in by_id else b""].append(span)
+    lines: list[str] = []
+    names = {span.id: span.span.name for span in spans}
+
+    def draw(span: Received, head: str, lead: str) -> None:
+        """`head` starts the span's line, `lead` the lines of its children."""
+        name = span.span.name.removeprefix("/agentrt.").replace(".v1.", ".")
+        label = "  ".join(
+            f"{key}={span.attributes[key]}"
+            for key in _SHOWN
+            if key in span.attributes and span.attributes[key] != ""
+        )
+        links = "".join(f"  ──link──▶ {names.get(link.span_id, '?')}" for link in span.span.links)
+        millis = (span.span.end_time_unix_nano - span.span.start_time_unix_nano) / 1e6
+        text = f"{head}{name}  {label}{links}".rstrip()
+        lines.append(f"{text:<72} {span.service:<13} {millis:7.1f} ms")
+        kept = [c for c in children[span.id] if not leave_out(c)]
+        kept.sort(key=lambda c: c.span.start_time_unix_nano)
+        for index, child in enumerate(kept):
+            last = index == len(kept) - 1
+            draw(child, lead + ("└─ " if last else "├─ "), lead + ("   " if last else "│  "))
+
+    for root in sorted(children[b""], key=lambda s: s.span.start_time_unix_nano):
+        draw(root, "", "")
+    return "\n".join(lines)
+
+
+_SHOWN = (
+    "agentrt.attempt",
+    "agentrt.job.state",
+    "gen_ai.request.model",
+    "gen_ai.tool.name",
+    "agentrt.action.kind",
+)

@@ -2,7 +2,8 @@
 
 `python tools/protos.py generate` regenerates `clients/python/agentrt/<service>/v1/` and the
 descriptor set of the public API that the Envoy edge transcodes (`services/edge/agentrt.binpb`);
-`deps` copies the google/api and google/rpc protos the contracts import into `.build/protodeps` for buf;
+`deps` copies the google/api and google/rpc protos the contracts import into
+`.build/protodeps` for buf;
 `breaking [REF]` runs `buf breaking` (FILE rules) against REF, by default the previous commit.
 """
 

@@ -214,10 +214,25 @@ class PostgresJobStore:
                 job, lease_id, state, outcome, usage, checkpoint, now, message, turn_usage, model
             )
 
-        because = functools.partial(trees.ended_because, state=state)
-        [ended], _ = await self._end_in_trees(None, [job_id], end, because, now)
+        ended = await self._end_alone(job_id, end)
+        if ended is None:
+            because = functools.partial(trees.ended_because, state=state)
+            [ended], _ = await self._end_in_trees(None, [job_id], end, because, now)
         assert ended is not None
         return to_job(ended)
+
+    async def _end_alone(self, job_id: str, end: trees.End) -> JobRecord | None:
+        """End a leased job that has no parent and no children (most jobs) with its row
+        lock alone; None, changing nothing, for a job of a tree, which _end_in_trees ends.
+        Holding the lock, no child can be created meanwhile (creating one locks its
+        parent), and a leased job has no pending action to cancel."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            job = await _locked_job(connection, job_id)
+            if records.in_tree(job):
+                return None
+            change = end(job)
+            await _save(connection, [change])
+        return change.record
 
     async def await_children(
         self,

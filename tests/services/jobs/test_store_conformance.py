@@ -1127,6 +1127,37 @@ async def test_no_child_outlives_a_cancel_that_races_its_creation(store: JobStor
     assert types(plan_events).count("CHILD_FINISHED") == len(made)
 
 
+async def test_no_child_outlives_a_finish_that_races_its_creation(store: JobStore) -> None:
+    # A job with no children yet ends by its own row alone, unless a child made first.
+    config = OrchestrationConfig(max_child_jobs=100)
+    root = await create(store, spec=tree_spec(orchestration=config))
+    lease = (await lease_all(store))[root.name]
+
+    async def attempt(n: int) -> Job | None:
+        try:
+            job, _ = await store.create_job(make_new_job(spec=tree_spec(root, f"map[{n}]")), T0)
+        except IllegalTransition:
+            return None
+        return job
+
+    async def finish() -> None:
+        await asyncio.sleep(0)
+        result = JobResult(output="done")
+        await store.finish(
+            id_of(root), lease.lease_id, states.SUCCEEDED, result, None, None, seconds(1)
+        )
+
+    results = await asyncio.gather(*(attempt(n) for n in range(30)), finish())
+
+    made = [job for job in results if isinstance(job, Job)]
+    children, _ = await store.list_jobs("acme", JobFilter(parent=id_of(root)), 100, "")
+    assert {job.name for job in children} == {job.name for job in made}
+    assert {job.state for job in children} <= {states.CANCELLED}
+    root_events = await history(store, root)
+    assert types(root_events)[-1] == "JOB_SUCCEEDED"
+    assert types(root_events).count("CHILD_FINISHED") == len(made)
+
+
 async def test_children_ending_while_their_root_is_cancelled_are_each_told_once(
     store: JobStore,
 ) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio
@@ -38,6 +38,8 @@ _FOLLOWER_BUFFER = 256
 _CONTROL_TTL_MS = 60_000
 
 Entry = tuple[str, bytes | None]
+PipelineStep = Callable[[redis.asyncio.client.Pipeline], object]
+"""Queues commands on a pipeline."""
 
 
 def _checked_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
@@ -126,12 +128,23 @@ class RedisEventChannel:
         self._wake_requested = False
         self._closed = False
 
-    async def publish(self, events: Sequence[RuntimeEvent]) -> None:
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        """The client the channel publishes with."""
+        return self._redis
+
+    async def publish(
+        self, events: Sequence[RuntimeEvent], *, first: PipelineStep | None = None
+    ) -> None:
+        """Appends the events to their streams; `first`, if given, queues commands that
+        Redis runs before theirs, on the same connection and in the same round trip."""
         self._check_open()
         routed = [(self._job_key(event.job), is_transient(event), event) for event in events]
         if not routed:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
+            if first is not None:
+                first(pipe)
             for key, transient, event in routed:
                 payload = event.SerializeToString()
                 pipe.xadd(key, {_FIELD: payload})

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
@@ -120,6 +121,8 @@ class RedisEventChannel:
         self._global_key = f"{prefix}:events:all"
         self._control_key = f"{prefix}:events:reader:{secrets.token_hex(8)}"
         self._control_position = "0"
+        self._control_renew_time = 0.0
+        """When the control key's expiry is next renewed (time.monotonic)."""
         self._global_maxlen = global_maxlen
         self._retention_ms = max(1, round(job_retention_seconds * 1000))
         self._block_ms = round(_block_seconds(redis, block_seconds) * 1000)
@@ -253,11 +256,14 @@ class RedisEventChannel:
             await self._signal_reader()
 
     async def _signal_reader(self) -> None:
+        # A gateway signals once a job it starts to watch: the key's expiry is renewed
+        # only every half TTL, so that a signal is one command.
+        now = time.monotonic()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._control_key, {b"w": b""}, maxlen=1)
-                pipe.pexpire(self._control_key, _CONTROL_TTL_MS)
-                await pipe.execute()
+            await self._redis.xadd(self._control_key, {b"w": b""}, maxlen=1)
+            if now >= self._control_renew_time:
+                await self._redis.pexpire(self._control_key, _CONTROL_TTL_MS)
+                self._control_renew_time = now + _CONTROL_TTL_MS / 2000
         except (RedisError, OSError) as error:
             # The reader is failing too; it includes the new stream when it retries.
             _log.warning("could not wake the event stream reader: %s", error)

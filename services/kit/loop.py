@@ -23,7 +23,7 @@ def run_main(main: Coroutine[Any, Any, T]) -> T:
 def freeze_startup_objects() -> None:
     """Called once a process is serving: every object alive then (modules, message
     descriptors, pools, the server) lives as long as the process, so it is moved out of
-    the garbage collector's sight. Otherwise each full collection walks all of them again,
-    which cost the jobs service about a sixth of its CPU under load."""
+    the garbage collector's sight. Otherwise each full collection walks all of them again
+    (1-4% of a service's CPU on the main-path benchmark, about half that frozen)."""
     gc.collect()
     gc.freeze()

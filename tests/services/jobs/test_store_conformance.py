@@ -545,6 +545,40 @@ async def test_a_finished_job_never_changes_again(store: JobStore, state: states
     assert await history(store, job) == events
 
 
+async def test_a_finish_racing_a_cancel_or_a_checkpoint_ends_the_job_once(
+    store: JobStore,
+) -> None:
+    jobs = [await create(store, seconds(n)) for n in range(10)]
+    leases = await lease_all(store)
+
+    async def finish(job: Job) -> None:
+        lease_id = leases[job.name].lease_id
+        result = JobResult(output="ok")
+        await store.finish(id_of(job), lease_id, states.SUCCEEDED, result, None, None, seconds(2))
+
+    async def other(n: int, job: Job) -> None:
+        if n % 2:
+            await store.cancel(None, id_of(job), "stop", seconds(2))
+        else:
+            lease_id = leases[job.name].lease_id
+            await store.checkpoint(id_of(job), lease_id, checkpoint(1), None, None, seconds(2))
+
+    for n, job in enumerate(jobs):
+        outcomes = await asyncio.gather(finish(job), other(n, job), return_exceptions=True)
+
+        refused = [error for error in outcomes if error is not None]
+        assert all(isinstance(error, LeaseLost | IllegalTransition) for error in refused)
+        ended = types(await history(store, job))
+        assert sum(kind in ("JOB_SUCCEEDED", "JOB_CANCELLED") for kind in ended) == 1
+        state = (await store.get_job(None, id_of(job))).state
+        assert ended[-1] == "JOB_" + JobState.Name(state).removeprefix("JOB_STATE_")
+        if n % 2:
+            assert len(refused) == 1  # the finish or the cancel, whichever came second
+        else:
+            # A checkpoint lands before the finish, or is refused after it.
+            assert state == states.SUCCEEDED and len(refused) <= 1
+
+
 async def test_a_queued_job_accepts_no_worker_calls(store: JobStore) -> None:
     job = await create(store)
 

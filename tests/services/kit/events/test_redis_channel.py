@@ -119,7 +119,8 @@ async def test_the_readers_control_stream_always_expires(
             async with closing(channel.follow_job(f"jobs/{job}", "0")) as follower:
                 await channel.publish([history(job, 1)])
                 assert ids(await take(follower, 1)) == [f"{job}.1"]
-    [control] = [key async for key in client.scan_iter(f"{prefix}:events:reader:*")]
+    readers = client.scan_iter(f"{prefix}:events:reader:*", count=100_000)
+    [control] = [key async for key in readers]
     assert 0 < await client.pttl(control) <= 60_000
     await channel.close()
 

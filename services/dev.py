@@ -17,7 +17,7 @@ from services.gateway.admin import create_api_key, key_principal
 from services.kit.config import RuntimeConfig
 from services.kit.infra import Infrastructure, open_infrastructure
 from services.kit.logs import configure_logging
-from services.kit.loop import run_main
+from services.kit.loop import freeze_startup_objects, run_main
 from services.kit.server import Server
 from services.serve import migrate_all
 from services.units import SERVICES, create_unit
@@ -115,6 +115,7 @@ async def _run_dev(data_dir: Path, port: int) -> None:
     async with local_system(data_dir, port, previous_key=previous_api_key(data_dir)) as system:
         state_file = data_dir / STATE_FILE
         write_state(state_file, system)
+        freeze_startup_objects()
         print(f"agentrt dev: all services on {system.endpoint}")
         print(f"  services:  {', '.join(SERVICES)} (gRPC reflection and health enabled)")
         print(f"  storage:   SQLite under {data_dir}/; events in-process")

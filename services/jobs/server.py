@@ -20,7 +20,7 @@ from services.jobs.store_redis import RedisActionStore
 from services.jobs.tracing import record_ended_jobs
 from services.jobs.validation import JobLimits
 from services.kit.config import ConfigError, env_float, env_str
-from services.kit.events import OutboxRelay
+from services.kit.events import EventChannel, OutboxRelay, RedisEventChannel
 from services.kit.infra import Infrastructure
 from services.kit.metrics import metrics_enabled
 from services.kit.periodic import cancel_all, run_every
@@ -45,7 +45,11 @@ class JobsUnit:
         """Actions in `actions` (None: in the job store); GetJob through `cache` if any,
         which the relay then keeps fresh by forgetting every job it publishes events of."""
         self._store = store
-        events = infra.events if cache is None else InvalidatingChannel(infra.events, cache)
+        events: EventChannel = infra.events
+        if cache is not None:
+            if not isinstance(events, RedisEventChannel):
+                raise ConfigError("the job cache needs events on Redis (AGENTRT_REDIS_URL)")
+            events = InvalidatingChannel(events, cache)
         self._relay = OutboxRelay(
             store, events, infra.wakeups, on_published=functools.partial(record_ended_jobs, store)
         )

@@ -215,10 +215,29 @@ class PostgresJobStore:
                 job, lease_id, state, outcome, usage, checkpoint, now, message, turn_usage, model
             )
 
-        because = functools.partial(trees.ended_because, state=state)
-        [ended], _ = await self._end_in_trees(None, [job_id], end, because, now)
+        ended = await self._end_alone(job_id, end)
+        if ended is None:
+            because = functools.partial(trees.ended_because, state=state)
+            [ended], _ = await self._end_in_trees(None, [job_id], end, because, now)
         assert ended is not None
         return to_job(ended)
+
+    async def _end_alone(self, job_id: str, end: trees.End) -> JobRecord | None:
+        """End a leased job that has no parent and no children (most jobs) in two
+        statements and no transaction: its row is read, then written only if no change
+        came in between (every change appends an event, so event_seq tells; a child's
+        creation appends one to its parent). None, changing nothing, for a job of a tree
+        or one changed meanwhile every time, which _end_in_trees ends under locks. A
+        leased job has no pending action to cancel."""
+        async with self._pool.acquire() as connection:
+            for _ in range(_UNLOCKED_ATTEMPTS):
+                job = await _job(connection, job_id)
+                if records.in_tree(job):
+                    return None
+                change = end(job)
+                if await _save(connection, [change], read_seq=job.event_seq):
+                    return change.record
+        return None
 
     async def await_children(
         self,
@@ -485,6 +504,8 @@ class PostgresJobStore:
 _ChangeFn = Callable[[JobRecord], Change]
 _SettleFn = Callable[[JobRecord, ActionRecord], tuple[Change | None, ActionRecord]]
 _DEADLOCK_ATTEMPTS = 5
+_UNLOCKED_ATTEMPTS = 2
+"""Reads and conditional writes of a job before its end takes the locked path."""
 _LOCK_ROUNDS = 3
 """Rounds of asking for a tree and locking it while it keeps growing; children created
 after the first round's lock of their parent cannot exist, so a second round is rare."""
@@ -607,6 +628,13 @@ async def _locked_job(connection: PoolConnection, job_id: str) -> JobRecord:
     return record_from_row(row)
 
 
+async def _job(connection: PoolConnection, job_id: str) -> JobRecord:
+    row = await connection.fetchrow(QUERIES["get_job"], job_id, None)
+    if row is None:
+        raise JobNotFound(job_name(job_id))
+    return record_from_row(row)
+
+
 def _find_action(target: ActionTarget) -> tuple[str, tuple[object, ...]]:
     if isinstance(target, TokenRef):
         return QUERIES["action_by_token"], (target.token_hash, target.tenant)
@@ -635,12 +663,16 @@ async def _save_actions(connection: PoolConnection, changed: list[ActionRecord])
     )
 
 
-async def _save(connection: PoolConnection, changes: list[Change]) -> None:
+async def _save(
+    connection: PoolConnection, changes: list[Change], *, read_seq: int | None = None
+) -> int:
+    """Write the changes; with `read_seq` (one change), only if the job's event_seq is
+    still that. Returns how many jobs were written."""
     if not changes:
-        return
+        return 0
     jobs = [change.record for change in changes]
     events = [event for change in changes for event in change.events]
-    await connection.execute(
+    written: int = await connection.fetchval(
         QUERIES["save_jobs"],
         [job.id for job in jobs],
         [job.state for job in jobs],
@@ -662,4 +694,6 @@ async def _save(connection: PoolConnection, changes: list[Change]) -> None:
         [event.event for event in events],
         [job.children for job in jobs],
         [job.awaiting for job in jobs],
+        [read_seq for _ in jobs],
     )
+    return written

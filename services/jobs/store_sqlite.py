@@ -186,6 +186,13 @@ class SqliteJobStore:
             )
 
         def finish(connection: sqlite3.Connection) -> Job:
+            job = _locked_job(connection, job_id)
+            if not records.in_tree(job):
+                # No parent and no children (most jobs): nothing else to change; a
+                # leased job has no pending action to cancel.
+                change = end(job)
+                _save(connection, [change])
+                return to_job(change.record)
             because = trees.ended_because(job_id, state)
             return to_job(_end_in_tree(connection, None, job_id, end, because, now)[0])
 

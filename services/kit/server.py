@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from services.kit.config import env_int
 from services.kit.interceptors import ServerInterceptor
 from services.kit.local_channel import LocalChannel, LocalServer
+from services.kit.loop import freeze_startup_objects
 from services.kit.metrics import configure_metrics
 from services.kit.telemetry import configure_tracing
 
@@ -163,6 +164,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         await self.start(units)
+        freeze_startup_objects()
         try:
             await stopping.wait()
         finally:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio
@@ -36,8 +37,12 @@ _PAGE = 500
 _FOLLOWER_BUFFER = 256
 """Batches a follower may fall behind the shared reader before it reads for itself."""
 _CONTROL_TTL_MS = 60_000
+_WAKE_DELAY_SECONDS = 0.002
+"""How long a new stream waits for the reader's next XREAD before waking the reader."""
 
 Entry = tuple[str, bytes | None]
+PipelineStep = Callable[[redis.asyncio.client.Pipeline], object]
+"""Queues commands on a pipeline."""
 
 
 def _checked_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
@@ -118,6 +123,8 @@ class RedisEventChannel:
         self._global_key = f"{prefix}:events:all"
         self._control_key = f"{prefix}:events:reader:{secrets.token_hex(8)}"
         self._control_position = "0"
+        self._control_renew_time = 0.0
+        """When the control key's expiry is next renewed (time.monotonic)."""
         self._global_maxlen = global_maxlen
         self._retention_ms = max(1, round(job_retention_seconds * 1000))
         self._block_ms = round(_block_seconds(redis, block_seconds) * 1000)
@@ -126,12 +133,23 @@ class RedisEventChannel:
         self._wake_requested = False
         self._closed = False
 
-    async def publish(self, events: Sequence[RuntimeEvent]) -> None:
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        """The client the channel publishes with."""
+        return self._redis
+
+    async def publish(
+        self, events: Sequence[RuntimeEvent], *, first: PipelineStep | None = None
+    ) -> None:
+        """Appends the events to their streams; `first`, if given, queues commands that
+        Redis runs before theirs, on the same connection and in the same round trip."""
         self._check_open()
         routed = [(self._job_key(event.job), is_transient(event), event) for event in events]
         if not routed:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
+            if first is not None:
+                first(pipe)
             for key, transient, event in routed:
                 payload = event.SerializeToString()
                 pipe.xadd(key, {_FIELD: payload})
@@ -237,14 +255,21 @@ class RedisEventChannel:
             return
         if not self._wake_requested:
             self._wake_requested = True
-            await self._signal_reader()
+            # While streams are busy the reader's XREAD returns every few milliseconds
+            # and picks the new stream up itself; only a reader still blocked is woken.
+            await asyncio.sleep(_WAKE_DELAY_SECONDS)
+            if self._wake_requested:
+                await self._signal_reader()
 
     async def _signal_reader(self) -> None:
+        # A gateway signals once a job it starts to watch: the key's expiry is renewed
+        # only every half TTL, so that a signal is one command.
+        now = time.monotonic()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._control_key, {b"w": b""}, maxlen=1)
-                pipe.pexpire(self._control_key, _CONTROL_TTL_MS)
-                await pipe.execute()
+            await self._redis.xadd(self._control_key, {b"w": b""}, maxlen=1)
+            if now >= self._control_renew_time:
+                await self._redis.pexpire(self._control_key, _CONTROL_TTL_MS)
+                self._control_renew_time = now + _CONTROL_TTL_MS / 2000
         except (RedisError, OSError) as error:
             # The reader is failing too; it includes the new stream when it retries.
             _log.warning("could not wake the event stream reader: %s", error)

@@ -22,7 +22,7 @@ from services.jobs.manager import JobManager
 from services.jobs.store import JobStore
 from services.jobs.validation import JobLimits
 from services.kit.errors import JobNotFound
-from services.kit.events import InMemoryEventChannel, InMemoryWakeups, OutboxRelay
+from services.kit.events import InMemoryWakeups, OutboxRelay, RedisEventChannel
 from services.kit.names import parse_job_name
 from services.kit.storage import StorageConfig
 from tests.services.jobs.conftest import SetState, make_spec
@@ -125,12 +125,16 @@ async def test_entries_expire_after_their_ttl(
 
 
 async def test_the_relay_forgets_the_jobs_it_publishes_events_of(
-    manager: JobManager, store: JobStore, cache: RedisJobCache
+    manager: JobManager,
+    store: JobStore,
+    cache: RedisJobCache,
+    client: redis.asyncio.Redis,
+    redis_prefix: str,
 ) -> None:
     parent = await queued(manager)
     child = await queued(manager, parent=f"jobs/{parent}")
     assert (await manager.get_job(None, child)).state == states.QUEUED
-    events = InMemoryEventChannel()
+    events = RedisEventChannel(client, prefix=redis_prefix.rstrip(":"))
     relay = OutboxRelay(store, InvalidatingChannel(events, cache), None)
 
     # The manager names only the job it cancels; its child is cancelled in the same commit.
@@ -139,7 +143,20 @@ async def test_the_relay_forgets_the_jobs_it_publishes_events_of(
     await relay.drain()
 
     assert (await manager.get_job(None, child)).state == states.CANCELLED
+    # The same round trip published the events.
+    assert await events.job_position(f"jobs/{child}") != "0"
     await events.close()
+
+
+async def test_the_relay_forgets_on_the_client_it_publishes_with(
+    cache: RedisJobCache, redis_url: str
+) -> None:
+    other = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        with pytest.raises(ValueError, match="share a Redis client"):
+            InvalidatingChannel(RedisEventChannel(other), cache)
+    finally:
+        await other.aclose()
 
 
 async def test_a_parent_read_from_the_cache_shows_its_childs_creation_and_end(

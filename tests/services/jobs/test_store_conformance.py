@@ -590,6 +590,40 @@ async def test_a_finished_job_never_changes_again(store: JobStore, state: states
     assert await history(store, job) == events
 
 
+async def test_a_finish_racing_a_cancel_or_a_checkpoint_ends_the_job_once(
+    store: JobStore,
+) -> None:
+    jobs = [await create(store, seconds(n)) for n in range(10)]
+    leases = await lease_all(store)
+
+    async def finish(job: Job) -> None:
+        lease_id = leases[job.name].lease_id
+        result = JobResult(output="ok")
+        await store.finish(id_of(job), lease_id, states.SUCCEEDED, result, None, None, seconds(2))
+
+    async def other(n: int, job: Job) -> None:
+        if n % 2:
+            await store.cancel(None, id_of(job), "stop", seconds(2))
+        else:
+            lease_id = leases[job.name].lease_id
+            await store.checkpoint(id_of(job), lease_id, checkpoint(1), None, None, seconds(2))
+
+    for n, job in enumerate(jobs):
+        outcomes = await asyncio.gather(finish(job), other(n, job), return_exceptions=True)
+
+        refused = [error for error in outcomes if error is not None]
+        assert all(isinstance(error, LeaseLost | IllegalTransition) for error in refused)
+        ended = types(await history(store, job))
+        assert sum(kind in ("JOB_SUCCEEDED", "JOB_CANCELLED") for kind in ended) == 1
+        state = (await store.get_job(None, id_of(job))).state
+        assert ended[-1] == "JOB_" + JobState.Name(state).removeprefix("JOB_STATE_")
+        if n % 2:
+            assert len(refused) == 1  # the finish or the cancel, whichever came second
+        else:
+            # A checkpoint lands before the finish, or is refused after it.
+            assert state == states.SUCCEEDED and len(refused) <= 1
+
+
 async def test_a_queued_job_accepts_no_worker_calls(store: JobStore) -> None:
     job = await create(store)
 
@@ -1170,6 +1204,37 @@ async def test_no_child_outlives_a_cancel_that_races_its_creation(store: JobStor
     plan_events = await history(store, plan)
     assert types(plan_events)[-1] == "JOB_CANCELLED"
     assert types(plan_events).count("CHILD_FINISHED") == len(made)
+
+
+async def test_no_child_outlives_a_finish_that_races_its_creation(store: JobStore) -> None:
+    # A job with no children yet ends by its own row alone, unless a child made first.
+    config = OrchestrationConfig(max_child_jobs=100)
+    root = await create(store, spec=tree_spec(orchestration=config))
+    lease = (await lease_all(store))[root.name]
+
+    async def attempt(n: int) -> Job | None:
+        try:
+            job, _ = await store.create_job(make_new_job(spec=tree_spec(root, f"map[{n}]")), T0)
+        except IllegalTransition:
+            return None
+        return job
+
+    async def finish() -> None:
+        await asyncio.sleep(0)
+        result = JobResult(output="done")
+        await store.finish(
+            id_of(root), lease.lease_id, states.SUCCEEDED, result, None, None, seconds(1)
+        )
+
+    results = await asyncio.gather(*(attempt(n) for n in range(30)), finish())
+
+    made = [job for job in results if isinstance(job, Job)]
+    children, _ = await store.list_jobs("acme", JobFilter(parent=id_of(root)), 100, "")
+    assert {job.name for job in children} == {job.name for job in made}
+    assert {job.state for job in children} <= {states.CANCELLED}
+    root_events = await history(store, root)
+    assert types(root_events)[-1] == "JOB_SUCCEEDED"
+    assert types(root_events).count("CHILD_FINISHED") == len(made)
 
 
 async def test_children_ending_while_their_root_is_cancelled_are_each_told_once(

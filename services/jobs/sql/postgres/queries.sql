@@ -97,9 +97,10 @@ ORDER BY deadline
 LIMIT $2;
 
 -- name: save_jobs
--- Writes the mutable columns of changed jobs (arrays $1..$15 and $19..$20, one element a
--- job) and appends their events (arrays $16..$18, in order). A NULL checkpoint keeps the
--- stored one.
+-- Writes the mutable columns of changed jobs (arrays $1..$15 and $19..$21, one element a
+-- job) and appends their events (arrays $16..$18, in order); returns how many jobs it
+-- wrote. A NULL checkpoint keeps the stored one. A job whose $21 is not NULL is written,
+-- with its events, only while its stored event_seq is still $21 (read without a lock).
 WITH changed AS (
     UPDATE jobs AS j SET
         state = c.state,
@@ -122,19 +123,23 @@ WITH changed AS (
         $1::text[], $2::smallint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[],
         $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::timestamptz[],
         $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bigint[],
-        $19::bigint[], $20::text[]
+        $19::bigint[], $20::text[], $21::bigint[]
     ) AS c (
         id, state, result, failure, usage, checkpoint, attempt, turns, lease_id, lease_owner,
-        lease_expire_time, start_time, end_time, update_time, event_seq, children, awaiting
+        lease_expire_time, start_time, end_time, update_time, event_seq, children, awaiting,
+        read_seq
     )
-    WHERE j.id = c.id
+    WHERE j.id = c.id AND (c.read_seq IS NULL OR j.event_seq = c.read_seq)
     RETURNING j.id
+), appended AS (
+    INSERT INTO job_events (job_id, sequence, event)
+    SELECT e.job_id, e.sequence, e.event
+    FROM unnest($16::text[], $17::bigint[], $18::bytea[]) WITH ORDINALITY
+        AS e (job_id, sequence, event, position)
+    WHERE e.job_id IN (SELECT id FROM changed)
+    ORDER BY e.position
 )
-INSERT INTO job_events (job_id, sequence, event)
-SELECT e.job_id, e.sequence, e.event
-FROM unnest($16::text[], $17::bigint[], $18::bytea[]) WITH ORDINALITY
-    AS e (job_id, sequence, event, position)
-ORDER BY e.position;
+SELECT count(*) FROM changed;
 
 -- name: heartbeat
 UPDATE jobs SET lease_expire_time = $3

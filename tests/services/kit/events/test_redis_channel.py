@@ -107,6 +107,24 @@ async def test_following_outlasts_a_short_socket_timeout(
     await client.aclose()
 
 
+async def test_the_readers_control_stream_always_expires(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    channel = RedisEventChannel(client, prefix=prefix)
+    async with closing(channel.follow_job("jobs/a", "0")) as first:
+        await channel.publish([history("a", 1)])
+        await take(first, 1)
+        # Each new stream followed signals the reader through its control stream.
+        for job in ("b", "c"):
+            async with closing(channel.follow_job(f"jobs/{job}", "0")) as follower:
+                await channel.publish([history(job, 1)])
+                assert ids(await take(follower, 1)) == [f"{job}.1"]
+    readers = client.scan_iter(f"{prefix}:events:reader:*", count=100_000)
+    [control] = [key async for key in readers]
+    assert 0 < await client.pttl(control) <= 60_000
+    await channel.close()
+
+
 async def test_a_malformed_entry_is_skipped(client: redis.asyncio.Redis, prefix: str) -> None:
     channel = RedisEventChannel(client, prefix=prefix)
     await client.xadd(f"{prefix}:events:job:a", {b"e": b"\xff not a protobuf"})

@@ -74,9 +74,9 @@ RESERVE_ATTEMPTS = 3
 """Statements a reservation may take: a missing counter costs one more, a budget that
 changes period meanwhile another."""
 
-SETTLE_ATTEMPTS = 3
-"""`settle_spend` statements a settle may take: missing counters (a new window or budget)
-cost one more, a budget deleted meanwhile another."""
+FINISH_ATTEMPTS = 3
+"""`finish_reservation` statements a settle or release may take: missing counters (a new
+window or budget) cost one more, a budget deleted meanwhile another."""
 
 
 def _time(value: datetime | None) -> datetime | None:
@@ -331,7 +331,7 @@ class PostgresLedgerStore:
     ) -> Reservation:
         """One transaction of three statements in the common case: lock the reservation
         (reading the prices it needs with it), insert the usage records, then one
-        `settle_spend` statement moves spent and reserved on the counters and ends it."""
+        `finish_reservation` statement moves spent and reserved on the counters and ends it."""
         models = sorted({e.model for e in entries if e.cost_nanos is None and e.model})
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
@@ -348,8 +348,9 @@ class PostgresLedgerStore:
             stored = await _record_all(connection, entries, now, prices)
             new_records = [r["id"] for r, new in stored if new]
             total = records.total_spent(r for r, _ in stored)
-            return await _settle_spend(
-                connection, reservation_id, new_records, total, settled_ids, now
+            settled = (*records.triple(total), json.dumps(settled_ids))
+            return await _finish(
+                connection, reservation_id, Reservation.STATE_SETTLED, now, new_records, settled
             )
 
     async def release(self, reservation_id: str, now: datetime) -> Reservation:
@@ -359,8 +360,7 @@ class PostgresLedgerStore:
                 raise IllegalTransition("STATE_SETTLED", "release a reservation")
             if row["state"] != Reservation.STATE_ACTIVE:
                 return records.reservation_from_row(row, _time)
-            ended = await _end_active(connection, [row], Reservation.STATE_RELEASED, now)
-        return ended[0]
+            return await _finish(connection, reservation_id, Reservation.STATE_RELEASED, now)
 
     async def expire_reservations(self, now: datetime, limit: int) -> list[Reservation]:
         async with self._pool.acquire() as connection, connection.transaction():
@@ -409,26 +409,25 @@ def _made_reservation(
     return records.reservation_from_row(row, _time)
 
 
-async def _settle_spend(
+async def _finish(
     connection: Connection,
     reservation_id: str,
-    new_records: list[str],
-    total: Quantities,
-    settled_ids: list[str],
+    state: int,
     now: datetime,
+    new_records: Sequence[str] = (),
+    settled: tuple[int, int, int, str] | None = None,
 ) -> Reservation:
-    """Run `settle_spend` in the settle's transaction, making the counters it finds missing
-    first; Aborted (rolling the settle back) if budgets keep changing under it."""
-    for _ in range(SETTLE_ATTEMPTS):
+    """Run `finish_reservation` in the caller's transaction, making the counters it finds
+    missing first; Aborted (rolling the transaction back) if budgets keep changing under it.
+    `settled` is what a settle settled (tokens, cost, tool calls, record ids as JSON)."""
+    for _ in range(FINISH_ATTEMPTS):
         rows = await connection.fetch(
-            QUERIES["settle_spend"],
+            QUERIES["finish_reservation"],
             reservation_id,
-            new_records,
+            list(new_records),
+            state,
             now,
-            total.tokens,
-            total.cost_nanos,
-            total.tool_calls,
-            json.dumps(settled_ids),
+            *(settled or (None, None, None, None)),
         )
         ended = rows[0]
         if ended["complete"]:
@@ -439,8 +438,8 @@ async def _settle_spend(
             ended["missing_windows"],
             strict=True,
         )
-        await _make_missing_counters(connection, list(missing), new_records)
-    raise Aborted("a budget changed while settling; retry")
+        await _make_missing_counters(connection, list(missing), list(new_records))
+    raise Aborted("a budget changed while ending a reservation; retry")
 
 
 async def _end_active(

@@ -295,17 +295,17 @@ FROM reservations r
 WHERE r.id = $1
 FOR UPDATE OF r;
 
--- name: settle_spend
--- The rest of settling reservation $1 (locked by this transaction) in one statement, so
--- that a settle is one round trip after its usage records are inserted: adds records $2
--- (inserted by this transaction) to the spent counters of the budgets that apply to each,
--- in the window of its usage_time; gives back what the reservation holds if it is ACTIVE;
--- drops its holds and moves it to SETTLED at $3 with what was settled ($4..$7). It locks
--- the counters in key order only when every one exists: when one is missing it locks and
--- writes nothing (`complete` is false) and names the missing ones (three arrays in one
--- order) for the caller to make before it asks again. Running after the records' insert,
--- it sees every budget whose creation did not wait for this transaction
--- (lock_usage_for_budget_change).
+-- name: finish_reservation
+-- The end of settling or releasing reservation $1 (locked by this transaction) in one
+-- statement, so that a settle is one round trip after its usage records are inserted and
+-- a release one after the lock: adds records $2 (inserted by this transaction) to the spent
+-- counters of the budgets that apply to each, in the window of its usage_time; gives back
+-- what the reservation holds if it is ACTIVE; drops its holds and moves it to state $3 at
+-- $4 with what was settled ($5..$8, NULL for a release). It locks the counters in key
+-- order only when every one exists: when one is missing it locks and writes nothing
+-- (`complete` is false) and names the missing ones (three arrays in one order) for the
+-- caller to make before it asks again. Running after the records' insert, it sees every
+-- budget whose creation did not wait for this transaction (lock_usage_for_budget_change).
 WITH spent AS (
     SELECT b.id AS budget_id, b.period,
            CASE b.period
@@ -389,8 +389,8 @@ dropped AS (
 ),
 ended AS (
     UPDATE reservations
-    SET state = 2, end_time = $3, settled_tokens = $4, settled_cost_nanos = $5,
-        settled_tool_calls = $6, settled_records = $7
+    SET state = $3, end_time = $4, settled_tokens = $5, settled_cost_nanos = $6,
+        settled_tool_calls = $7, settled_records = $8
     WHERE id = $1 AND (SELECT complete FROM decision)
     RETURNING *
 )

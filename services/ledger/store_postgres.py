@@ -74,6 +74,10 @@ RESERVE_ATTEMPTS = 3
 """Statements a reservation may take: a missing counter costs one more, a budget that
 changes period meanwhile another."""
 
+FINISH_ATTEMPTS = 3
+"""`finish_reservation` statements a settle or release may take: missing counters (a new
+window or budget) cost one more, a budget deleted meanwhile another."""
+
 
 def _time(value: datetime | None) -> datetime | None:
     return value
@@ -325,8 +329,9 @@ class PostgresLedgerStore:
     async def settle(
         self, reservation_id: str, entries: Sequence[UsageEntry], now: datetime
     ) -> Reservation:
-        """One transaction: lock the reservation (reading its holds and the prices it
-        needs with it), record the usage, move spent and reserved on the counters, end it."""
+        """One transaction of three statements in the common case: lock the reservation
+        (reading the prices it needs with it), insert the usage records, then one
+        `finish_reservation` statement moves spent and reserved on the counters and ends it."""
         models = sorted({e.model for e in entries if e.cost_nanos is None and e.model})
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
@@ -341,21 +346,12 @@ class PostgresLedgerStore:
             records.check_tenants(row["tenant"], entries)
             prices = {p[0]: parse_price(*p[1:]) for p in json.loads(row["model_prices"])}
             stored = await _record_all(connection, entries, now, prices)
-            spent = await _spent_deltas(connection, [r for r, new in stored if new])
-            await _apply(
-                connection, spent, _holds_given_back(row), [r["id"] for r, new in stored if new]
-            )
+            new_records = [r["id"] for r, new in stored if new]
             total = records.total_spent(r for r, _ in stored)
-            ended = await connection.fetchrow(
-                QUERIES["settle_reservation"],
-                reservation_id,
-                now,
-                total.tokens,
-                total.cost_nanos,
-                total.tool_calls,
-                json.dumps(settled_ids),
+            settled = (*records.triple(total), json.dumps(settled_ids))
+            return await _finish(
+                connection, reservation_id, Reservation.STATE_SETTLED, now, new_records, settled
             )
-        return records.reservation_from_row(ended, _time)
 
     async def release(self, reservation_id: str, now: datetime) -> Reservation:
         async with self._pool.acquire() as connection, connection.transaction():
@@ -364,8 +360,7 @@ class PostgresLedgerStore:
                 raise IllegalTransition("STATE_SETTLED", "release a reservation")
             if row["state"] != Reservation.STATE_ACTIVE:
                 return records.reservation_from_row(row, _time)
-            ended = await _end_active(connection, [row], Reservation.STATE_RELEASED, now)
-        return ended[0]
+            return await _finish(connection, reservation_id, Reservation.STATE_RELEASED, now)
 
     async def expire_reservations(self, now: datetime, limit: int) -> list[Reservation]:
         async with self._pool.acquire() as connection, connection.transaction():
@@ -412,6 +407,39 @@ def _made_reservation(
         "end_time": None,
     }
     return records.reservation_from_row(row, _time)
+
+
+async def _finish(
+    connection: Connection,
+    reservation_id: str,
+    state: int,
+    now: datetime,
+    new_records: Sequence[str] = (),
+    settled: tuple[int, int, int, str] | None = None,
+) -> Reservation:
+    """Run `finish_reservation` in the caller's transaction, making the counters it finds
+    missing first; Aborted (rolling the transaction back) if budgets keep changing under it.
+    `settled` is what a settle settled (tokens, cost, tool calls, record ids as JSON)."""
+    for _ in range(FINISH_ATTEMPTS):
+        rows = await connection.fetch(
+            QUERIES["finish_reservation"],
+            reservation_id,
+            list(new_records),
+            state,
+            now,
+            *(settled or (None, None, None, None)),
+        )
+        ended = rows[0]
+        if ended["complete"]:
+            return records.reservation_from_row(ended, _time)
+        missing = zip(
+            ended["missing_budgets"],
+            ended["missing_periods"],
+            ended["missing_windows"],
+            strict=True,
+        )
+        await _make_missing_counters(connection, list(missing), list(new_records))
+    raise Aborted("a budget changed while ending a reservation; retry")
 
 
 async def _end_active(
@@ -500,18 +528,6 @@ def _cost(price: ModelPrice | None, entry: UsageEntry) -> int | None:
     return to_nanos(cost_of(price, records.entry_usage(entry)))
 
 
-def _holds_given_back(row: Any) -> Deltas:
-    """What a locked reservation row (from reservation_for_settle) holds, as negative
-    reserved deltas; nothing unless it is ACTIVE."""
-    deltas: Deltas = {}
-    if row["state"] != Reservation.STATE_ACTIVE:
-        return deltas
-    held = records.negated(Quantities(row["tokens"], row["cost_nanos"], row["tool_calls"]))
-    for key in zip(row["hold_budgets"], row["hold_periods"], row["hold_windows"], strict=True):
-        records.add_delta(deltas, key, held)
-    return deltas
-
-
 async def _spent_deltas(connection: Connection, rows: Sequence[Any]) -> Deltas:
     """What newly stored usage records add to the spent counters of their budgets."""
     deltas: Deltas = {}
@@ -574,7 +590,15 @@ async def _ensure_counters(
         return
     rows = await connection.fetch(QUERIES["read_counters"], *_zip_keys(keys))
     existing = {(row["budget_id"], row["period"], row["window_start"]) for row in rows}
-    missing = sorted(set(keys) - existing)
+    await _make_missing_counters(connection, sorted(set(keys) - existing), new_records)
+
+
+async def _make_missing_counters(
+    connection: Connection, missing: Sequence[CounterKey], new_records: list[str]
+) -> None:
+    """Make counters that did not exist, from the usage recorded in their window except
+    `new_records` (which the caller adds itself); one a concurrent writer made meanwhile
+    is left as it is."""
     await connection.executemany(
         QUERIES["ensure_counter"],
         [(*key, records.window(key[1], key[2])[1], new_records) for key in missing],

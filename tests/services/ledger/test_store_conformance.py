@@ -328,6 +328,71 @@ async def test_a_record_already_recorded_is_not_counted_again_by_a_settle(
     assert (await status(store))["budgets/daily"] == Tokens(150, 0)
 
 
+async def test_a_settle_counts_each_record_in_its_own_budgets_and_window(
+    store: LedgerStore,
+) -> None:
+    await store.create_budget("daily", budget(tokens=10_000), T0)
+    await store.create_budget("bob", budget(principal="bob", tokens=10_000), T0)
+    await store.create_budget("tree", budget(root_job=ROOT1, tokens=1000), T0)
+    held = await store.reserve(reservation(400), T0)
+    yesterday = T0 - timedelta(days=1)
+    entries = [
+        model_call("alice"),
+        model_call("bob", principal="bob"),
+        model_call("tree", root_job=ROOT1),
+        model_call("yesterday", usage_time=yesterday),
+        tool_call("search"),
+    ]
+
+    settled = await store.settle(reservation_id(held), entries, seconds(1))
+
+    assert settled.settled.tokens == 4 * 150
+    assert settled.settled.tool_calls == 1
+    assert (await status(store))["budgets/daily"] == Tokens(3 * 150, 0)
+    assert (await status(store, "bob"))["budgets/bob"] == Tokens(150, 0)
+    before = await store.check_budget("acme", "alice", Quantities(), yesterday)
+    assert {s.budget: s.spent.tokens for s in before.budgets} == {"budgets/daily": 150}
+    with pytest.raises(ResourceExhausted):
+        await store.reserve(reservation(1000 - 150 + 1, root_job=ROOT1), T0)
+    await store.reserve(reservation(1000 - 150, root_job=ROOT1), T0)
+
+
+async def test_usage_settled_while_a_budget_is_created_is_counted(store: LedgerStore) -> None:
+    held = [await store.reserve(reservation(100), T0) for _ in range(30)]
+
+    async def settle_and_check(n: int) -> None:
+        # Checking makes the budget's counter, possibly while other settles are in flight.
+        await asyncio.gather(
+            store.settle(reservation_id(held[n]), [model_call(f"r{n}")], T0),
+            store.check_budget("acme", "alice", Quantities(), T0),
+        )
+
+    calls = [settle_and_check(n) for n in range(len(held))]
+    created = store.create_budget("daily", budget(tokens=100_000), T0)
+
+    await asyncio.gather(*calls[:10], created, *calls[10:])
+
+    assert (await status(store))["budgets/daily"] == Tokens(30 * 150, 0)
+
+
+async def test_settles_while_a_budget_is_deleted_count_on_the_others(store: LedgerStore) -> None:
+    await store.create_budget("daily", budget(tokens=100_000), T0)
+    await store.create_budget("monthly", budget(period=Budget.PERIOD_MONTH, tokens=100_000), T0)
+    held = [await store.reserve(reservation(100), T0) for _ in range(30)]
+
+    def settle(n: int) -> asyncio.Task[Reservation]:
+        return asyncio.create_task(store.settle(reservation_id(held[n]), [model_call(f"r{n}")], T0))
+
+    first = [settle(n) for n in range(10)]
+    deleted = asyncio.create_task(store.delete_budget("daily", ""))
+    rest = [settle(n) for n in range(10, len(held))]
+    settled = await asyncio.gather(*first, *rest)
+    await deleted
+
+    assert [r.state for r in settled] == [Reservation.STATE_SETTLED] * len(held)
+    assert await status(store) == {"budgets/monthly": Tokens(30 * 150, 0)}
+
+
 async def test_a_failing_settle_changes_nothing(store: LedgerStore) -> None:
     await store.create_budget("daily", budget(tokens=1000), T0)
     await store.record_usage(model_call("taken"), T0)

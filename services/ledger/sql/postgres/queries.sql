@@ -284,16 +284,10 @@ LEFT JOIN counters c ON true
 ORDER BY c.budget_id, c.period, c.window_start;
 
 -- name: reservation_for_settle
--- Reservation $1, locked, with the counters it holds (three arrays in one order) and the
--- prices of models $2 (a JSON list of [model, input, output, cached input]): what a settle
--- needs, in one round trip.
+-- Reservation $1, locked, with the prices of models $2 (a JSON list of [model, input,
+-- output, cached input]): what a settle needs before it records the usage, in one round
+-- trip.
 SELECT r.*,
-       ARRAY(SELECT h.budget_id FROM reservation_holds h
-             WHERE h.reservation_id = r.id ORDER BY h.budget_id) AS hold_budgets,
-       ARRAY(SELECT h.period FROM reservation_holds h
-             WHERE h.reservation_id = r.id ORDER BY h.budget_id) AS hold_periods,
-       ARRAY(SELECT h.window_start FROM reservation_holds h
-             WHERE h.reservation_id = r.id ORDER BY h.budget_id) AS hold_windows,
        (SELECT coalesce(json_agg(json_build_array(
                    p.model, p.input_price, p.output_price, p.cached_input_price)), '[]')
         FROM prices p WHERE p.model = ANY ($2::text[]))::text AS model_prices
@@ -301,14 +295,112 @@ FROM reservations r
 WHERE r.id = $1
 FOR UPDATE OF r;
 
--- name: settle_reservation
--- Drops reservation $1's holds and moves it to SETTLED at $2 with what was settled
--- ($3..$6).
-WITH dropped AS (
-    DELETE FROM reservation_holds WHERE reservation_id = $1
+-- name: finish_reservation
+-- The end of settling or releasing reservation $1 (locked by this transaction) in one
+-- statement, so that a settle is one round trip after its usage records are inserted and
+-- a release one after the lock: adds records $2 (inserted by this transaction) to the spent
+-- counters of the budgets that apply to each, in the window of its usage_time; gives back
+-- what the reservation holds if it is ACTIVE; drops its holds and moves it to state $3 at
+-- $4 with what was settled ($5..$8, NULL for a release). It locks the counters in key
+-- order only when every one exists: when one is missing it locks and writes nothing
+-- (`complete` is false) and names the missing ones (three arrays in one order) for the
+-- caller to make before it asks again. Running after the records' insert, it sees every
+-- budget whose creation did not wait for this transaction (lock_usage_for_budget_change).
+WITH spent AS (
+    SELECT b.id AS budget_id, b.period,
+           CASE b.period
+               WHEN 1 THEN date_trunc('day', u.usage_time, 'UTC')
+               WHEN 2 THEN date_trunc('month', u.usage_time, 'UTC')
+               ELSE '1970-01-01 00:00:00+00'::timestamptz
+           END AS window_start,
+           u.input_tokens + u.output_tokens AS tokens,
+           coalesce(u.cost_nanos, 0) AS cost_nanos,
+           CASE WHEN u.kind = 2 THEN 1 ELSE 0 END AS tool_calls
+    FROM usage_records u
+    JOIN budgets b
+        ON b.tenant = u.tenant AND (b.principal = '' OR b.principal = u.principal)
+        AND (b.root_job = '' OR b.root_job = u.root_job)
+    WHERE u.id = ANY ($2::text[])
+),
+held AS (
+    SELECT h.budget_id, h.period, h.window_start, r.tokens, r.cost_nanos, r.tool_calls
+    FROM reservations r
+    JOIN reservation_holds h ON h.reservation_id = r.id
+    WHERE r.id = $1 AND r.state = 1
+),
+deltas AS (
+    SELECT budget_id, period, window_start,
+           sum(spent_tokens) AS spent_tokens,
+           sum(spent_cost_nanos) AS spent_cost_nanos,
+           sum(spent_tool_calls) AS spent_tool_calls,
+           sum(reserved_tokens) AS reserved_tokens,
+           sum(reserved_cost_nanos) AS reserved_cost_nanos,
+           sum(reserved_tool_calls) AS reserved_tool_calls
+    FROM (
+        SELECT budget_id, period, window_start,
+               tokens AS spent_tokens, cost_nanos AS spent_cost_nanos,
+               tool_calls AS spent_tool_calls,
+               0 AS reserved_tokens, 0 AS reserved_cost_nanos, 0 AS reserved_tool_calls
+        FROM spent
+        UNION ALL
+        SELECT budget_id, period, window_start, 0, 0, 0, -tokens, -cost_nanos, -tool_calls
+        FROM held
+    ) AS both_kinds
+    GROUP BY budget_id, period, window_start
+),
+missing AS (
+    SELECT d.budget_id, d.period, d.window_start
+    FROM deltas d
+    WHERE NOT EXISTS (
+        SELECT 1 FROM budget_counters c
+        WHERE c.budget_id = d.budget_id AND c.period = d.period
+            AND c.window_start = d.window_start
+    )
+),
+locked AS (
+    SELECT c.budget_id
+    FROM budget_counters c
+    WHERE (c.budget_id, c.period, c.window_start) IN (
+        SELECT budget_id, period, window_start FROM deltas
+    )
+        AND NOT EXISTS (SELECT 1 FROM missing)
+    ORDER BY c.budget_id, c.period, c.window_start
+    FOR UPDATE
+),
+decision AS (
+    -- Fewer locked than wanted without a missing one: a budget went meanwhile; ask again.
+    SELECT (SELECT count(*) FROM locked) = (SELECT count(*) FROM deltas) AS complete
+),
+added AS (
+    UPDATE budget_counters c
+    SET spent_tokens = c.spent_tokens + d.spent_tokens,
+        spent_cost_nanos = c.spent_cost_nanos + d.spent_cost_nanos,
+        spent_tool_calls = c.spent_tool_calls + d.spent_tool_calls,
+        reserved_tokens = c.reserved_tokens + d.reserved_tokens,
+        reserved_cost_nanos = c.reserved_cost_nanos + d.reserved_cost_nanos,
+        reserved_tool_calls = c.reserved_tool_calls + d.reserved_tool_calls
+    FROM deltas d, decision
+    WHERE decision.complete AND c.budget_id = d.budget_id AND c.period = d.period
+        AND c.window_start = d.window_start
+),
+dropped AS (
+    DELETE FROM reservation_holds
+    WHERE reservation_id = $1 AND (SELECT complete FROM decision)
+),
+ended AS (
+    UPDATE reservations
+    SET state = $3, end_time = $4, settled_tokens = $5, settled_cost_nanos = $6,
+        settled_tool_calls = $7, settled_records = $8
+    WHERE id = $1 AND (SELECT complete FROM decision)
+    RETURNING *
 )
-UPDATE reservations
-SET state = 2, end_time = $2, settled_tokens = $3, settled_cost_nanos = $4,
-    settled_tool_calls = $5, settled_records = $6
-WHERE id = $1
-RETURNING *;
+SELECT (SELECT complete FROM decision) AS complete,
+       ARRAY(SELECT budget_id FROM missing ORDER BY budget_id, period, window_start)
+           AS missing_budgets,
+       ARRAY(SELECT period FROM missing ORDER BY budget_id, period, window_start)
+           AS missing_periods,
+       ARRAY(SELECT window_start FROM missing ORDER BY budget_id, period, window_start)
+           AS missing_windows,
+       e.*
+FROM decision
+LEFT JOIN ended e ON true;

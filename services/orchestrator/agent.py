@@ -335,6 +335,7 @@ class AgentRun:
         self._job = lease.job
         self._tree = tree
         self._lease_id = lease.lease_id
+        self._awaited_action = lease.awaited_action
         self._jobs = jobs
         self._model = model
         self._retry = retry
@@ -664,9 +665,16 @@ class AgentRun:
         log.info("job %s: waiting on %s", self.name, created.name)
 
     async def _awaited(self, awaiting: Awaiting) -> jobs_pb2.Action:
-        """The ended action the job waited on."""
-        actions = await self._jobs.list_actions(self._job.tenant, self.name)
-        action = awaited_action(actions, awaiting)
+        """The ended action the job waited on: the one its lease names, read alone; the
+        actions of the job are listed only for a job whose lease names none (parked by an
+        older jobs service) or another (a stale name, which must not be trusted)."""
+        action = None
+        if self._awaited_action:
+            named = await self._jobs.get_action(self._job.tenant, self._awaited_action)
+            action = awaited_action([named], awaiting)
+        if action is None:
+            actions = await self._jobs.list_actions(self._job.tenant, self.name)
+            action = awaited_action(actions, awaiting)
         if action is None:
             raise RuntimeError(f"job {self.name}: the action it waited on ({awaiting}) is gone")
         _record_action(self._job, action)

@@ -100,6 +100,10 @@ class JobsPort(Protocol):
         WAITING and the lease is given up. `timeout` None means the service's default."""
         ...
 
+    async def get_action(self, tenant: str, name: str) -> jobs_pb2.Action:
+        """The action named `name` ("jobs/{job}/actions/{action}")."""
+        ...
+
     async def list_actions(self, tenant: str, job: str) -> list[jobs_pb2.Action]:
         """Every action of the job, oldest first."""
         ...
@@ -277,6 +281,10 @@ class GrpcJobsPort:
             checkpoint=checkpoint,
         )
         return await self._call(lambda: self._stub.RequireAction(request))
+
+    async def get_action(self, tenant: str, name: str) -> jobs_pb2.Action:
+        request = jobs_pb2.GetActionRequest(tenant=tenant, name=name)
+        return await self._call(functools.partial(self._stub.GetAction, request))
 
     async def list_actions(self, tenant: str, job: str) -> list[jobs_pb2.Action]:
         actions: list[jobs_pb2.Action] = []

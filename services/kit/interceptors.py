@@ -46,22 +46,38 @@ def remaining_time() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+MAX_ERROR_MESSAGE_CHARS = 300
+MAX_ERROR_METADATA_CHARS = 100
+"""Errors quote what the caller sent; clipped so, a status stays within the transport's
+8 KiB header limit (the message travels twice, percent-encoded and in the details), which
+a whole 70,000-character value would overflow, turning the status into RESOURCE_EXHAUSTED."""
+
+
 def error_status(
     code: grpc.StatusCode,
     message: str,
     reason: common_pb2.ErrorReason.ValueType,
     metadata: dict[str, str] | None = None,
 ) -> tuple[str, tuple[tuple[str, bytes], ...]]:
-    """The details string and trailing metadata of a google.rpc.Status with ErrorInfo."""
+    """The details string and trailing metadata of a google.rpc.Status with ErrorInfo,
+    long texts clipped."""
+    message = _clipped(message, MAX_ERROR_MESSAGE_CHARS)
     info = error_details_pb2.ErrorInfo(
         reason=common_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_"),
         domain=ERROR_DOMAIN,
-        metadata=metadata or {},
+        metadata={
+            key: _clipped(value, MAX_ERROR_METADATA_CHARS)
+            for key, value in (metadata or {}).items()
+        },
     )
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
     return message, (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:

@@ -416,7 +416,13 @@ def model_call_failed(error: grpc.aio.AioRpcError) -> ModelCallFailed:
     message = error.details() or code.name
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelCallFailed(common_pb2.ERROR_REASON_MODEL_NOT_FOUND, message, retryable=False)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+    # CANCELLED here is the engine's, never the run's own (that raises CancelledError): an
+    # engine that shuts down (a rolling restart) cancels the calls it had not started.
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    ):
         return ModelCallFailed(common_pb2.ERROR_REASON_PROVIDER_ERROR, message, retryable=True)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ModelCallFailed(common_pb2.ERROR_REASON_DEADLINE_EXCEEDED, message, retryable=True)

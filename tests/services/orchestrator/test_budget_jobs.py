@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TypeAlias
 
+import grpc
 import pytest
 from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
@@ -21,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.orchestrator.spend import open_spend_guard
 
-from .conftest import TENANT, System
+from .conftest import TENANT, System, words
 from .test_loop import CountingTools, create_policy, job_with_tools, runner
 
 Stub: TypeAlias = "ledger_pb2_grpc.LedgerServiceAsyncStub"
@@ -63,12 +64,22 @@ def ledger_of(system: System) -> Stub:
 
 
 async def prepare(system: System, prices: Prices) -> CountingTools:
-    """The model's price, a generous daily budget of the tenant (so that every hold and
-    record moves its counters), the loop tests' policy and a started pool with LedgerSpend."""
+    """The model's price, a generous daily budget of the tenant, the loop tests' policy and
+    a started pool with LedgerSpend."""
+    await price_and_budget(system, prices, MODEL)
+    await create_policy(system)
+    tools = CountingTools()
+    await system.pool("worker-a", tools=runner(tools), spend=open_spend_guard(system.infra)).start()
+    return tools
+
+
+async def price_and_budget(system: System, prices: Prices, model: str) -> None:
+    """The model's price and a generous daily budget of the tenant, so that every hold and
+    record moves its counters."""
     ledger = ledger_of(system)
     await ledger.CreatePrice(
         ledger_pb2.CreatePriceRequest(
-            price_id=MODEL,
+            price_id=model,
             price=Price(
                 input_price_per_million=prices.input, output_price_per_million=prices.output
             ),
@@ -80,10 +91,15 @@ async def prepare(system: System, prices: Prices) -> CountingTools:
         limits=Amounts(tokens=10_000_000, cost="100", tool_calls=1000),
     )
     await ledger.CreateBudget(ledger_pb2.CreateBudgetRequest(budget_id="daily", budget=daily))
-    await create_policy(system)
-    tools = CountingTools()
-    await system.pool("worker-a", tools=runner(tools), spend=open_spend_guard(system.infra)).start()
-    return tools
+
+
+async def held(system: System) -> ledger_pb2.Amounts:
+    """What the tenant's daily budget holds now."""
+    status = await ledger_of(system).CheckBudget(
+        ledger_pb2.CheckBudgetRequest(tenant=TENANT, principal="tester")
+    )
+    (daily,) = status.budgets
+    return daily.reserved
 
 
 async def run_job(system: System, budget: common_pb2.BudgetSpec | None = None) -> str:
@@ -205,6 +221,30 @@ async def expect_stopped_after_the_first_turn(
     await expect_ledger_agrees(system, job, done.usage, prices)
     await expect_tenant_counters_match_records(system)
     return done
+
+
+async def test_a_stopping_pool_gives_back_the_hold_of_a_model_call_it_cuts(
+    system: System,
+) -> None:
+    await price_and_budget(system, Prices("0.3", "1.1"), "local-slow")
+    pool = system.pool("worker-a", spend=open_spend_guard(system.infra))
+    await pool.start()
+    job = await system.create_job(prompt=words(40), model="local-slow")
+    await system.first_event(job.name, lambda event: event.type == E.EVENT_TYPE_OUTPUT_DELTA)
+    assert (await held(system)).tokens > 0
+
+    await pool.stop()
+    # As a draining process does next: it closes its channels, cutting any call under way.
+    await system.infra.channel("ledger").close()
+
+    # Nothing the worker reserved is left held until its ttl.
+    async with grpc.aio.insecure_channel(system.infra.config.addresses["ledger"]) as channel:
+        status = await ledger_pb2_grpc.LedgerServiceStub(channel).CheckBudget(
+            ledger_pb2.CheckBudgetRequest(tenant=TENANT, principal="tester")
+        )
+    (daily,) = status.budgets
+    assert daily.reserved.tokens == 0
+    assert (await system.get_job(job.name)).state == E.JOB_STATE_QUEUED
 
 
 async def test_a_job_whose_max_tokens_runs_out_mid_run_fails_keeping_what_it_spent(

@@ -6,6 +6,8 @@ of the job and the usage on its turn events agree to the nano-dollar."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,11 +17,13 @@ from typing import TypeAlias
 import grpc
 import pytest
 from agentrt.common.v1 import common_pb2
+from agentrt.engine.v1 import engine_pb2
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget, Price
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.orchestrator.agent import _reserve_model_call
 from services.orchestrator.spend import open_spend_guard
 
 from .conftest import TENANT, System, words
@@ -235,7 +239,7 @@ async def test_a_stopping_pool_gives_back_the_hold_of_a_model_call_it_cuts(
 
     await pool.stop()
     # As a draining process does next: it closes its channels, cutting any call under way.
-    await system.infra.channel("ledger").close()
+    await system.infra.channel("ledger").close(None)
 
     # Nothing the worker reserved is left held until its ttl.
     async with grpc.aio.insecure_channel(system.infra.config.addresses["ledger"]) as channel:
@@ -245,6 +249,31 @@ async def test_a_stopping_pool_gives_back_the_hold_of_a_model_call_it_cuts(
     (daily,) = status.budgets
     assert daily.reserved.tokens == 0
     assert (await system.get_job(job.name)).state == E.JOB_STATE_QUEUED
+
+
+async def test_a_run_cut_while_reserving_leaves_nothing_held(system: System) -> None:
+    await price_and_budget(system, Prices("0.3", "1.1"), MODEL)
+    spend = open_spend_guard(system.infra)
+    job = await system.create_job(prompt="hello", model=MODEL)
+    user = E.Message(role=E.ROLE_USER, content="hello")
+    request = engine_pb2.CompleteRequest(
+        model=MODEL, messages=[user], tenant=TENANT, job=job.name, idempotency_key="k"
+    )
+    # Once uncut, which also caches the price: the cuts below land in ReserveBudget.
+    await spend.release(await _reserve_model_call(spend, job, E.Usage(), request), "warm")
+
+    cut = 0
+    for pause in (0.0005, 0.001, 0.002, 0.003, 0.004, 0.006, 0.008):
+        reserving = asyncio.create_task(_reserve_model_call(spend, job, E.Usage(), request))
+        await asyncio.sleep(pause)
+        reserving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reserving
+        if not reserving.cancelled():  # it had answered already: the hold is the caller's
+            await spend.release(reserving.result(), "not cut")
+        cut += reserving.cancelled()
+        assert (await held(system)).tokens == 0, f"held after a cut {pause} s in"
+    assert cut > 0
 
 
 async def test_a_job_whose_max_tokens_runs_out_mid_run_fails_keeping_what_it_spent(

@@ -86,7 +86,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
         response = jobs_pb2.LeaseJobsResponse()
         for lease in leases:
-            granted = response.leases.add(job=lease.job, lease_id=lease.lease_id)
+            granted = response.leases.add(
+                job=lease.job, lease_id=lease.lease_id, awaited_action=lease.awaited_action
+            )
             granted.expire_time.FromDatetime(lease.expire_time)
             if lease.checkpoint is not None:
                 granted.checkpoint.CopyFrom(lease.checkpoint)

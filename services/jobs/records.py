@@ -37,7 +37,7 @@ from services.kit.errors import (
     RequestIdReused,
 )
 from services.kit.ids import new_id
-from services.kit.names import job_name, parse_job_name
+from services.kit.names import action_name, job_name, parse_action_name, parse_job_name
 
 FINISH_STATES: frozenset[State] = frozenset({states.SUCCEEDED, states.FAILED, states.TIMED_OUT})
 """The states a worker may finish a job in."""
@@ -93,7 +93,9 @@ class JobRecord:
     children: int
     """How many children the job has created."""
     awaiting: str
-    """While WAITING on children: their ids, space-separated; empty otherwise."""
+    """What the job's latest wait was on: while WAITING on children their ids,
+    space-separated (cleared when they wake it); after a wait on an action that action's id,
+    kept until the next wait, so that the lease that resumes the job names the action."""
     trace_parent: str
     """The W3C traceparent of the span that created the job, in the job's trace: its
     `agent.job` span's parent. Empty when the creator was outside the job's trace."""
@@ -328,7 +330,15 @@ def lease_or_time_out(
             lease_id = new_id()
             takeovers += record.state == states.RUNNING
             change = lease(record, worker, lease_id, expire, now, runtime_version)
-            leases.append(JobLease(to_job(change.record), lease_id, expire, checkpoint_of(record)))
+            leases.append(
+                JobLease(
+                    to_job(change.record),
+                    lease_id,
+                    expire,
+                    checkpoint_of(record),
+                    awaited_action(record),
+                )
+            )
         changes.append(change)
     return changes, LeaseBatch(leases, timed_out, overdue, takeovers)
 
@@ -346,6 +356,13 @@ def overdue(record: JobRecord, now: datetime) -> bool:
 def in_tree(record: JobRecord) -> bool:
     """Whether the job has a parent or children, whose rows its end changes too."""
     return bool(record.parent) or record.children > 0
+
+
+def awaited_action(record: JobRecord) -> str:
+    """The name of the action the job waited on last, for the lease that resumes it; empty
+    when its latest wait was on children (they clear `awaiting` when they wake it, before it
+    can be leased) or it never waited."""
+    return action_name(record.id, record.awaiting) if record.awaiting else ""
 
 
 def check_lease(record: JobRecord, lease_id: str) -> None:
@@ -488,7 +505,8 @@ def await_action(
             )
         record = _with_checkpoint(record, checkpoint, now)
     record, required = _action_event(record, EventType.EVENT_TYPE_ACTION_REQUIRED, action, now)
-    record, waiting = _move(record, states.WAITING, now, **_NO_LEASE)
+    _, action_id = parse_action_name(action.action)
+    record, waiting = _move(record, states.WAITING, now, awaiting=action_id, **_NO_LEASE)
     events = (_stored(record, required), _stored(record, waiting))
     return Change(record, events, checkpoint_changed=checkpoint is not None)
 
@@ -556,7 +574,9 @@ def resume(
     if event_type is not None:
         record, ended = _action_event(record, event_type, action, now)
         stored.append(_stored(record, ended))
-    record, requeued = _move(record, states.QUEUED, now)
+    # The lease that resumes the job names the action that woke it.
+    _, action_id = parse_action_name(action.action)
+    record, requeued = _move(record, states.QUEUED, now, awaiting=action_id)
     requeued.attempt.CopyFrom(JobAttempt(attempt=record.attempt, reason=reason))
     stored.append(_stored(record, requeued))
     return Change(record, tuple(stored))

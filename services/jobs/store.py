@@ -63,6 +63,8 @@ class JobLease:
     expire_time: datetime
     checkpoint: Checkpoint | None
     """The latest checkpoint to resume from; None when the job has none yet."""
+    awaited_action: str = ""
+    """The name of the action the job waited on last, if its latest wait was on one."""
 
 
 @dataclass(frozen=True)

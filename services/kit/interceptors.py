@@ -46,15 +46,23 @@ def remaining_time() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+MAX_ERROR_MESSAGE_CHARS = 300
+MAX_ERROR_METADATA_CHARS = 100
+"""Errors quote what the caller sent; clipped so, a status stays within the transport's
+8 KiB header limit (the message travels twice, percent-encoded and in the details), which
+a whole 70,000-character value would overflow, turning the status into RESOURCE_EXHAUSTED."""
+
+
 def error_status(
     code: grpc.StatusCode,
     message: str,
     reason: common_pb2.ErrorReason.ValueType,
     metadata: dict[str, str] | None = None,
 ) -> tuple[str, tuple[tuple[str, bytes], ...]]:
-    """The details string and trailing metadata of a google.rpc.Status with ErrorInfo."""
+    """The details string and trailing metadata of a google.rpc.Status with ErrorInfo,
+    long texts clipped."""
     status = rpc_status(code, message, reason, metadata)
-    return message, (("grpc-status-details-bin", status.SerializeToString()),)
+    return status.message, (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 def rpc_status(
@@ -63,11 +71,16 @@ def rpc_status(
     reason: common_pb2.ErrorReason.ValueType,
     metadata: dict[str, str] | None = None,
 ) -> status_pb2.Status:
-    """A google.rpc.Status whose details hold one ErrorInfo of the agentrt domain."""
+    """A google.rpc.Status whose details hold one ErrorInfo of the agentrt domain, its
+    message and metadata values clipped to what fits in a call's trailers."""
+    message = _clipped(message, MAX_ERROR_MESSAGE_CHARS)
     info = error_details_pb2.ErrorInfo(
         reason=common_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_"),
         domain=ERROR_DOMAIN,
-        metadata=metadata or {},
+        metadata={
+            key: _clipped(value, MAX_ERROR_METADATA_CHARS)
+            for key, value in (metadata or {}).items()
+        },
     )
     detail = any_pb2.Any()
     detail.Pack(info)
@@ -78,6 +91,10 @@ def status_of_error(error: AgentrtError) -> status_pb2.Status:
     """The google.rpc.Status the server interceptor ends a call with for `error`."""
     code = getattr(grpc.StatusCode, error.code)
     return rpc_status(code, error.message, error.reason, error.metadata)
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:

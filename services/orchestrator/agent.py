@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
@@ -69,6 +69,7 @@ from services.orchestrator.workflow.sub_agents import RUN_AGENT, answer_run_agen
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentrt.orchestrator")
+T = TypeVar("T")
 
 DEFAULT_MAX_TURNS = 8
 """Turns a job may take when its spec says 0 (as the jobs service documents)."""
@@ -332,6 +333,7 @@ class AgentRun:
         self._job = lease.job
         self._tree = tree
         self._lease_id = lease.lease_id
+        self._awaited_action = lease.awaited_action
         self._jobs = jobs
         self._model = model
         self._retry = retry
@@ -454,14 +456,14 @@ class AgentRun:
             job=self.name,
             cache=spec.cache,
         )
-        hold = await self._spend.reserve_model_call(self._job, self._usage, request)
+        hold = await _reserve_model_call(self._spend, self._job, self._usage, request)
         try:
             answer, usage, answered_by = await self._model_turn(turn, request)
         except BaseException:
             await _release(self._spend, hold, "the model call failed")
             raise
-        usage = await self._spend.settle_model_call(
-            self._job, hold, usage, model_record_id(self.name, turn)
+        usage = await _answered(
+            self._spend.settle_model_call(self._job, hold, usage, model_record_id(self.name, turn))
         )
         self._messages.append(answer)
         self._usage = add_usage(self._usage, usage)
@@ -661,9 +663,16 @@ class AgentRun:
         log.info("job %s: waiting on %s", self.name, created.name)
 
     async def _awaited(self, awaiting: Awaiting) -> jobs_pb2.Action:
-        """The ended action the job waited on."""
-        actions = await self._jobs.list_actions(self._job.tenant, self.name)
-        action = awaited_action(actions, awaiting)
+        """The ended action the job waited on: the one its lease names, read alone; the
+        actions of the job are listed only for a job whose lease names none (parked by an
+        older jobs service) or another (a stale name, which must not be trusted)."""
+        action = None
+        if self._awaited_action:
+            named = await self._jobs.get_action(self._job.tenant, self._awaited_action)
+            action = awaited_action([named], awaiting)
+        if action is None:
+            actions = await self._jobs.list_actions(self._job.tenant, self.name)
+            action = awaited_action(actions, awaiting)
         if action is None:
             raise RuntimeError(f"job {self.name}: the action it waited on ({awaiting}) is gone")
         return action
@@ -859,6 +868,36 @@ def _record_answer(span: trace.Span, final: engine_pb2.CompleteChunk) -> None:
     )
     if final.usage.cost:
         span.set_attribute("agentrt.usage.cost", final.usage.cost)
+
+
+async def _reserve_model_call(
+    spend: SpendGuard,
+    job: jobs_pb2.Job,
+    spent: common_pb2.Usage,
+    request: engine_pb2.CompleteRequest,
+) -> Hold:
+    """The call's hold. A run cut while the reservation is under way (a drain cuts every
+    run) waits for its answer and gives the hold back before it ends: the ledger may have
+    made the hold, and nobody else knows its name, so it would count until its ttl."""
+    reserving = asyncio.ensure_future(spend.reserve_model_call(job, spent, request))
+    try:
+        return await asyncio.shield(reserving)
+    except asyncio.CancelledError:
+        (made,) = await asyncio.gather(reserving, return_exceptions=True)
+        if not isinstance(made, BaseException):
+            await _release(spend, made, "the run was cut while reserving")
+        raise
+
+
+async def _answered(settling: Awaitable[T]) -> T:
+    """The settlement's answer; a run cut meanwhile ends only once the ledger answered, so
+    that the hold is settled (or known not to be) rather than left counted until its ttl."""
+    task = asyncio.ensure_future(settling)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise
 
 
 async def _release(spend: SpendGuard, hold: Hold, reason: str) -> None:

@@ -100,6 +100,10 @@ class JobsPort(Protocol):
         WAITING and the lease is given up. `timeout` None means the service's default."""
         ...
 
+    async def get_action(self, tenant: str, name: str) -> jobs_pb2.Action:
+        """The action named `name` ("jobs/{job}/actions/{action}")."""
+        ...
+
     async def list_actions(self, tenant: str, job: str) -> list[jobs_pb2.Action]:
         """Every action of the job, oldest first."""
         ...
@@ -278,6 +282,10 @@ class GrpcJobsPort:
         )
         return await self._call(lambda: self._stub.RequireAction(request))
 
+    async def get_action(self, tenant: str, name: str) -> jobs_pb2.Action:
+        request = jobs_pb2.GetActionRequest(tenant=tenant, name=name)
+        return await self._call(functools.partial(self._stub.GetAction, request))
+
     async def list_actions(self, tenant: str, job: str) -> list[jobs_pb2.Action]:
         actions: list[jobs_pb2.Action] = []
         token = ""
@@ -408,7 +416,13 @@ def model_call_failed(error: grpc.aio.AioRpcError) -> ModelCallFailed:
     message = error.details() or code.name
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelCallFailed(common_pb2.ERROR_REASON_MODEL_NOT_FOUND, message, retryable=False)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+    # CANCELLED here is the engine's, never the run's own (that raises CancelledError): an
+    # engine that shuts down (a rolling restart) cancels the calls it had not started.
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    ):
         return ModelCallFailed(common_pb2.ERROR_REASON_PROVIDER_ERROR, message, retryable=True)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ModelCallFailed(common_pb2.ERROR_REASON_DEADLINE_EXCEEDED, message, retryable=True)

@@ -219,6 +219,18 @@ class RecordingJobsPort:
         self.waiting_on = None
         return True
 
+    @property
+    def awaited_action(self) -> str:
+        """The name of the action resolved last, which the resuming lease names (as the
+        jobs service's does)."""
+        return self._actions[-1].name if self._actions else ""
+
+    async def get_action(self, tenant: str, name: str) -> Action:
+        found = next((action for action in self._actions if action.name == name), None)
+        if found is None:
+            raise LeaseLost(f"no action {name} in the re-execution")
+        return found
+
     async def list_actions(self, tenant: str, job: str) -> list[Action]:
         return list(self._actions)
 
@@ -299,7 +311,12 @@ async def reexecute_job(
     checkpoint = jobs_pb2.Checkpoint()
     try:
         while True:
-            lease = jobs_pb2.JobLease(job=job, lease_id=LEASE_ID, checkpoint=checkpoint)
+            lease = jobs_pb2.JobLease(
+                job=job,
+                lease_id=LEASE_ID,
+                checkpoint=checkpoint,
+                awaited_action=jobs.awaited_action,
+            )
             run = AgentRun(
                 lease, jobs, model, channel, tools=tools, policy=policy, spend=NoBudgets()
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -160,14 +160,43 @@ async def expect_counters_are_the_records(
     )
     (daily,) = response.budgets
     assert daily.budget == "budgets/daily"
-    listed = await ledger.ListUsageRecords(
-        ledger_pb2.ListUsageRecordsRequest(tenant=TENANT, page_size=1000)
-    )
-    records = [r.usage for r in listed.usage_records]
+    records = [r.usage for r in await usage_records(ledger)]
     assert daily.spent.tokens == sum(u.input_tokens + u.output_tokens for u in records)
     assert Decimal(daily.spent.cost) == sum((Decimal(u.cost or "0") for u in records), Decimal(0))
     if not holds_may_remain:
         assert (daily.reserved.tokens, Decimal(daily.reserved.cost or "0")) == (0, Decimal(0))
+
+
+async def usage_records(ledger: LedgerServiceAsyncStub) -> list[ledger_pb2.UsageRecord]:
+    """Every usage record of the tenant, page after page."""
+    records: list[ledger_pb2.UsageRecord] = []
+    token = ""
+    while True:
+        page = await ledger.ListUsageRecords(
+            ledger_pb2.ListUsageRecordsRequest(tenant=TENANT, page_size=1000, page_token=token)
+        )
+        records.extend(page.usage_records)
+        token = page.next_page_token
+        if not token:
+            return records
+
+
+def expect_records_are_the_jobs_usage(
+    records: Sequence[ledger_pb2.UsageRecord], jobs: Sequence[jobs_pb2.Job]
+) -> None:
+    """The ledger's usage records equal the jobs' own usage, job by job (tokens in and out,
+    cost), and no record belongs to a job not among them: nothing spent went unrecorded,
+    nothing was recorded twice."""
+    by_job: dict[str, list[common_pb2.Usage]] = {}
+    for record in records:
+        by_job.setdefault(record.job, []).append(record.usage)
+    assert set(by_job) <= {job.name for job in jobs}, "records of jobs that were not run"
+    for job in jobs:
+        usages = by_job.get(job.name, [])
+        assert sum(u.input_tokens for u in usages) == job.usage.input_tokens > 0, job.name
+        assert sum(u.output_tokens for u in usages) == job.usage.output_tokens > 0, job.name
+        spent = sum((Decimal(u.cost or "0") for u in usages), Decimal(0))
+        assert spent == Decimal(job.usage.cost or "0"), job.name
 
 
 async def poll(read: Callable[[], Awaitable[T | None]], within: float = WAIT) -> T:

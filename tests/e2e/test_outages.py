@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ import grpc
 import pytest
 from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from agentrt.ledger.v1 import ledger_pb2_grpc
 
 from services.jobs.states import TERMINAL
 from services.kit.storage import StorageConfig
@@ -32,8 +31,10 @@ from tests.e2e.test_budget_sigkill import (
     TENANT,
     events_of,
     expect_counters_are_the_records,
+    expect_records_are_the_jobs_usage,
     poll,
     price_and_budget,
+    usage_records,
 )
 from tests.services.ledger.conftest import check_invariant
 
@@ -113,18 +114,17 @@ async def test_jobs_ride_out_a_dependency_down_for_ten_seconds(
         ]
         assert released or waited, "no job was requeued or waited: the outage missed the jobs"
 
-        # Every job's usage is in the ledger once, no more and no less.
-        listed = await ledger.ListUsageRecords(
-            ledger_pb2.ListUsageRecordsRequest(tenant=TENANT, page_size=1000)
-        )
-        by_job: dict[str, list[common_pb2.Usage]] = {}
-        for record in listed.usage_records:
-            by_job.setdefault(record.job, []).append(record.usage)
+        # Every job's usage is in the ledger once, no more and no less; and the job's usage
+        # is that of the turns its events record (a turn run twice is counted once).
         for job in done:
-            usages = by_job.get(job.name, [])
-            assert sum(u.input_tokens for u in usages) == job.usage.input_tokens > 0
-            assert sum(u.output_tokens for u in usages) == job.usage.output_tokens > 0
-            assert sum((Decimal(u.cost) for u in usages), Decimal(0)) == Decimal(job.usage.cost)
+            turns = [
+                event.turn_completed.usage
+                for event in await events_of(jobs, job.name)
+                if event.type == common_pb2.EVENT_TYPE_TURN_COMPLETED
+            ]
+            assert sum(u.input_tokens for u in turns) == job.usage.input_tokens, job.name
+            assert sum(u.output_tokens for u in turns) == job.usage.output_tokens, job.name
+        expect_records_are_the_jobs_usage(await usage_records(ledger), done)
         # A reservation whose reply the killed ledger never sent is held until its ttl.
         await expect_counters_are_the_records(ledger, holds_may_remain=service == "ledger")
     await check_invariant(StorageConfig("postgres", None, pg_dsn, "ledger"))

@@ -140,11 +140,19 @@ class PluginSource:
                 f"plugin {self.name} could not run {invocation.call.name}: {_describe(error)}",
                 retryable=error.code() in RETRYABLE,
             ) from error
-        return ToolOutput(text=output_text(response), is_error=response.is_error)
+        try:
+            text = output_text(response)
+        except ValueError as error:
+            raise ToolFailed(
+                f"plugin {self.name} answered {invocation.call.name} with structured output "
+                f"that is not JSON: {error}"
+            ) from error
+        return ToolOutput(text=text, is_error=response.is_error)
 
 
 def output_text(response: plugin_pb2.CallToolResponse) -> str:
-    """What the model reads: the text, or the structured output as JSON when text is empty."""
+    """What the model reads: the text, or the structured output as JSON when text is empty.
+    ValueError when that holds NaN or an infinity, which JSON cannot."""
     if response.text or not response.HasField("structured"):
         return response.text
     return json.dumps(json_format.MessageToDict(response.structured), sort_keys=True)

@@ -110,7 +110,13 @@ def check_schema(spec: ToolSpec) -> None:
     of an object, which is what a model's tool-call arguments are."""
     if not spec.HasField("parameters") or not spec.parameters.fields:
         return
-    schema = json_format.MessageToDict(spec.parameters)
+    try:
+        schema = json_format.MessageToDict(spec.parameters)
+    except ValueError as error:
+        # A Struct may hold NaN or an infinity, which JSON (and so JSON Schema) cannot.
+        raise tool_error(
+            spec.name, f"the schema of tool {spec.name!r} is not JSON: {error}"
+        ) from error
     if schema.get("type") != "object":
         raise tool_error(spec.name, f"the schema of tool {spec.name!r} must have type 'object'")
     try:

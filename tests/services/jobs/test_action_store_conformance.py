@@ -219,6 +219,28 @@ async def test_resolve_by_token_queues_the_job_to_continue_from_its_checkpoint(
     assert events[-1].job_state == states.QUEUED
     lease = await lease_one(store, "w2", at=6)
     assert lease.job.name == job.name and lease.checkpoint == checkpoint(1)
+    assert lease.awaited_action == action.name
+
+
+async def test_each_resuming_lease_names_the_action_that_woke_the_job(
+    store: JobStore, actions: ActionStore
+) -> None:
+    job = await create(store)
+    lease = await lease_one(store, at=1)
+    assert lease.awaited_action == ""
+    first = await actions.require_action(
+        id_of(job), lease.lease_id, approval(), checkpoint(1), seconds(2)
+    )
+    await actions.resolve_action(ref(first), approve(), seconds(3))
+
+    lease = await lease_one(store, at=4)
+    assert lease.awaited_action == first.name
+    second = await actions.require_action(
+        id_of(job), lease.lease_id, approval(), checkpoint(2), seconds(5)
+    )
+    await actions.cancel_action(ref(second), "not needed", seconds(6))
+
+    assert (await lease_one(store, at=7)).awaited_action == second.name
 
 
 async def test_resolve_by_name(store: JobStore, actions: ActionStore) -> None:

@@ -129,3 +129,22 @@ async def test_streams_answer_and_report_usage(engine_server: Server) -> None:
         )
         assert again.replayed
         assert again.message.content == text
+
+
+async def test_an_error_quoting_a_huge_value_keeps_its_status(engine_server: Server) -> None:
+    """A message or metadata that quotes what the caller sent is clipped: whole, it would
+    overflow the transport's header limit and the caller would get RESOURCE_EXHAUSTED."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{engine_server.port}") as channel:
+        stub = engine_pb2_grpc.EngineServiceStub(channel)
+        user = common_pb2.Message(role=common_pb2.ROLE_USER, content="hi")
+        model = "\u00e9\x00" * 20_000
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.Complete(engine_pb2.CompleteRequest(model=model, messages=[user]))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        details = missing.value.details() or ""
+        assert details.startswith("model '\u00e9\\x00") and details.endswith("…")
+        assert len(details) <= 300
+        info = error_info(missing.value)
+        assert info.reason == "MODEL_NOT_FOUND"
+        assert model.startswith(info.metadata["model"].removesuffix("…"))
+        assert len(info.metadata["model"]) <= 100

@@ -6,22 +6,27 @@ of the job and the usage on its turn events agree to the nano-dollar."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TypeAlias
 
+import grpc
 import pytest
 from agentrt.common.v1 import common_pb2
+from agentrt.engine.v1 import engine_pb2
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget, Price
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.orchestrator.agent import _reserve_model_call
 from services.orchestrator.spend import open_spend_guard
 
-from .conftest import TENANT, System
+from .conftest import TENANT, System, words
 from .test_loop import CountingTools, create_policy, job_with_tools, runner
 
 Stub: TypeAlias = "ledger_pb2_grpc.LedgerServiceAsyncStub"
@@ -63,12 +68,22 @@ def ledger_of(system: System) -> Stub:
 
 
 async def prepare(system: System, prices: Prices) -> CountingTools:
-    """The model's price, a generous daily budget of the tenant (so that every hold and
-    record moves its counters), the loop tests' policy and a started pool with LedgerSpend."""
+    """The model's price, a generous daily budget of the tenant, the loop tests' policy and
+    a started pool with LedgerSpend."""
+    await price_and_budget(system, prices, MODEL)
+    await create_policy(system)
+    tools = CountingTools()
+    await system.pool("worker-a", tools=runner(tools), spend=open_spend_guard(system.infra)).start()
+    return tools
+
+
+async def price_and_budget(system: System, prices: Prices, model: str) -> None:
+    """The model's price and a generous daily budget of the tenant, so that every hold and
+    record moves its counters."""
     ledger = ledger_of(system)
     await ledger.CreatePrice(
         ledger_pb2.CreatePriceRequest(
-            price_id=MODEL,
+            price_id=model,
             price=Price(
                 input_price_per_million=prices.input, output_price_per_million=prices.output
             ),
@@ -80,10 +95,15 @@ async def prepare(system: System, prices: Prices) -> CountingTools:
         limits=Amounts(tokens=10_000_000, cost="100", tool_calls=1000),
     )
     await ledger.CreateBudget(ledger_pb2.CreateBudgetRequest(budget_id="daily", budget=daily))
-    await create_policy(system)
-    tools = CountingTools()
-    await system.pool("worker-a", tools=runner(tools), spend=open_spend_guard(system.infra)).start()
-    return tools
+
+
+async def held(system: System) -> ledger_pb2.Amounts:
+    """What the tenant's daily budget holds now."""
+    status = await ledger_of(system).CheckBudget(
+        ledger_pb2.CheckBudgetRequest(tenant=TENANT, principal="tester")
+    )
+    (daily,) = status.budgets
+    return daily.reserved
 
 
 async def run_job(system: System, budget: common_pb2.BudgetSpec | None = None) -> str:
@@ -205,6 +225,55 @@ async def expect_stopped_after_the_first_turn(
     await expect_ledger_agrees(system, job, done.usage, prices)
     await expect_tenant_counters_match_records(system)
     return done
+
+
+async def test_a_stopping_pool_gives_back_the_hold_of_a_model_call_it_cuts(
+    system: System,
+) -> None:
+    await price_and_budget(system, Prices("0.3", "1.1"), "local-slow")
+    pool = system.pool("worker-a", spend=open_spend_guard(system.infra))
+    await pool.start()
+    job = await system.create_job(prompt=words(40), model="local-slow")
+    await system.first_event(job.name, lambda event: event.type == E.EVENT_TYPE_OUTPUT_DELTA)
+    assert (await held(system)).tokens > 0
+
+    await pool.stop()
+    # As a draining process does next: it closes its channels, cutting any call under way.
+    await system.infra.channel("ledger").close(None)
+
+    # Nothing the worker reserved is left held until its ttl.
+    async with grpc.aio.insecure_channel(system.infra.config.addresses["ledger"]) as channel:
+        status = await ledger_pb2_grpc.LedgerServiceStub(channel).CheckBudget(
+            ledger_pb2.CheckBudgetRequest(tenant=TENANT, principal="tester")
+        )
+    (daily,) = status.budgets
+    assert daily.reserved.tokens == 0
+    assert (await system.get_job(job.name)).state == E.JOB_STATE_QUEUED
+
+
+async def test_a_run_cut_while_reserving_leaves_nothing_held(system: System) -> None:
+    await price_and_budget(system, Prices("0.3", "1.1"), MODEL)
+    spend = open_spend_guard(system.infra)
+    job = await system.create_job(prompt="hello", model=MODEL)
+    user = E.Message(role=E.ROLE_USER, content="hello")
+    request = engine_pb2.CompleteRequest(
+        model=MODEL, messages=[user], tenant=TENANT, job=job.name, idempotency_key="k"
+    )
+    # Once uncut, which also caches the price: the cuts below land in ReserveBudget.
+    await spend.release(await _reserve_model_call(spend, job, E.Usage(), request), "warm")
+
+    cut = 0
+    for pause in (0.0005, 0.001, 0.002, 0.003, 0.004, 0.006, 0.008):
+        reserving = asyncio.create_task(_reserve_model_call(spend, job, E.Usage(), request))
+        await asyncio.sleep(pause)
+        reserving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reserving
+        if not reserving.cancelled():  # it had answered already: the hold is the caller's
+            await spend.release(reserving.result(), "not cut")
+        cut += reserving.cancelled()
+        assert (await held(system)).tokens == 0, f"held after a cut {pause} s in"
+    assert cut > 0
 
 
 async def test_a_job_whose_max_tokens_runs_out_mid_run_fails_keeping_what_it_spent(

@@ -5,6 +5,7 @@ on `call <tool> <arguments>` lines of the prompt)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,8 @@ from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 
+from services.kit.events import is_terminal
+from services.kit.interceptors import request_log
 from services.orchestrator.policy import open_policy_guard
 from services.orchestrator.spend import open_spend_guard
 from services.orchestrator.tools.base import ToolInvocation, ToolOutput
@@ -174,6 +177,39 @@ async def test_a_rejected_tool_call_never_runs_and_the_model_is_told_why(
     [called] = await tool_events(system, job)
     assert not called.ok
     assert (await system.get_job(job)).usage.tool_calls == 0
+
+
+async def test_a_resume_reads_the_action_it_waited_on_without_listing_the_jobs_actions(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=request_log.name)
+    await create_policy(system, tool_rule("bumps", "bump", policy_pb2.VERDICT_REQUIRE_APPROVAL))
+    tools = CountingTools()
+    policy = open_policy_guard(system.infra)
+    await system.pool("worker-a", tools=runner(tools), policy=policy).start()
+    calls = 8
+    job = await job_with_tools(system, "\n".join(f'call bump {{"n": {n}}}' for n in range(calls)))
+
+    # Each call waits on an approval of its own; every resume finds more actions listed.
+    ended = None
+    async with asyncio.timeout(WAIT * 2):
+        async for _, event in system.infra.events.follow_job(job, "0"):
+            if event.type == E.EVENT_TYPE_ACTION_REQUIRED:
+                await resolve(system, Action(name=event.action.action), approved=True)
+            if is_terminal(event.type):
+                ended = event.type
+                break
+
+    assert ended == E.EVENT_TYPE_JOB_SUCCEEDED
+    assert tools.runs["bump"] == calls
+    served = Counter(
+        str(record.args[0]).rsplit("/", 1)[-1]
+        for record in caplog.records
+        if record.name == request_log.name and isinstance(record.args, tuple)
+    )
+    assert served["ListActions"] == 0
+    assert served["GetAction"] == calls
+    assert served["ResolveAction"] == calls
 
 
 async def test_a_denied_tool_call_is_reported_to_the_model_and_not_run(system: System) -> None:

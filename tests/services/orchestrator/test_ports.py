@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
@@ -12,7 +13,7 @@ from agentrt.engine.v1 import engine_pb2
 from services.dev import local_config
 from services.kit.infra import open_infrastructure
 from services.kit.server import Server
-from services.orchestrator.ports import GrpcModelPort, ModelCallFailed
+from services.orchestrator.ports import GrpcModelPort, ModelCallFailed, model_call_failed
 from services.units import create_unit
 
 
@@ -75,3 +76,20 @@ async def test_the_time_left_bounds_the_call(model: GrpcModelPort) -> None:
         await model.stream(request("local-slow", prompt), 0.3, collect)
     assert failed.value.reason == common_pb2.ERROR_REASON_DEADLINE_EXCEEDED
     assert 0 < len(pieces) < 100
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+        # An engine shutting down (SIGTERM) cancels the calls it had not started yet.
+        (grpc.StatusCode.CANCELLED, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, False),
+        (grpc.StatusCode.NOT_FOUND, False),
+    ],
+)
+def test_which_engine_statuses_the_loop_retries(code: grpc.StatusCode, retryable: bool) -> None:
+    error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "why", None)
+    assert model_call_failed(error).retryable is retryable

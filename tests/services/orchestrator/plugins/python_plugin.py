@@ -32,7 +32,8 @@ def spec(name: str, idempotent: bool = True, schema: dict[str, Any] | None = Non
 
 class EchoTools(plugin_pb2_grpc.ToolProviderServiceServicer):
     """`echo` answers with its text and the call's context; `refuse` runs and fails
-    (is_error); `shout` answers with structured output only. Records every call."""
+    (is_error); `shout` answers with structured output only; `measure` (served but never
+    listed) with structured output JSON cannot express (an infinity). Records every call."""
 
     def __init__(self, tools: Sequence[ToolSpec] | None = None) -> None:
         self.tools = list(tools or [spec("echo"), spec("refuse"), spec("shout")])
@@ -60,6 +61,10 @@ class EchoTools(plugin_pb2_grpc.ToolProviderServiceServicer):
         if request.tool == "shout":
             structured = struct_pb2.Struct()
             structured.update({"loud": text.upper()})
+            return plugin_pb2.CallToolResponse(structured=structured)
+        if request.tool == "measure":
+            structured = struct_pb2.Struct()
+            structured.update({"size": float("inf")})
             return plugin_pb2.CallToolResponse(structured=structured)
         await context.abort(grpc.StatusCode.NOT_FOUND, f"no tool {request.tool}")
         raise AssertionError("abort raises")

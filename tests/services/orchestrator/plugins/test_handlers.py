@@ -16,6 +16,7 @@ from tests.services.orchestrator.plugins.conftest import Stub
 from tests.services.orchestrator.plugins.python_plugin import EchoTools, PythonPlugin, spec
 
 TOOLS = ("echo", "refuse", "shout")
+NAN = float("nan")
 
 
 def register_request(
@@ -155,6 +156,21 @@ async def test_register_refuses_a_schema_that_is_not_an_object_schema(orchestrat
             grpc.StatusCode.FAILED_PRECONDITION,
             "TOOL_ERROR",
             tool="listy",
+        )
+    finally:
+        await broken.stop()
+
+
+async def test_register_refuses_a_schema_json_cannot_express(orchestrator: Stub) -> None:
+    broken = PythonPlugin(EchoTools([spec("odd", schema={"type": "object", "minimum": NAN})]))
+    await broken.start()
+    try:
+        request = register_request(broken.endpoint, tools=("odd",))
+        await assert_fails(
+            orchestrator.RegisterPlugin(request),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "TOOL_ERROR",
+            tool="odd",
         )
     finally:
         await broken.stop()

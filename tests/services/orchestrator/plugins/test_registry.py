@@ -228,6 +228,16 @@ async def test_structured_output_reaches_the_model_as_json(echo_source: PluginSo
     assert json.loads(output.text) == {"loud": "HEY"}
 
 
+async def test_structured_output_json_cannot_express_is_a_tool_failure(
+    echo_source: PluginSource,
+) -> None:
+    with pytest.raises(ToolFailed) as failed:
+        await echo_source.call(invocation("measure", {}), timeout=5.0)
+
+    assert "answered measure with structured output that is not JSON" in failed.value.message
+    assert "Infinity" in failed.value.message and not failed.value.retryable
+
+
 async def test_a_status_error_is_a_tool_failure_that_is_not_retried(
     echo_source: PluginSource,
 ) -> None:

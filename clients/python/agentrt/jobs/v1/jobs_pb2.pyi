@@ -877,8 +877,16 @@ class JobLease(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    AWAITED_ACTION_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """The lease; every later call about the job must present it."""
+    awaited_action: _builtins.str
+    """The action the job waited on last, "jobs/{job}/actions/{action}", when
+    its latest wait was on an action (and not on children); empty otherwise,
+    also for a job parked by a jobs service older than this field. A job
+    resuming from an ended action reads it with GetAction instead of listing
+    the actions of the job.
+    """
     @_builtins.property
     def job(self) -> Global___Job:
         """The job."""
@@ -898,10 +906,11 @@ class JobLease(_message.Message):
         lease_id: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         checkpoint: Global___Checkpoint | None = ...,
+        awaited_action: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "expire_time", b"expire_time", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "expire_time", b"expire_time", "job", b"job", "lease_id", b"lease_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaited_action", b"awaited_action", "checkpoint", b"checkpoint", "expire_time", b"expire_time", "job", b"job", "lease_id", b"lease_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

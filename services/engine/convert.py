@@ -22,7 +22,7 @@ from services.engine.model import (
     ToolCall,
     ToolSpec,
 )
-from services.engine.response_cache import CacheRequest
+from services.engine.response_cache import NO_CACHE, CacheRequest
 from services.kit.errors import FieldInvalid, FieldRequired
 
 _ROLES = {
@@ -117,6 +117,8 @@ def params_from_proto(params: common_pb2.ModelParams) -> CompletionParams:
 
 
 def cache_from_proto(policy: common_pb2.CachePolicy) -> CacheRequest:
+    if not policy.enabled:
+        return NO_CACHE  # what nearly every call sends: nothing to read
     return CacheRequest(
         enabled=policy.enabled,
         ttl_seconds=policy.ttl.ToTimedelta().total_seconds(),

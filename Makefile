@@ -114,6 +114,7 @@ bench: install
 	$(BIN)/python bench/actions.py
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/engine_routing.py
+	$(BIN)/python bench/engine_cpu.py
 	$(BIN)/python bench/model_api.py
 	$(BIN)/python bench/workflow.py
 	$(BIN)/python bench/observability.py

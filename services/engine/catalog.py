@@ -112,6 +112,8 @@ class ModelCatalog:
         priorities a weighted random order, so that each comes first in proportion to its
         weight."""
         routes = self.routes(model_id)
+        if len(routes) == 1:
+            return list(routes)  # most models: nothing to order
         # Weighted random order by Efraimidis-Spirakis keys: u ** (1 / weight), largest first.
         keyed = [(r.priority, -(self._rng() ** (1.0 / r.weight)), i) for i, r in enumerate(routes)]
         return [routes[i] for _, _, i in sorted(keyed)]

@@ -118,13 +118,18 @@ class CompletionEngine:
         """
         plan = self._catalog.plan(model)
         messages, tools = _checked(messages), tuple(tools)
+        cached = cache.applies_to(params)
+        if not idempotency_key and not cached:
+            # Neither the tracker nor the cache needs the request's fingerprint: the
+            # plain call, the common one, skips hashing the whole conversation.
+            return await self._routed_complete(model, plan, messages, tools, params, deadline)
         fingerprint = request_fingerprint(model, messages, tools, params)
 
         async def fresh() -> Completion:
             return await self._routed_complete(model, plan, messages, tools, params, deadline)
 
         async def call() -> Completion:
-            if not cache.applies_to(params):
+            if not cached:
                 return await fresh()
             return await self._through_cache(model, cache_key(tenant, fingerprint), cache, fresh)
 
@@ -155,11 +160,14 @@ class CompletionEngine:
         """
         plan = self._catalog.plan(model)
         messages, tools = _checked(messages), tuple(tools)
+        cached = cache.applies_to(params)
+        if not idempotency_key and not cached:
+            return self._routed_stream(model, plan, messages, tools, params, deadline)
         fingerprint = request_fingerprint(model, messages, tools, params)
 
         def open_stream() -> AsyncGenerator[CompletionChunk, None]:
             chunks = self._routed_stream(model, plan, messages, tools, params, deadline)
-            if not cache.applies_to(params):
+            if not cached:
                 return chunks
             return self._stream_through_cache(model, cache_key(tenant, fingerprint), cache, chunks)
 

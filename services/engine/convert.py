@@ -16,12 +16,13 @@ from services.engine.model import (
     Completion,
     CompletionChunk,
     CompletionParams,
+    IdempotencyHook,
     ModelInfo,
     TokenUsage,
     ToolCall,
     ToolSpec,
 )
-from services.engine.response_cache import CacheRequest
+from services.engine.response_cache import NO_CACHE, CacheRequest
 from services.kit.errors import FieldInvalid, FieldRequired
 
 _ROLES = {
@@ -31,6 +32,13 @@ _ROLES = {
     common_pb2.ROLE_TOOL: "tool",
 }
 _ROLE_VALUES = {name: value for value, name in _ROLES.items()}
+_HOOKS: dict[IdempotencyHook, engine_pb2.IdempotencyHook.ValueType] = {
+    "start": engine_pb2.IDEMPOTENCY_HOOK_START,
+    "hit": engine_pb2.IDEMPOTENCY_HOOK_HIT,
+    "conflict": engine_pb2.IDEMPOTENCY_HOOK_CONFLICT,
+    "complete": engine_pb2.IDEMPOTENCY_HOOK_COMPLETE,
+    "fail": engine_pb2.IDEMPOTENCY_HOOK_FAIL,
+}
 _FINISH_REASONS = {
     "stop": engine_pb2.FINISH_REASON_STOP,
     "length": engine_pb2.FINISH_REASON_LENGTH,
@@ -109,6 +117,8 @@ def params_from_proto(params: common_pb2.ModelParams) -> CompletionParams:
 
 
 def cache_from_proto(policy: common_pb2.CachePolicy) -> CacheRequest:
+    if not policy.enabled:
+        return NO_CACHE  # what nearly every call sends: nothing to read
     return CacheRequest(
         enabled=policy.enabled,
         ttl_seconds=policy.ttl.ToTimedelta().total_seconds(),
@@ -162,12 +172,14 @@ def completion_to_proto(completion: Completion) -> engine_pb2.CompleteResponse:
         provider=completion.provider,
         replayed=completion.replayed,
         attempts=[attempt_to_proto(a) for a in completion.attempts],
+        idempotency_hooks=[_HOOKS[hook] for hook in completion.idempotency_hooks],
     )
 
 
 def chunk_to_proto(chunk: CompletionChunk) -> engine_pb2.CompleteChunk:
+    hooks = [_HOOKS[hook] for hook in chunk.idempotency_hooks]
     if not chunk.finish_reason:
-        return engine_pb2.CompleteChunk(text_delta=chunk.text_delta)
+        return engine_pb2.CompleteChunk(text_delta=chunk.text_delta, idempotency_hooks=hooks)
     return engine_pb2.CompleteChunk(
         text_delta=chunk.text_delta,
         finish_reason=_FINISH_REASONS[chunk.finish_reason],
@@ -177,6 +189,7 @@ def chunk_to_proto(chunk: CompletionChunk) -> engine_pb2.CompleteChunk:
         provider=chunk.provider,
         attempts=[attempt_to_proto(a) for a in chunk.attempts],
         replayed=chunk.replayed,
+        idempotency_hooks=hooks,
     )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from services.engine.model import IdempotencyHook
+
 
 class EngineError(Exception):
     """Base of the engine's errors."""
 
     retryable: bool = False
     """True when the same call may succeed if tried again later."""
+    idempotency_hooks: tuple[IdempotencyHook, ...] = ()
+    """The idempotency hooks the failed call fired that no chunk carried."""
 
 
 class ModelNotFound(EngineError):

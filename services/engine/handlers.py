@@ -21,6 +21,7 @@ from services.engine.errors import (
     RateLimited,
 )
 from services.kit import errors
+from services.kit.errors import IDEMPOTENCY_HOOKS
 from services.kit.paging import decode_offset, encode_offset, page_size
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -40,14 +41,21 @@ def engine_errors() -> Iterator[None]:
         ) from None
     except IdempotencyConflict as error:
         raise errors.InvalidArgument(
-            str(error), common_pb2.ERROR_REASON_IDEMPOTENCY_CONFLICT
+            str(error), common_pb2.ERROR_REASON_IDEMPOTENCY_CONFLICT, _hooks(error)
         ) from None
     except RateLimited as error:
-        raise errors.ResourceExhausted(str(error), _PROVIDER_ERROR) from None
+        raise errors.ResourceExhausted(str(error), _PROVIDER_ERROR, _hooks(error)) from None
     except ProviderRejected as error:
-        raise errors.FailedPrecondition(str(error), _PROVIDER_ERROR) from None
+        raise errors.FailedPrecondition(str(error), _PROVIDER_ERROR, _hooks(error)) from None
     except EngineError as error:
-        raise errors.Unavailable(str(error), _PROVIDER_ERROR) from None
+        raise errors.Unavailable(str(error), _PROVIDER_ERROR, _hooks(error)) from None
+
+
+def _hooks(error: EngineError) -> dict[str, str]:
+    """The ErrorInfo metadata that tells the caller the failed call's idempotency hooks."""
+    if not error.idempotency_hooks:
+        return {}
+    return {IDEMPOTENCY_HOOKS: ",".join(error.idempotency_hooks)}
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):

@@ -7,7 +7,10 @@ every engine replica, so a retry that reaches another replica, or this one after
 restart, is answered too. Joined and recorded answers are marked `replayed`.
 
 The tracker counts its hooks (start, hit, conflict, complete, fail) in `counts`, in the
-`agentrt.engine.idempotency` metric, as events on the call's span and in log lines.
+`agentrt.engine.idempotency` metric, as events on the call's span and in log lines, and
+tells the caller: each chunk carries the hooks fired since the previous one (a whole
+answer, all of them), and an error those fired after the last chunk. The orchestrator
+turns them into its job's model.call.* events.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Literal
 
 from opentelemetry import metrics, trace
 
@@ -30,13 +32,22 @@ from services.engine.flights import (
     Leader,
     LeaderGone,
     Recorded,
+    error_from_json,
+    error_to_json,
 )
-from services.engine.model import Completion, CompletionChunk, closing_chunk, completion_of
+from services.engine.model import (
+    Completion,
+    CompletionChunk,
+    IdempotencyHook,
+    closing_chunk,
+    completion_of,
+)
 from services.engine.shared_record import CompletionRecord
 
 log = logging.getLogger(__name__)
 
-Hook = Literal["start", "hit", "conflict", "complete", "fail"]
+Fired = list[IdempotencyHook]
+"""The hooks a call fired that its caller was not told of yet."""
 _HOOKS = metrics.get_meter("agentrt.engine").create_counter(
     "agentrt.engine.idempotency",
     description="Idempotency hooks of model calls, by hook: start, hit, conflict, complete, fail",
@@ -73,7 +84,7 @@ class IdempotencyTracker:
         self._shared = shared
         self._flights = flights or InProcessFlights()
         self._recorded: OrderedDict[str, _Recorded] = OrderedDict()
-        self.counts: Counter[Hook] = Counter()
+        self.counts: Counter[IdempotencyHook] = Counter()
         """How often each hook fired in this process."""
 
     def __len__(self) -> int:
@@ -81,7 +92,8 @@ class IdempotencyTracker:
         self._evict_expired()
         return len(self._recorded)
 
-    def _hook(self, hook: Hook, key: str) -> None:
+    def _hook(self, hook: IdempotencyHook, key: str, fired: Fired) -> None:
+        fired.append(hook)
         self.counts[hook] += 1
         _HOOKS.add(1, {"hook": hook})
         trace.get_current_span().add_event("engine.idempotency", {"agentrt.idempotency.hook": hook})
@@ -98,12 +110,15 @@ class IdempotencyTracker:
         caller runs the call instead.
         """
         text: list[str] = []
+        hooks: list[IdempotencyHook] = []
         chunks = self._stream(key, fingerprint, lambda: _one_chunk(call), deltas=False)
         async with aclosing(chunks):
             async for chunk in chunks:
                 text.append(chunk.text_delta)
+                hooks.extend(chunk.idempotency_hooks)
                 if chunk.finish_reason:
-                    return completion_of(chunk, "".join(text))
+                    completion = completion_of(chunk, "".join(text))
+                    return replace(completion, idempotency_hooks=tuple(hooks))
         raise AssertionError("a finished stream always ends with a closing chunk")
 
     def stream(
@@ -129,34 +144,57 @@ class IdempotencyTracker:
         open_stream: Callable[[], AsyncGenerator[CompletionChunk, None]],
         deltas: bool,
     ) -> AsyncGenerator[CompletionChunk, None]:
+        """The tracked call's chunks, each with the hooks fired since the previous one; an
+        EngineError carries the hooks fired after the last chunk."""
         if not key:
             raise ValueError("the idempotency key must not be empty")
+        fired: Fired = []
+        chunks = self._tracked(key, fingerprint, open_stream, deltas, fired)
+        try:
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    if fired:
+                        chunk = replace(chunk, idempotency_hooks=tuple(fired))
+                        fired.clear()
+                    yield chunk
+        except EngineError as error:
+            error.idempotency_hooks = tuple(fired)
+            raise
+
+    async def _tracked(
+        self,
+        key: str,
+        fingerprint: str,
+        open_stream: Callable[[], AsyncGenerator[CompletionChunk, None]],
+        deltas: bool,
+        fired: Fired,
+    ) -> AsyncGenerator[CompletionChunk, None]:
         shared_first = not self._flights.checks_records
         while True:
-            recorded = await self._checked_lookup(key, fingerprint, shared_first)
+            recorded = await self._checked_lookup(key, fingerprint, shared_first, fired)
             if recorded is not None:
-                self._hook("hit", key)
+                self._hook("hit", key, fired)
                 yield _replay(recorded, "")
                 return
             try:
                 claim = await self._flights.claim(key, fingerprint)
             except IdempotencyConflict:
-                self._hook("conflict", key)
+                self._hook("conflict", key, fired)
                 raise
             if isinstance(claim, Recorded):
-                recorded = await self._checked_lookup(key, fingerprint, shared=True)
+                recorded = await self._checked_lookup(key, fingerprint, True, fired)
                 if recorded is not None:
-                    self._hook("hit", key)
+                    self._hook("hit", key, fired)
                     yield _replay(recorded, "")
                     return
                 continue  # expired since: claim again
             if isinstance(claim, Leader):
-                async for chunk in self._lead(key, fingerprint, claim, open_stream):
+                async for chunk in self._lead(key, fingerprint, claim, open_stream, fired):
                     yield chunk
                 return
             passed_on = False
             try:
-                async for chunk in self._follow(key, claim, deltas):
+                async for chunk in self._follow(key, claim, deltas, fired):
                     passed_on = True
                     yield chunk
                 return
@@ -166,11 +204,13 @@ class IdempotencyTracker:
                         "engine", "the call this one joined was abandoned mid-stream"
                     ) from None
 
-    async def _checked_lookup(self, key: str, fingerprint: str, shared: bool) -> Completion | None:
+    async def _checked_lookup(
+        self, key: str, fingerprint: str, shared: bool, fired: Fired
+    ) -> Completion | None:
         try:
             return await self.lookup(key, fingerprint, shared)
         except IdempotencyConflict:
-            self._hook("conflict", key)
+            self._hook("conflict", key, fired)
             raise
 
     async def _lead(
@@ -179,6 +219,7 @@ class IdempotencyTracker:
         fingerprint: str,
         leader: Leader,
         open_stream: Callable[[], AsyncGenerator[CompletionChunk, None]],
+        fired: Fired,
     ) -> AsyncGenerator[CompletionChunk, None]:
         ended = False
         try:
@@ -186,12 +227,12 @@ class IdempotencyTracker:
             # (flights that check records have ruled that out in the claim itself).
             recorded = await self.lookup(key, fingerprint, not self._flights.checks_records)
             if recorded is not None:
-                self._hook("hit", key)
+                self._hook("hit", key, fired)
                 await leader.finish(recorded)
                 ended = True
                 yield _replay(recorded, "")
                 return
-            self._hook("start", key)
+            self._hook("start", key, fired)
             text: list[str] = []
             async with aclosing(open_stream()) as chunks:
                 async for chunk in chunks:
@@ -200,7 +241,7 @@ class IdempotencyTracker:
                         await self.record(key, fingerprint, completion)
                         await leader.finish(completion)
                         ended = True
-                        self._hook("complete", key)
+                        self._hook("complete", key, fired)
                     elif chunk.text_delta:
                         text.append(chunk.text_delta)
                         await leader.publish(chunk.text_delta)
@@ -209,16 +250,16 @@ class IdempotencyTracker:
             if not ended:
                 ended = True
                 await leader.fail(error)
-                self._hook("fail", key)
+                self._hook("fail", key, fired)
             raise
         finally:
             if not ended:
                 await leader.abandon()
 
     async def _follow(
-        self, key: str, follower: Follower, deltas: bool
+        self, key: str, follower: Follower, deltas: bool, fired: Fired
     ) -> AsyncGenerator[CompletionChunk, None]:
-        self._hook("hit", key)
+        self._hook("hit", key, fired)
         streamed: list[str] = []
         async for event in follower.events():
             if event.kind == "delta":
@@ -228,7 +269,8 @@ class IdempotencyTracker:
             elif event.completion is not None:
                 yield _replay(event.completion, "".join(streamed))
             elif event.error is not None:
-                raise event.error
+                # A copy of its own: the error carries this call's hooks, not the leader's.
+                raise error_from_json(error_to_json(event.error))
 
     def __contains__(self, key: object) -> bool:
         """Whether a result is recorded for the key."""

@@ -10,6 +10,8 @@ from typing import Any, Literal, get_args
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 AttemptOutcome = Literal["ok", "rate_limited", "unavailable", "timeout", "rejected", "breaker_open"]
+IdempotencyHook = Literal["start", "hit", "conflict", "complete", "fail"]
+"""What the idempotency tracker did with a call that has a key (see idempotency.py)."""
 
 ROLES: frozenset[str] = frozenset(get_args(Role))
 FINISH_REASONS: frozenset[str] = frozenset(get_args(FinishReason))
@@ -122,6 +124,8 @@ class Completion:
     """Recorded under the same idempotency key, or made by a call in flight that was joined."""
     cache_hit: bool = False
     """Served from the response cache: no provider was called, the usage counts nothing."""
+    idempotency_hooks: tuple[IdempotencyHook, ...] = ()
+    """The idempotency hooks this call went through, in order; none without a key."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,8 @@ class CompletionChunk:
     """On the last chunk from the engine: every deployment tried."""
     replayed: bool = False
     cache_hit: bool = False
+    idempotency_hooks: tuple[IdempotencyHook, ...] = ()
+    """The idempotency hooks that fired since the previous chunk of the call."""
 
 
 @dataclass(frozen=True)

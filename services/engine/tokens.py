@@ -22,7 +22,9 @@ _REPLY_PRIMING = 3
 
 def estimate_tokens(text: str) -> int:
     """Estimate the tokens of a piece of text."""
-    return sum(1 for _ in _TOKEN.finditer(text))
+    # findall builds its list in C: several times faster than counting finditer's matches,
+    # and this runs for every message of every call (the budget hold's estimate too).
+    return len(_TOKEN.findall(text)) if text else 0
 
 
 def truncate_to_tokens(text: str, limit: int) -> str:

@@ -77,6 +77,7 @@ def parse_chat_request(body: object) -> tuple[models_pb2.CompleteRequest, bool, 
         tools=[_tool(raw, f"tools[{i}]") for i, raw in enumerate(_list(body, "tools"))],
     )
     _params(body, request.params)
+    request.policy.name = _policy_set(body)
     n = body.get("n", 1)
     if n not in (None, 1):
         raise FieldInvalid("n", "only 1 choice is served")
@@ -87,6 +88,18 @@ def parse_chat_request(body: object) -> tuple[models_pb2.CompleteRequest, bool, 
     if not isinstance(options, Mapping):
         raise FieldInvalid("stream_options", "an object")
     return request, stream, bool(options.get("include_usage"))
+
+
+def _policy_set(body: Mapping[str, Any]) -> str:
+    """The policy set a call names in agentrt's extension field `policy` (its id, as
+    ModelService's `policy.name`; the OpenAI SDKs send it with `extra_body`); empty for
+    the default set. An id that names no set is refused later, as over gRPC (NOT_FOUND)."""
+    policy = body.get("policy")
+    if policy is None:
+        return ""
+    if not isinstance(policy, str):
+        raise FieldInvalid("policy", "a policy set id, a string")
+    return policy
 
 
 def _list(body: Mapping[str, Any], field: str) -> list[Any]:

@@ -16,6 +16,10 @@ Reason: TypeAlias = ErrorReason.ValueType
 
 ERROR_DOMAIN = "agentrt.dev"
 
+IDEMPOTENCY_HOOKS = "idempotency_hooks"
+"""The ErrorInfo metadata key under which the engine names a failed model call's
+idempotency hooks, comma-separated (engine.proto, IdempotencyHook)."""
+
 
 class AgentrtError(Exception):
     """Base of the errors that reach a caller as a gRPC status with an ErrorInfo."""

@@ -208,7 +208,7 @@ def history_sequence(last_event_id: str) -> int:
     return int(last_event_id.rsplit(".", 1)[1])
 
 
-def delta_event_id(job_name: str, sequence: int, n: int) -> str:
+def transient_event_id(job_name: str, sequence: int, n: int) -> str:
     """The id of the n-th transient event that follows history event `sequence`."""
     return f"{job_id(job_name)}.{sequence}.{n}"
 
@@ -237,12 +237,24 @@ def tool_record_id(job_name: str, turn: int, call_id: str) -> str:
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class DeltaPublisher:
-    """Publishes the text of a streamed answer as transient job.output.delta events.
+_HOOK_EVENTS = {
+    engine_pb2.IDEMPOTENCY_HOOK_START: common_pb2.EVENT_TYPE_MODEL_CALL_STARTED,
+    engine_pb2.IDEMPOTENCY_HOOK_HIT: common_pb2.EVENT_TYPE_MODEL_CALL_REPLAYED,
+    engine_pb2.IDEMPOTENCY_HOOK_CONFLICT: common_pb2.EVENT_TYPE_MODEL_CALL_CONFLICT,
+    engine_pb2.IDEMPOTENCY_HOOK_COMPLETE: common_pb2.EVENT_TYPE_MODEL_CALL_COMPLETED,
+    engine_pb2.IDEMPOTENCY_HOOK_FAIL: common_pb2.EVENT_TYPE_MODEL_CALL_FAILED,
+}
+"""The model.call.* event of each idempotency hook the engine reports."""
+
+
+class TransientEvents:
+    """Publishes a run's transient events, numbered after the job's latest history event:
+    the text of streamed answers (job.output.delta) and what the engine's idempotency
+    tracker did with each model call (model.call.*).
 
     A retried model call streams its answer again; text the watchers already have is not
-    sent twice. Deltas are a live preview: job.turn.completed carries the real message,
-    so a failure to publish one is logged and the run goes on.
+    sent twice. Both are a live view: job.turn.completed carries the real message, so a
+    failure to publish one is logged and the run goes on.
     """
 
     def __init__(self, events: EventChannel) -> None:
@@ -264,30 +276,71 @@ class DeltaPublisher:
         self._text = ""
 
     async def publish(self, job: jobs_pb2.Job, turn: int, piece: str) -> None:
+        """A piece of the turn's streamed answer, unless the watchers have it already."""
         self._text += piece
         if len(self._text) <= len(self._sent):
             return
         fresh = self._text[len(self._sent) :]
         self._sent = self._text
+        await self._send(
+            job,
+            common_pb2.EVENT_TYPE_OUTPUT_DELTA,
+            output_delta=common_pb2.OutputDelta(turn=turn, text=fresh),
+        )
+
+    async def model_call(
+        self,
+        job: jobs_pb2.Job,
+        turn: int,
+        request: engine_pb2.CompleteRequest,
+        hooks: Sequence[engine_pb2.IdempotencyHook.ValueType],
+        error: str,
+    ) -> None:
+        """One model.call.* event for each hook the engine reported, in order; `error` is
+        the engine's, for a call that failed."""
+        for hook in hooks:
+            event_type = _HOOK_EVENTS.get(hook)
+            if event_type is None:
+                continue  # a hook a newer engine reports that this worker cannot name
+            failed = event_type in (
+                common_pb2.EVENT_TYPE_MODEL_CALL_FAILED,
+                common_pb2.EVENT_TYPE_MODEL_CALL_CONFLICT,
+            )
+            call = common_pb2.ModelCallEvent(
+                turn=turn,
+                idempotency_key=request.idempotency_key,
+                model=request.model,
+                error=error if failed else "",
+            )
+            await self._send(job, event_type, model_call=call)
+
+    async def _send(
+        self, job: jobs_pb2.Job, event_type: common_pb2.EventType.ValueType, **payload: Any
+    ) -> None:
         sequence = history_sequence(job.last_event_id)
         if sequence != self._sequence:
             self._sequence, self._n = sequence, 0
         self._n += 1
-        event = output_delta_event(job, sequence, self._n, turn, fresh)
+        event = transient_event(job, sequence, self._n, event_type, **payload)
         try:
             await self._events.publish([event])
         except Exception:
-            log.warning("job %s: could not publish an output delta", job.name, exc_info=True)
+            log.warning("job %s: could not publish a transient event", job.name, exc_info=True)
 
 
-def output_delta_event(
-    job: jobs_pb2.Job, sequence: int, n: int, turn: int, text: str
+def transient_event(
+    job: jobs_pb2.Job,
+    sequence: int,
+    n: int,
+    event_type: common_pb2.EventType.ValueType,
+    **payload: Any,
 ) -> common_pb2.RuntimeEvent:
+    """The n-th transient event after history event `sequence`, with its payload field."""
     now = Timestamp()
     now.GetCurrentTime()
     return common_pb2.RuntimeEvent(
-        id=delta_event_id(job.name, sequence, n),
-        type=common_pb2.EVENT_TYPE_OUTPUT_DELTA,
+        id=transient_event_id(job.name, sequence, n),
+        type=event_type,
         sequence=sequence,
         time=now,
         tenant=job.tenant,
@@ -297,7 +350,7 @@ def output_delta_event(
         job_state=JobState.JOB_STATE_RUNNING,
         root_job=job.root or job.name,
         node=job.spec.node,
-        output_delta=common_pb2.OutputDelta(turn=turn, text=text),
+        **payload,
     )
 
 
@@ -340,7 +393,7 @@ class AgentRun:
         self._tools = tools
         self._policy: PolicyGuard = policy or AllowAll()
         self._spend: SpendGuard = spend or NoBudgets()
-        self._deltas = DeltaPublisher(events)
+        self._deltas = TransientEvents(events)
         self._turn, self._messages, self._usage = resume_point(lease)
         self._state = LoopState.decode(lease.checkpoint.state)
         self._offered: dict[str, common_pb2.ToolSpec] = {}
@@ -750,8 +803,13 @@ class AgentRun:
             async def publish(piece: str) -> None:
                 await self._deltas.publish(self._job, turn, piece)
 
+            async def hooks(
+                fired: Sequence[engine_pb2.IdempotencyHook.ValueType], error: str
+            ) -> None:
+                await self._deltas.model_call(self._job, turn, request, fired, error)
+
             try:
-                final = await self._model.stream(request, self._time_left(), publish)
+                final = await self._model.stream(request, self._time_left(), publish, hooks)
             except ModelCallFailed as error:
                 span.set_status(trace.StatusCode.ERROR, error.message)
                 raise

@@ -15,9 +15,11 @@ from typing import Protocol, TypeVar
 import grpc
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
+from agentrt.errors import error_from_rpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
+from services.kit.errors import IDEMPOTENCY_HOOKS
 from services.kit.interceptors import LONG_LIVED
 from services.kit.version import RUNTIME_VERSION
 from services.orchestrator.tools.base import ToolOutput
@@ -29,6 +31,9 @@ MAX_ACTIONS_PAGE = 500
 """The largest page ListActions serves."""
 DeltaSink = Callable[[str], Awaitable[None]]
 """Receives each piece of text of a streamed answer as it arrives."""
+HookSink = Callable[[Sequence[engine_pb2.IdempotencyHook.ValueType], str], Awaitable[None]]
+"""Receives the engine's idempotency hooks of a call as they fire, with the engine's error
+for those of a failed call ("" otherwise)."""
 
 
 class LeaseLost(Exception):
@@ -189,11 +194,13 @@ class ModelPort(Protocol):
         request: engine_pb2.CompleteRequest,
         time_left: float | None,
         on_delta: DeltaSink,
+        on_hooks: HookSink,
     ) -> engine_pb2.CompleteChunk:
-        """Streams an answer: passes each text delta to `on_delta` as it arrives and
-        returns the last chunk (finish reason, tool calls, usage); the call may take
-        `time_left` seconds (None: the channel's default). Raises ModelCallFailed.
-        Cancelling the caller cancels the call, which closes the provider's stream."""
+        """Streams an answer: passes each text delta to `on_delta` and each idempotency
+        hook to `on_hooks` as they arrive, and returns the last chunk (finish reason, tool
+        calls, usage); the call may take `time_left` seconds (None: the channel's
+        default). Raises ModelCallFailed. Cancelling the caller cancels the call, which
+        closes the provider's stream."""
         ...
 
 
@@ -390,6 +397,7 @@ class GrpcModelPort:
         request: engine_pb2.CompleteRequest,
         time_left: float | None,
         on_delta: DeltaSink,
+        on_hooks: HookSink,
     ) -> engine_pb2.CompleteChunk:
         # With a timeout of its own the call may outlive the channel's default deadline
         # (a long answer); without one, the default bounds it.
@@ -398,11 +406,17 @@ class GrpcModelPort:
         last = engine_pb2.CompleteChunk()
         try:
             async for chunk in call:
+                if chunk.idempotency_hooks:
+                    await on_hooks(chunk.idempotency_hooks, "")
                 if chunk.text_delta:
                     await on_delta(chunk.text_delta)
                 last = chunk
         except grpc.aio.AioRpcError as error:
-            raise model_call_failed(error) from error
+            failed = model_call_failed(error)
+            hooks = failed_call_hooks(error)
+            if hooks:
+                await on_hooks(hooks, failed.message)
+            raise failed from error
         finally:
             # A no-op once the stream ended; when the run is cancelled it ends the RPC
             # now, which closes the provider's stream in the engine.
@@ -427,6 +441,15 @@ def model_call_failed(error: grpc.aio.AioRpcError) -> ModelCallFailed:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ModelCallFailed(common_pb2.ERROR_REASON_DEADLINE_EXCEEDED, message, retryable=True)
     return ModelCallFailed(common_pb2.ERROR_REASON_PROVIDER_ERROR, message, retryable=False)
+
+
+def failed_call_hooks(error: grpc.aio.AioRpcError) -> list[engine_pb2.IdempotencyHook.ValueType]:
+    """The idempotency hooks the engine names in a failed call's ErrorInfo (engine.proto);
+    a name this worker does not know is left out."""
+    named = error_from_rpc(error).metadata.get(IDEMPOTENCY_HOOKS, "")
+    known = engine_pb2.IdempotencyHook.keys()
+    hooks = (f"IDEMPOTENCY_HOOK_{name.upper()}" for name in named.split(",") if name)
+    return [engine_pb2.IdempotencyHook.Value(hook) for hook in hooks if hook in known]
 
 
 def _duration(seconds: float) -> Duration:

@@ -23,7 +23,13 @@ from google.protobuf.struct_pb2 import Struct
 from services.kit.events import InMemoryEventChannel
 from services.orchestrator.agent import AgentRun, RunEnd
 from services.orchestrator.guards import NoBudgets, PolicyGuard
-from services.orchestrator.ports import DeltaSink, FinalTurn, LeaseLost, ModelCallFailed
+from services.orchestrator.ports import (
+    DeltaSink,
+    FinalTurn,
+    HookSink,
+    LeaseLost,
+    ModelCallFailed,
+)
 from services.orchestrator.tools.base import ToolOutput
 from services.replay.diff import divergence, is_compared
 
@@ -80,8 +86,13 @@ class RecordedModel:
         self._next = 0
 
     async def stream(
-        self, request: engine_pb2.CompleteRequest, time_left: float | None, on_delta: DeltaSink
+        self,
+        request: engine_pb2.CompleteRequest,
+        time_left: float | None,
+        on_delta: DeltaSink,
+        on_hooks: HookSink,
     ) -> engine_pb2.CompleteChunk:
+        """The next recorded answer; no engine is called, so no idempotency hook fires."""
         if self._next >= len(self._answers):
             raise ModelCallFailed(
                 common_pb2.ERROR_REASON_PROVIDER_ERROR,

@@ -11,6 +11,7 @@ from agentrt.common.v1 import common_pb2
 from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2
 
+from services.kit.events import is_transient
 from tests.e2e.conftest import create_key
 from tests.e2e.processes import Cluster
 
@@ -86,7 +87,7 @@ async def test_a_killed_orchestrator_loses_no_job_and_runs_it_once(processes: Cl
                 metadata=auth,
             )
         ]
-        history = [e for e in seen + resumed if e.type != common_pb2.EVENT_TYPE_OUTPUT_DELTA]
+        history = [e for e in seen + resumed if not is_transient(e)]
         finished = [e for e in history if e.type == common_pb2.EVENT_TYPE_JOB_SUCCEEDED]
         assert len(finished) == 1
         starts = [e.attempt.attempt for e in history if e.type == common_pb2.EVENT_TYPE_JOB_STARTED]

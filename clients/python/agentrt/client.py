@@ -842,16 +842,18 @@ class Client:
         max_output_tokens: int = 0,
         tools: Sequence[common_pb2.ToolSpec] = (),
         request_id: str = "",
+        policy: str = "",
     ) -> models_pb2.CompleteResponse:
         """One model call, no job: the answer, with its usage as the ledger recorded it.
 
         `prompt` is a user message's text or a whole conversation. The call is checked
-        against your default policy set and held against your budgets; `max_output_tokens`
+        against the policy set `policy` (empty: the default set) and held against your
+        budgets; `max_output_tokens`
         (0: the deployment's default) bounds what it holds. Raises ResourceExhaustedError
         (BUDGET_EXCEEDED), PermissionDeniedError (POLICY_DENIED), NotFoundError
         (MODEL_NOT_FOUND) and InvalidArgumentError.
         """
-        request = _complete_request(prompt, model, max_output_tokens, tools, request_id)
+        request = _complete_request(prompt, model, max_output_tokens, tools, request_id, policy)
         with _translated_errors():
             return await self._models.Complete(request, **self._unary_options())
 
@@ -863,10 +865,11 @@ class Client:
         max_output_tokens: int = 0,
         tools: Sequence[common_pb2.ToolSpec] = (),
         request_id: str = "",
+        policy: str = "",
     ) -> AsyncIterator[models_pb2.CompleteChunk]:
         """Like `complete`, the answer streamed: text chunks, then a last chunk with the
         finish reason, the tool calls and the recorded usage."""
-        request = _complete_request(prompt, model, max_output_tokens, tools, request_id)
+        request = _complete_request(prompt, model, max_output_tokens, tools, request_id, policy)
         with _translated_errors():
             async for chunk in self._models.StreamComplete(request, **self._unary_options()):
                 yield chunk
@@ -931,6 +934,7 @@ def _complete_request(
     max_output_tokens: int,
     tools: Sequence[common_pb2.ToolSpec],
     request_id: str,
+    policy: str,
 ) -> models_pb2.CompleteRequest:
     messages = (
         [common_pb2.Message(role=common_pb2.ROLE_USER, content=prompt)]
@@ -938,7 +942,11 @@ def _complete_request(
         else list(prompt)
     )
     request = models_pb2.CompleteRequest(
-        model=model, messages=messages, tools=tools, request_id=request_id
+        model=model,
+        messages=messages,
+        tools=tools,
+        request_id=request_id,
+        policy=common_pb2.PolicyRef(name=policy),
     )
     if max_output_tokens:
         request.params.max_output_tokens = max_output_tokens

@@ -40,6 +40,11 @@ _TYPE_NAMES: dict[EventType.ValueType, str] = {
     EventType.EVENT_TYPE_CHILD_FINISHED: "job.child.finished",
     EventType.EVENT_TYPE_NODE_STARTED: "workflow.node.started",
     EventType.EVENT_TYPE_NODE_FINISHED: "workflow.node.finished",
+    EventType.EVENT_TYPE_MODEL_CALL_STARTED: "model.call.started",
+    EventType.EVENT_TYPE_MODEL_CALL_REPLAYED: "model.call.replayed",
+    EventType.EVENT_TYPE_MODEL_CALL_CONFLICT: "model.call.conflict",
+    EventType.EVENT_TYPE_MODEL_CALL_COMPLETED: "model.call.completed",
+    EventType.EVENT_TYPE_MODEL_CALL_FAILED: "model.call.failed",
 }
 
 _TERMINAL_TYPES = frozenset(

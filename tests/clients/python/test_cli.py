@@ -208,6 +208,11 @@ def test_event_lines_are_compact() -> None:
     assert (
         event_line(common_pb2.RuntimeEvent(type=common_pb2.EVENT_TYPE_JOB_CREATED)) == "job.created"
     )
+    failed = common_pb2.RuntimeEvent(
+        type=common_pb2.EVENT_TYPE_MODEL_CALL_FAILED,
+        model_call=common_pb2.ModelCallEvent(turn=2, model="gpt", error="provider down"),
+    )
+    assert event_line(failed) == "model.call.failed (turn 2, gpt: provider down)"
 
 
 def test_job_tables_align_their_columns() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from agentrt import Client, ResourceExhaustedError
+from agentrt import Client, PermissionDeniedError, ResourceExhaustedError
 from agentrt.engine.v1 import engine_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget
 
 from services.dev import LocalSystem
 from tests.clients.python.test_cli_admin import cli
+from tests.services.gateway.model_api_support import deny_model
 
 
 async def test_the_client_lists_models_and_calls_one(system: LocalSystem) -> None:
@@ -50,3 +51,19 @@ async def test_the_cli_lists_models_and_streams_a_call_with_its_usage(
 
         code, out, _ = await cli(client, "models", "call", "hello", "--json")
         assert json.loads(out)["finishReason"] == "FINISH_REASON_STOP"
+
+
+async def test_a_call_names_its_policy_set_from_the_client_and_the_cli(
+    system: LocalSystem,
+) -> None:
+    await deny_model(system, policy_set="strict", tenant="dev")
+    async with Client(system.endpoint, system.api_key) as client:
+        with pytest.raises(PermissionDeniedError) as refused:
+            await client.complete("hello", model="local", policy="strict")
+        assert refused.value.reason == "POLICY_DENIED"
+        assert (await client.complete("hello", model="local")).message.content  # default set
+
+        with pytest.raises(PermissionDeniedError):
+            await cli(client, "models", "call", "hello", "--policy", "strict")
+        code, out, _ = await cli(client, "models", "call", "hello", "--policy", "default")
+        assert code == 0 and "hello" in out

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 import pytest
 
 from services.engine.errors import IdempotencyConflict, ProviderUnavailable
 from services.engine.idempotency import IdempotencyTracker
-from services.engine.model import ChatMessage, Completion, TokenUsage
+from services.engine.model import (
+    ChatMessage,
+    Completion,
+    CompletionChunk,
+    IdempotencyHook,
+    TokenUsage,
+    closing_chunk,
+)
 
 
 def answer(text: str) -> Completion:
@@ -20,6 +28,16 @@ def answer(text: str) -> Completion:
         model="local",
         provider="local",
     )
+
+
+def made(text: str) -> Completion:
+    """The answer of a call the tracker made (hooks start, complete)."""
+    return replace(answer(text), idempotency_hooks=("start", "complete"))
+
+
+def replayed(text: str) -> Completion:
+    """The answer of a call the tracker answered from its record or a call in flight."""
+    return replace(answer(text), replayed=True, idempotency_hooks=("hit",))
 
 
 class CountingCall:
@@ -60,8 +78,8 @@ async def test_concurrent_calls_with_one_key_run_once() -> None:
     results = await asyncio.gather(*(tracker.run("k", "fp", call) for _ in range(5)), open_gate())
 
     assert call.runs == 1
-    assert results[0] == answer("done #1")
-    assert results[1:5] == [replace(answer("done #1"), replayed=True)] * 4
+    assert results[0] == made("done #1")
+    assert results[1:5] == [replayed("done #1")] * 4
     assert tracker.counts == {"start": 1, "complete": 1, "hit": 4}
 
 
@@ -72,8 +90,8 @@ async def test_completed_key_returns_the_recorded_result() -> None:
     first = await tracker.run("k", "fp", call)
     second = await tracker.run("k", "fp", call)
 
-    assert first == answer("done #1")
-    assert second == replace(answer("done #1"), replayed=True)
+    assert first == made("done #1")
+    assert second == replayed("done #1")
     assert call.runs == 1
 
 
@@ -92,6 +110,7 @@ async def test_same_key_with_another_request_conflicts() -> None:
         await tracker.run("k", "fp-2", CountingCall())
     assert conflict.value.key == "k"
     assert not conflict.value.retryable
+    assert conflict.value.idempotency_hooks == ("conflict",)
 
 
 async def test_a_failed_call_is_not_recorded() -> None:
@@ -105,9 +124,11 @@ async def test_a_failed_call_is_not_recorded() -> None:
             raise ProviderUnavailable("p", "down")
         return answer("recovered")
 
-    with pytest.raises(ProviderUnavailable):
+    with pytest.raises(ProviderUnavailable) as failed:
         await tracker.run("k", "fp", flaky)
-    assert await tracker.run("k", "fp", flaky) == answer("recovered")
+    assert failed.value.idempotency_hooks == ("start", "fail")
+    recovered = await tracker.run("k", "fp", flaky)
+    assert recovered == made("recovered")
     assert attempts == 2
     assert len(tracker) == 1
 
@@ -134,7 +155,9 @@ async def test_waiters_get_the_error_of_the_call_they_waited_for() -> None:
     )
 
     assert runs == 1
-    assert all(isinstance(o, ProviderUnavailable) for o in outcomes[:2])
+    leader, joiner = outcomes[:2]
+    assert isinstance(leader, ProviderUnavailable) and isinstance(joiner, ProviderUnavailable)
+    assert (leader.idempotency_hooks, joiner.idempotency_hooks) == (("start", "fail"), ("hit",))
     assert len(tracker) == 0
 
 
@@ -148,8 +171,25 @@ async def test_waiters_take_over_when_the_running_caller_is_cancelled() -> None:
 
     leader.cancel()
 
-    assert await waiter == answer("second #1")
+    # It joined (hit), then made the call itself when the leader went away.
+    hooks: tuple[IdempotencyHook, ...] = ("hit", "start", "complete")
+    assert await waiter == replace(answer("second #1"), idempotency_hooks=hooks)
     assert never.runs == 1
+
+
+async def test_each_chunk_of_a_stream_carries_the_hooks_fired_since_the_one_before() -> None:
+    tracker = IdempotencyTracker()
+
+    async def words() -> AsyncGenerator[CompletionChunk, None]:
+        yield CompletionChunk(text_delta="a ")
+        yield CompletionChunk(text_delta="b")
+        yield closing_chunk(answer("a b"), "a b")
+
+    first = [chunk async for chunk in tracker.stream("k", "fp", words)]
+    again = [chunk async for chunk in tracker.stream("k", "fp", words)]
+
+    assert [c.idempotency_hooks for c in first] == [("start",), (), ("complete",)]
+    assert [(c.idempotency_hooks, c.replayed) for c in again] == [(("hit",), True)]
 
 
 async def test_results_expire_after_the_ttl() -> None:
@@ -161,7 +201,7 @@ async def test_results_expire_after_the_ttl() -> None:
     clock.now += 59
     assert (await tracker.run("k", "fp", call)).message == answer("done #1").message
     clock.now += 2
-    assert await tracker.run("k", "fp", call) == answer("done #2")
+    assert await tracker.run("k", "fp", call) == made("done #2")
 
 
 async def test_at_most_max_entries_are_kept_oldest_first_out() -> None:
@@ -171,8 +211,8 @@ async def test_at_most_max_entries_are_kept_oldest_first_out() -> None:
         await tracker.run(key, "fp", call)
 
     assert len(tracker) == 2
-    assert await tracker.run("c", "fp", calls["c"]) == replace(answer("c #1"), replayed=True)
-    assert await tracker.run("a", "fp", calls["a"]) == answer("a #2")
+    assert await tracker.run("c", "fp", calls["c"]) == replayed("c #1")
+    assert await tracker.run("a", "fp", calls["a"]) == made("a #2")
 
 
 def test_bounds_must_be_positive() -> None:

@@ -58,16 +58,23 @@ async def set_token_budget(system: LocalSystem, tokens: int, tenant: str = TENAN
     )
 
 
-async def deny_model(system: LocalSystem, pattern: str = MODEL) -> None:
-    """The default policy set, with a rule that denies the model."""
+async def deny_model(
+    system: LocalSystem, pattern: str = MODEL, policy_set: str = "default", tenant: str = ""
+) -> None:
+    """A policy set (the default one unless named) with a rule that denies the model (to
+    `tenant` alone when given)."""
     rule = policy_pb2.Rule(
         id="no-local",
         description="local is not for tenants",
-        model=policy_pb2.ModelRule(patterns=[pattern], verdict=policy_pb2.VERDICT_DENY),
+        model=policy_pb2.ModelRule(
+            patterns=[pattern],
+            verdict=policy_pb2.VERDICT_DENY,
+            tenants=[tenant] if tenant else [],
+        ),
     )
     await policy_pb2_grpc.PolicyServiceStub(system.infra.channel("policy")).CreatePolicySet(
         policy_pb2.CreatePolicySetRequest(
-            policy_set_id="default", policy_set=policy_pb2.PolicySet(rules=[rule])
+            policy_set_id=policy_set, policy_set=policy_pb2.PolicySet(rules=[rule])
         ),
         timeout=5,
     )

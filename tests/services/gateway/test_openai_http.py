@@ -179,6 +179,30 @@ async def test_a_policy_deny_is_a_permission_error(
     assert [model.id async for model in client.models.list()] == ["local-slow"]
 
 
+async def test_a_call_is_decided_by_the_policy_set_it_names_as_over_grpc(
+    client: openai.AsyncOpenAI, system: LocalSystem
+) -> None:
+    await deny_model(system, policy_set="strict", tenant="dev")
+
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        await client.chat.completions.create(
+            model=MODEL, messages=HELLO, extra_body={"policy": "strict"}
+        )
+    assert refused.value.code == "policy_denied"
+    with pytest.raises(openai.PermissionDeniedError):
+        await client.chat.completions.create(
+            model=MODEL, messages=HELLO, stream=True, extra_body={"policy": "strict"}
+        )
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(
+            model=MODEL, messages=HELLO, extra_body={"policy": "nope"}
+        )
+    assert missing.value.code == "not_found"
+    assert await usage_records(system) == []
+    chat = await client.chat.completions.create(model=MODEL, messages=HELLO)  # the default set
+    assert chat.choices[0].finish_reason == "stop"
+
+
 async def test_a_bad_key_is_an_authentication_error(system: LocalSystem) -> None:
     async with openai.AsyncOpenAI(
         base_url=f"{system.http_url}/v1", api_key="agk_not-a-key", max_retries=0

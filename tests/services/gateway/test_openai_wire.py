@@ -42,9 +42,11 @@ def test_a_request_with_tools_and_tool_results_becomes_a_model_call() -> None:
             "temperature": 0,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "policy": "strict",
         }
     )
     assert (stream, include_usage) == (True, True)
+    assert request.policy.name == "strict"
     roles = [m.role for m in request.messages]
     assert roles == [
         common_pb2.ROLE_SYSTEM,
@@ -71,6 +73,7 @@ def test_a_request_with_tools_and_tool_results_becomes_a_model_call() -> None:
         ({"model": "m", "messages": [{"role": "user"}], "stream": "yes"}, "stream"),
         ({"model": "m", "messages": [{"role": "user"}], "tools": {}}, "tools"),
         ({"model": "m", "messages": [{"role": "user"}], "max_tokens": True}, "max_tokens"),
+        ({"model": "m", "messages": [{"role": "user"}], "policy": {"name": "x"}}, "policy"),
     ],
 )
 def test_a_bad_field_is_named(body: dict[str, object], field: str) -> None:

@@ -7,17 +7,17 @@ from agentrt.jobs.v1 import jobs_pb2
 
 from services.kit.events.memory import InMemoryEventChannel
 from services.orchestrator.agent import (
-    DeltaPublisher,
+    TransientEvents,
     add_usage,
     call_usage,
     conversation_from_spec,
-    delta_event_id,
     final_answer,
     history_sequence,
     model_call_key,
     model_record_id,
     resume_point,
     tool_record_id,
+    transient_event_id,
 )
 
 JOB = "jobs/0123456789abcdefghjkmnpqrs"
@@ -113,14 +113,14 @@ def test_call_usage_keeps_a_reported_total() -> None:
 def test_event_ids_and_idempotency_keys() -> None:
     assert history_sequence("") == 0
     assert history_sequence("0123456789abcdefghjkmnpqrs.12") == 12
-    assert delta_event_id(JOB, 12, 3) == "0123456789abcdefghjkmnpqrs.12.3"
+    assert transient_event_id(JOB, 12, 3) == "0123456789abcdefghjkmnpqrs.12.3"
     assert model_call_key(JOB, 4) == "0123456789abcdefghjkmnpqrs:4:0"
 
 
 async def test_deltas_are_numbered_after_the_latest_history_event() -> None:
     events = InMemoryEventChannel()
     job = jobs_pb2.Job(name=JOB, tenant="acme", trace_id="ab" * 16, last_event_id=f"{JOB[5:]}.2")
-    deltas = DeltaPublisher(events)
+    deltas = TransientEvents(events)
     deltas.start_turn()
     await deltas.publish(job, 1, "Hel")
     await deltas.publish(job, 1, "lo")
@@ -144,7 +144,7 @@ async def test_deltas_are_numbered_after_the_latest_history_event() -> None:
 async def test_a_retried_call_does_not_repeat_text_already_sent() -> None:
     events = InMemoryEventChannel()
     job = jobs_pb2.Job(name=JOB, last_event_id=f"{JOB[5:]}.2")
-    deltas = DeltaPublisher(events)
+    deltas = TransientEvents(events)
     deltas.start_turn()
     await deltas.publish(job, 1, "Hello ")
     deltas.restart_attempt()

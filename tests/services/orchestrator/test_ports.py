@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -32,10 +32,28 @@ async def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         await infra.close()
 
 
-def request(model: str, prompt: str) -> engine_pb2.CompleteRequest:
+def request(model: str, prompt: str, key: str = "") -> engine_pb2.CompleteRequest:
     return engine_pb2.CompleteRequest(
-        model=model, messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content=prompt)]
+        model=model,
+        messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content=prompt)],
+        idempotency_key=key,
     )
+
+
+class Hooks:
+    """The idempotency hooks a call reported, with the error of a failed one."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[list[str], str]] = []
+
+    async def __call__(
+        self, hooks: Sequence[engine_pb2.IdempotencyHook.ValueType], error: str
+    ) -> None:
+        self.seen.append(([engine_pb2.IdempotencyHook.Name(hook) for hook in hooks], error))
+
+
+async def no_text(piece: str) -> None:
+    pass
 
 
 async def test_deltas_arrive_in_order_and_the_last_chunk_is_returned(
@@ -46,7 +64,9 @@ async def test_deltas_arrive_in_order_and_the_last_chunk_is_returned(
     async def collect(piece: str) -> None:
         pieces.append(piece)
 
-    final = await model.stream(request("local-slow", "hi"), 10.0, collect)
+    hooks = Hooks()
+    final = await model.stream(request("local-slow", "hi"), 10.0, collect, hooks)
+    assert hooks.seen == []  # no idempotency key, no hooks
     text = "".join(pieces)
     assert len(pieces) > 1
     assert 'You said: "hi"' in text
@@ -59,7 +79,7 @@ async def test_an_unknown_model_is_not_retryable(model: GrpcModelPort) -> None:
         raise AssertionError("no text expected")
 
     with pytest.raises(ModelCallFailed) as failed:
-        await model.stream(request("no-such-model", "hi"), 10.0, ignore)
+        await model.stream(request("no-such-model", "hi"), 10.0, ignore, Hooks())
     assert failed.value.reason == common_pb2.ERROR_REASON_MODEL_NOT_FOUND
     assert not failed.value.retryable
     assert "no-such-model" in failed.value.message
@@ -73,7 +93,7 @@ async def test_the_time_left_bounds_the_call(model: GrpcModelPort) -> None:
 
     prompt = " ".join(["word"] * 100)  # about 2 s of chunks
     with pytest.raises(ModelCallFailed) as failed:
-        await model.stream(request("local-slow", prompt), 0.3, collect)
+        await model.stream(request("local-slow", prompt), 0.3, collect, Hooks())
     assert failed.value.reason == common_pb2.ERROR_REASON_DEADLINE_EXCEEDED
     assert 0 < len(pieces) < 100
 
@@ -93,3 +113,18 @@ async def test_the_time_left_bounds_the_call(model: GrpcModelPort) -> None:
 def test_which_engine_statuses_the_loop_retries(code: grpc.StatusCode, retryable: bool) -> None:
     error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "why", None)
     assert model_call_failed(error).retryable is retryable
+
+
+async def test_the_engines_idempotency_hooks_arrive_as_they_fire(model: GrpcModelPort) -> None:
+    made, again, conflict = Hooks(), Hooks(), Hooks()
+
+    await model.stream(request("local-slow", "hi", key="job:1:0"), 10.0, no_text, made)
+    await model.stream(request("local-slow", "hi", key="job:1:0"), 10.0, no_text, again)
+    with pytest.raises(ModelCallFailed) as failed:
+        await model.stream(request("local-slow", "bye", key="job:1:0"), 10.0, no_text, conflict)
+
+    start, complete = ["IDEMPOTENCY_HOOK_START"], ["IDEMPOTENCY_HOOK_COMPLETE"]
+    assert made.seen == [(start, ""), (complete, "")]  # on the first chunk, and the last
+    assert again.seen == [(["IDEMPOTENCY_HOOK_HIT"], "")]
+    assert conflict.seen == [(["IDEMPOTENCY_HOOK_CONFLICT"], failed.value.message)]
+    assert "job:1:0" in failed.value.message

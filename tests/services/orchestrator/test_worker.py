@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from agentrt.common.v1 import common_pb2
+from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
@@ -23,10 +24,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.dev import local_config
-from services.kit.events import is_terminal
+from services.kit.events import is_terminal, is_transient
 from services.kit.infra import open_infrastructure
 from services.kit.server import Server
 from services.orchestrator import server as orchestrator_server
+from services.orchestrator.agent import model_call_key
 from services.orchestrator.config import OrchestratorConfig
 from services.serve import migrate_all
 from services.units import create_unit
@@ -88,13 +90,23 @@ async def test_a_job_runs_to_success_with_live_deltas_and_one_checkpoint(
     history = await system.history(job.name)
     assert len(of_type(history, E.EVENT_TYPE_TURN_COMPLETED)) == 1
     (started,) = of_type(history, E.EVENT_TYPE_JOB_STARTED)
-    deltas = [event for event in await system.stream(job.name) if is_delta(event)]
+    live = [event for event in await system.stream(job.name) if is_transient(event)]
+    deltas = [event for event in live if is_delta(event)]
     assert "".join(d.output_delta.text for d in deltas) == done.result.output
     job_id = job.name.removeprefix("jobs/")
-    assert [d.id for d in deltas] == [
-        f"{job_id}.{started.sequence}.{n}" for n in range(1, len(deltas) + 1)
+    assert [e.id for e in live] == [
+        f"{job_id}.{started.sequence}.{n}" for n in range(1, len(live) + 1)
     ]
     assert len(deltas) == 2 + SLOW_ANSWER_CHUNKS
+    # The engine's idempotency hooks as they fired: before the first delta, after the last.
+    assert (live[0].type, live[-1].type) == (
+        E.EVENT_TYPE_MODEL_CALL_STARTED,
+        E.EVENT_TYPE_MODEL_CALL_COMPLETED,
+    )
+    assert live[1:-1] == deltas
+    for call in (live[0], live[-1]):
+        assert (call.model_call.turn, call.model_call.model) == (1, "local-slow")
+        assert call.model_call.idempotency_key == model_call_key(job.name, 1)
     for delta in deltas:
         assert (delta.tenant, delta.job, delta.trace_id) == (TENANT, job.name, job.trace_id)
         assert (delta.sequence, delta.output_delta.turn) == (started.sequence, 1)
@@ -289,6 +301,26 @@ async def test_a_crashed_workers_job_is_taken_over_and_succeeds_once(system: Sys
     ]
     assert len(of_type(history, E.EVENT_TYPE_TURN_COMPLETED)) == 1
     assert len(of_type(history, E.EVENT_TYPE_JOB_SUCCEEDED)) == 1
+
+
+async def test_a_turn_the_engine_has_recorded_is_replayed_and_its_stream_says_so(
+    system: System,
+) -> None:
+    job = await system.create_job(prompt="hello there", model="local")
+    recorded = engine_pb2.CompleteRequest(
+        model="local",
+        messages=[E.Message(role=E.ROLE_USER, content="hello there")],
+        idempotency_key=model_call_key(job.name, 1),
+    )
+    engine = engine_pb2_grpc.EngineServiceStub(system.infra.channel("engine"))
+    first = await engine.Complete(recorded, timeout=WAIT)
+    await system.pool("worker-a").start()
+
+    assert (await system.end(job.name)).type == E.EVENT_TYPE_JOB_SUCCEEDED
+    assert (await system.get_job(job.name)).result.output == first.message.content
+    calls = [event for event in await system.stream(job.name) if event.HasField("model_call")]
+    assert [event.type for event in calls] == [E.EVENT_TYPE_MODEL_CALL_REPLAYED]
+    assert calls[0].model_call.idempotency_key == recorded.idempotency_key
 
 
 async def test_a_stopping_pool_gives_its_jobs_back_at_once(system: System) -> None:

@@ -30,6 +30,7 @@ def add_commands(
     call.add_argument("--model", default="local", help="model id (default: local)")
     call.add_argument("--max-tokens", type=int, default=0, help="output tokens at most")
     call.add_argument("--request-id", default="", help="an idempotency key of your choice")
+    call.add_argument("--policy", default="", help="the policy set (default: `default`)")
     call.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     call.set_defaults(client_command=call_model)
 
@@ -58,12 +59,20 @@ async def call_model(args: argparse.Namespace, client: Client, console: Console)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.json:
         answer = await client.complete(
-            prompt, model=args.model, max_output_tokens=args.max_tokens, request_id=args.request_id
+            prompt,
+            model=args.model,
+            max_output_tokens=args.max_tokens,
+            request_id=args.request_id,
+            policy=args.policy,
         )
         console.print(json.dumps(json_format.MessageToDict(answer), indent=2))
         return 0
     async for chunk in client.stream_complete(
-        prompt, model=args.model, max_output_tokens=args.max_tokens, request_id=args.request_id
+        prompt,
+        model=args.model,
+        max_output_tokens=args.max_tokens,
+        request_id=args.request_id,
+        policy=args.policy,
     ):
         console.stream(chunk.text_delta)
         for call in chunk.tool_calls:

@@ -34,6 +34,11 @@ EVENT_TYPES: Mapping[common_pb2.EventType.ValueType, str] = {
     common_pb2.EVENT_TYPE_USAGE_RECORDED: "usage.recorded",
     common_pb2.EVENT_TYPE_CHILD_CREATED: "job.child.created",
     common_pb2.EVENT_TYPE_CHILD_FINISHED: "job.child.finished",
+    common_pb2.EVENT_TYPE_MODEL_CALL_STARTED: "model.call.started",
+    common_pb2.EVENT_TYPE_MODEL_CALL_REPLAYED: "model.call.replayed",
+    common_pb2.EVENT_TYPE_MODEL_CALL_CONFLICT: "model.call.conflict",
+    common_pb2.EVENT_TYPE_MODEL_CALL_COMPLETED: "model.call.completed",
+    common_pb2.EVENT_TYPE_MODEL_CALL_FAILED: "model.call.failed",
 }
 """The dotted type string of each event type, as the common proto documents it."""
 
@@ -88,6 +93,9 @@ def event_line(event: common_pb2.RuntimeEvent) -> str:
         detail += usage_text(recorded.usage)
     elif payload == "child":
         detail = child_text(event.child)
+    elif payload == "model_call":
+        call = event.model_call
+        detail = f"turn {call.turn}, {call.model}" + (f": {call.error}" if call.error else "")
     else:
         detail = ""
     return f"{kind} ({detail})" if detail else kind

@@ -348,6 +348,28 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """"workflow.node.started": a node of the job's workflow started."""
     EVENT_TYPE_NODE_FINISHED: _EventType.ValueType  # 19
     """"workflow.node.finished": a node of the job's workflow finished."""
+    EVENT_TYPE_MODEL_CALL_STARTED: _EventType.ValueType  # 20
+    """"model.call.started": the engine found no recorded answer and no call in
+    flight for the model call's idempotency key, and called the provider (the
+    idempotency hook "start"). Transient, as are the other model.call.* events.
+    """
+    EVENT_TYPE_MODEL_CALL_REPLAYED: _EventType.ValueType  # 21
+    """"model.call.replayed": the model call was answered from the engine's
+    record of its idempotency key, or joined the call in flight with that key
+    (the hook "hit"): no provider was called for it.
+    """
+    EVENT_TYPE_MODEL_CALL_CONFLICT: _EventType.ValueType  # 22
+    """"model.call.conflict": the idempotency key was already used for another
+    request (the hook "conflict"); the call was refused.
+    """
+    EVENT_TYPE_MODEL_CALL_COMPLETED: _EventType.ValueType  # 23
+    """"model.call.completed": the call the engine started finished and its
+    answer was recorded under its key (the hook "complete").
+    """
+    EVENT_TYPE_MODEL_CALL_FAILED: _EventType.ValueType  # 24
+    """"model.call.failed": the call the engine started failed; nothing was
+    recorded, so a retry calls the provider again (the hook "fail").
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """Kinds of runtime event. The type string of an event is the lowercase
@@ -404,6 +426,28 @@ EVENT_TYPE_NODE_STARTED: EventType.ValueType  # 18
 """"workflow.node.started": a node of the job's workflow started."""
 EVENT_TYPE_NODE_FINISHED: EventType.ValueType  # 19
 """"workflow.node.finished": a node of the job's workflow finished."""
+EVENT_TYPE_MODEL_CALL_STARTED: EventType.ValueType  # 20
+""""model.call.started": the engine found no recorded answer and no call in
+flight for the model call's idempotency key, and called the provider (the
+idempotency hook "start"). Transient, as are the other model.call.* events.
+"""
+EVENT_TYPE_MODEL_CALL_REPLAYED: EventType.ValueType  # 21
+""""model.call.replayed": the model call was answered from the engine's
+record of its idempotency key, or joined the call in flight with that key
+(the hook "hit"): no provider was called for it.
+"""
+EVENT_TYPE_MODEL_CALL_CONFLICT: EventType.ValueType  # 22
+""""model.call.conflict": the idempotency key was already used for another
+request (the hook "conflict"); the call was refused.
+"""
+EVENT_TYPE_MODEL_CALL_COMPLETED: EventType.ValueType  # 23
+""""model.call.completed": the call the engine started finished and its
+answer was recorded under its key (the hook "complete").
+"""
+EVENT_TYPE_MODEL_CALL_FAILED: EventType.ValueType  # 24
+""""model.call.failed": the call the engine started failed; nothing was
+recorded, so a retry calls the provider again (the hook "fail").
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _JobState:
@@ -850,6 +894,7 @@ class RuntimeEvent(_message.Message):
     CHILD_FIELD_NUMBER: _builtins.int
     NODE_EVENT_FIELD_NUMBER: _builtins.int
     USAGE_RECORDED_FIELD_NUMBER: _builtins.int
+    MODEL_CALL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique and ordered within its job: "<job id>.<sequence>" for events kept
     in the job's history, "<job id>.<sequence>.<n>" for transient ones that
@@ -928,6 +973,10 @@ class RuntimeEvent(_message.Message):
     def usage_recorded(self) -> Global___UsageRecorded:
         """For usage.recorded."""
 
+    @_builtins.property
+    def model_call(self) -> Global___ModelCallEvent:
+        """For model.call.* events."""
+
     def __init__(
         self,
         *,
@@ -953,12 +1002,13 @@ class RuntimeEvent(_message.Message):
         child: Global___ChildEvent | None = ...,
         node_event: Global___NodeEvent | None = ...,
         usage_recorded: Global___UsageRecorded | None = ...,
+        model_call: Global___ModelCallEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "job_succeeded", b"job_succeeded", "node_event", b"node_event", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage", "usage_recorded", b"usage_recorded"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "job_succeeded", b"job_succeeded", "model_call", b"model_call", "node_event", b"node_event", "output_delta", b"output_delta", "payload", b"payload", "time", b"time", "tool_called", b"tool_called", "turn_completed", b"turn_completed", "usage", b"usage", "usage_recorded", b"usage_recorded"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "node", b"node", "node_event", b"node_event", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "root_job", b"root_job", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage", "usage_recorded", b"usage_recorded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "child", b"child", "failure", b"failure", "id", b"id", "job", b"job", "job_state", b"job_state", "job_succeeded", b"job_succeeded", "model_call", b"model_call", "node", b"node", "node_event", b"node_event", "output_delta", b"output_delta", "parent_job", b"parent_job", "payload", b"payload", "root_job", b"root_job", "sequence", b"sequence", "tenant", b"tenant", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "type", b"type", "usage", b"usage", "usage_recorded", b"usage_recorded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage", "child", "node_event", "usage_recorded"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["output_delta", "turn_completed", "job_succeeded", "failure", "attempt", "action", "tool_called", "usage", "child", "node_event", "usage_recorded", "model_call"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1076,6 +1126,42 @@ class OutputDelta(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutputDelta: _TypeAlias = OutputDelta  # noqa: Y015
+
+@_typing.final
+class ModelCallEvent(_message.Message):
+    """Payload of model.call.* events: what the engine's idempotency tracker did
+    with one of the job's model calls.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    turn: _builtins.int
+    """The turn the call belongs to, from 1."""
+    idempotency_key: _builtins.str
+    """The call's idempotency key in the engine."""
+    model: _builtins.str
+    """The model id or alias asked for."""
+    error: _builtins.str
+    """For model.call.failed and model.call.conflict: the engine's error."""
+    def __init__(
+        self,
+        *,
+        turn: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        model: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "idempotency_key", b"idempotency_key", "model", b"model", "turn", b"turn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelCallEvent: _TypeAlias = ModelCallEvent  # noqa: Y015
 
 @_typing.final
 class TurnCompleted(_message.Message):

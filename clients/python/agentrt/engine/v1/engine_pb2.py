@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentrt/engine/v1/engine.proto\x12\x11\x61gentrt.engine.v1\x1a\x1e\x61gentrt/common/v1/common.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x02\n\x0f\x43ompleteRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.agentrt.common.v1.MessageB\x04\xe2\x41\x01\x02\x12*\n\x05tools\x18\x03 \x03(\x0b\x32\x1b.agentrt.common.v1.ToolSpec\x12.\n\x06params\x18\x04 \x01(\x0b\x32\x1e.agentrt.common.v1.ModelParams\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x0b\n\x03job\x18\x07 \x01(\t\x12-\n\x05\x63\x61\x63he\x18\x08 \x01(\x0b\x32\x1e.agentrt.common.v1.CachePolicy\"\x81\x02\n\x10\x43ompleteResponse\x12+\n\x07message\x18\x01 \x01(\x0b\x32\x1a.agentrt.common.v1.Message\x12\x36\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.agentrt.engine.v1.FinishReason\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.agentrt.common.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12,\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1a.agentrt.engine.v1.Attempt\"\x9c\x01\n\x07\x41ttempt\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x07outcome\x18\x03 \x01(\x0e\x32!.agentrt.engine.v1.AttemptOutcome\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\x96\x02\n\rCompleteChunk\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x36\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.agentrt.engine.v1.FinishReason\x12/\n\ntool_calls\x18\x03 \x03(\x0b\x32\x1b.agentrt.common.v1.ToolCall\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.agentrt.common.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12,\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1a.agentrt.engine.v1.Attempt\x12\x10\n\x08replayed\x18\x08 \x01(\x08\"\xb2\x01\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x03\x12\x16\n\x0esupports_tools\x18\x04 \x01(\x08\x12\x1a\n\x12supports_streaming\x18\x05 \x01(\x08\x12\x37\n\x0b\x64\x65ployments\x18\x06 \x03(\x0b\x32\".agentrt.engine.v1.ModelDeployment\"\x88\x01\n\x0fModelDeployment\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0e\n\x06weight\x18\x04 \x01(\x05\x12\x30\n\x07\x62reaker\x18\x05 \x01(\x0e\x32\x1f.agentrt.engine.v1.BreakerState\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.agentrt.engine.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xe9\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41TTEMPT_OUTCOME_OK\x10\x01\x12 \n\x1c\x41TTEMPT_OUTCOME_RATE_LIMITED\x10\x02\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNAVAILABLE\x10\x03\x12\x1b\n\x17\x41TTEMPT_OUTCOME_TIMEOUT\x10\x04\x12\x1c\n\x18\x41TTEMPT_OUTCOME_REJECTED\x10\x05\x12 \n\x1c\x41TTEMPT_OUTCOME_BREAKER_OPEN\x10\x06*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\x99\x02\n\rEngineService\x12S\n\x08\x43omplete\x12\".agentrt.engine.v1.CompleteRequest\x1a#.agentrt.engine.v1.CompleteResponse\x12X\n\x0eStreamComplete\x12\".agentrt.engine.v1.CompleteRequest\x1a .agentrt.engine.v1.CompleteChunk0\x01\x12Y\n\nListModels\x12$.agentrt.engine.v1.ListModelsRequest\x1a%.agentrt.engine.v1.ListModelsResponseBH\n\x15\x64\x65v.agentrt.engine.v1P\x01Z-agentrt.dev/gen/go/agentrt/engine/v1;enginev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentrt/engine/v1/engine.proto\x12\x11\x61gentrt.engine.v1\x1a\x1e\x61gentrt/common/v1/common.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x02\n\x0f\x43ompleteRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.agentrt.common.v1.MessageB\x04\xe2\x41\x01\x02\x12*\n\x05tools\x18\x03 \x03(\x0b\x32\x1b.agentrt.common.v1.ToolSpec\x12.\n\x06params\x18\x04 \x01(\x0b\x32\x1e.agentrt.common.v1.ModelParams\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x0b\n\x03job\x18\x07 \x01(\t\x12-\n\x05\x63\x61\x63he\x18\x08 \x01(\x0b\x32\x1e.agentrt.common.v1.CachePolicy\"\xc0\x02\n\x10\x43ompleteResponse\x12+\n\x07message\x18\x01 \x01(\x0b\x32\x1a.agentrt.common.v1.Message\x12\x36\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.agentrt.engine.v1.FinishReason\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.agentrt.common.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12,\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1a.agentrt.engine.v1.Attempt\x12=\n\x11idempotency_hooks\x18\x08 \x03(\x0e\x32\".agentrt.engine.v1.IdempotencyHook\"\x9c\x01\n\x07\x41ttempt\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x07outcome\x18\x03 \x01(\x0e\x32!.agentrt.engine.v1.AttemptOutcome\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xd5\x02\n\rCompleteChunk\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x36\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.agentrt.engine.v1.FinishReason\x12/\n\ntool_calls\x18\x03 \x03(\x0b\x32\x1b.agentrt.common.v1.ToolCall\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.agentrt.common.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12,\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1a.agentrt.engine.v1.Attempt\x12\x10\n\x08replayed\x18\x08 \x01(\x08\x12=\n\x11idempotency_hooks\x18\t \x03(\x0e\x32\".agentrt.engine.v1.IdempotencyHook\"\xb2\x01\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x03\x12\x16\n\x0esupports_tools\x18\x04 \x01(\x08\x12\x1a\n\x12supports_streaming\x18\x05 \x01(\x08\x12\x37\n\x0b\x64\x65ployments\x18\x06 \x03(\x0b\x32\".agentrt.engine.v1.ModelDeployment\"\x88\x01\n\x0fModelDeployment\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0e\n\x06weight\x18\x04 \x01(\x05\x12\x30\n\x07\x62reaker\x18\x05 \x01(\x0e\x32\x1f.agentrt.engine.v1.BreakerState\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.agentrt.engine.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc2\x01\n\x0fIdempotencyHook\x12 \n\x1cIDEMPOTENCY_HOOK_UNSPECIFIED\x10\x00\x12\x1a\n\x16IDEMPOTENCY_HOOK_START\x10\x01\x12\x18\n\x14IDEMPOTENCY_HOOK_HIT\x10\x02\x12\x1d\n\x19IDEMPOTENCY_HOOK_CONFLICT\x10\x03\x12\x1d\n\x19IDEMPOTENCY_HOOK_COMPLETE\x10\x04\x12\x19\n\x15IDEMPOTENCY_HOOK_FAIL\x10\x05*\xe9\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41TTEMPT_OUTCOME_OK\x10\x01\x12 \n\x1c\x41TTEMPT_OUTCOME_RATE_LIMITED\x10\x02\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNAVAILABLE\x10\x03\x12\x1b\n\x17\x41TTEMPT_OUTCOME_TIMEOUT\x10\x04\x12\x1c\n\x18\x41TTEMPT_OUTCOME_REJECTED\x10\x05\x12 \n\x1c\x41TTEMPT_OUTCOME_BREAKER_OPEN\x10\x06*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\x99\x02\n\rEngineService\x12S\n\x08\x43omplete\x12\".agentrt.engine.v1.CompleteRequest\x1a#.agentrt.engine.v1.CompleteResponse\x12X\n\x0eStreamComplete\x12\".agentrt.engine.v1.CompleteRequest\x1a .agentrt.engine.v1.CompleteChunk0\x01\x12Y\n\nListModels\x12$.agentrt.engine.v1.ListModelsRequest\x1a%.agentrt.engine.v1.ListModelsResponseBH\n\x15\x64\x65v.agentrt.engine.v1P\x01Z-agentrt.dev/gen/go/agentrt/engine/v1;enginev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,28 +41,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETEREQUEST'].fields_by_name['messages']._serialized_options = b'\342A\001\002'
   _globals['_MODEL'].fields_by_name['name']._loaded_options = None
   _globals['_MODEL'].fields_by_name['name']._serialized_options = b'\342A\001\010'
-  _globals['_ATTEMPTOUTCOME']._serialized_start=1606
-  _globals['_ATTEMPTOUTCOME']._serialized_end=1839
-  _globals['_FINISHREASON']._serialized_start=1842
-  _globals['_FINISHREASON']._serialized_end=2001
-  _globals['_BREAKERSTATE']._serialized_start=2003
-  _globals['_BREAKERSTATE']._serialized_end=2127
+  _globals['_IDEMPOTENCYHOOK']._serialized_start=1732
+  _globals['_IDEMPOTENCYHOOK']._serialized_end=1926
+  _globals['_ATTEMPTOUTCOME']._serialized_start=1929
+  _globals['_ATTEMPTOUTCOME']._serialized_end=2162
+  _globals['_FINISHREASON']._serialized_start=2165
+  _globals['_FINISHREASON']._serialized_end=2324
+  _globals['_BREAKERSTATE']._serialized_start=2326
+  _globals['_BREAKERSTATE']._serialized_end=2450
   _globals['_COMPLETEREQUEST']._serialized_start=151
   _globals['_COMPLETEREQUEST']._serialized_end=434
   _globals['_COMPLETERESPONSE']._serialized_start=437
-  _globals['_COMPLETERESPONSE']._serialized_end=694
-  _globals['_ATTEMPT']._serialized_start=697
-  _globals['_ATTEMPT']._serialized_end=853
-  _globals['_COMPLETECHUNK']._serialized_start=856
-  _globals['_COMPLETECHUNK']._serialized_end=1134
-  _globals['_MODEL']._serialized_start=1137
-  _globals['_MODEL']._serialized_end=1315
-  _globals['_MODELDEPLOYMENT']._serialized_start=1318
-  _globals['_MODELDEPLOYMENT']._serialized_end=1454
-  _globals['_LISTMODELSREQUEST']._serialized_start=1456
-  _globals['_LISTMODELSREQUEST']._serialized_end=1514
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1516
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1603
-  _globals['_ENGINESERVICE']._serialized_start=2130
-  _globals['_ENGINESERVICE']._serialized_end=2411
+  _globals['_COMPLETERESPONSE']._serialized_end=757
+  _globals['_ATTEMPT']._serialized_start=760
+  _globals['_ATTEMPT']._serialized_end=916
+  _globals['_COMPLETECHUNK']._serialized_start=919
+  _globals['_COMPLETECHUNK']._serialized_end=1260
+  _globals['_MODEL']._serialized_start=1263
+  _globals['_MODEL']._serialized_end=1441
+  _globals['_MODELDEPLOYMENT']._serialized_start=1444
+  _globals['_MODELDEPLOYMENT']._serialized_end=1580
+  _globals['_LISTMODELSREQUEST']._serialized_start=1582
+  _globals['_LISTMODELSREQUEST']._serialized_end=1640
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1642
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1729
+  _globals['_ENGINESERVICE']._serialized_start=2453
+  _globals['_ENGINESERVICE']._serialized_end=2734
 # @@protoc_insertion_point(module_scope)

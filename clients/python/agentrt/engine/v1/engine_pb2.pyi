@@ -26,6 +26,49 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _IdempotencyHook:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdempotencyHookEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdempotencyHook.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IDEMPOTENCY_HOOK_UNSPECIFIED: _IdempotencyHook.ValueType  # 0
+    """Never sent."""
+    IDEMPOTENCY_HOOK_START: _IdempotencyHook.ValueType  # 1
+    """No answer was recorded or in flight for the key: the engine made the call."""
+    IDEMPOTENCY_HOOK_HIT: _IdempotencyHook.ValueType  # 2
+    """The answer was recorded under the key, or the call joined the one in
+    flight with it.
+    """
+    IDEMPOTENCY_HOOK_CONFLICT: _IdempotencyHook.ValueType  # 3
+    """The key was used for another request; the call is refused."""
+    IDEMPOTENCY_HOOK_COMPLETE: _IdempotencyHook.ValueType  # 4
+    """The call the engine made finished; its answer is recorded under the key."""
+    IDEMPOTENCY_HOOK_FAIL: _IdempotencyHook.ValueType  # 5
+    """The call the engine made failed; nothing is recorded."""
+
+class IdempotencyHook(_IdempotencyHook, metaclass=_IdempotencyHookEnumTypeWrapper):
+    """What the idempotency tracker did with a call that has an idempotency key.
+    A failed call's hooks are in its error's ErrorInfo metadata
+    ["idempotency_hooks"], by name, comma-separated (e.g. "start,fail").
+    """
+
+IDEMPOTENCY_HOOK_UNSPECIFIED: IdempotencyHook.ValueType  # 0
+"""Never sent."""
+IDEMPOTENCY_HOOK_START: IdempotencyHook.ValueType  # 1
+"""No answer was recorded or in flight for the key: the engine made the call."""
+IDEMPOTENCY_HOOK_HIT: IdempotencyHook.ValueType  # 2
+"""The answer was recorded under the key, or the call joined the one in
+flight with it.
+"""
+IDEMPOTENCY_HOOK_CONFLICT: IdempotencyHook.ValueType  # 3
+"""The key was used for another request; the call is refused."""
+IDEMPOTENCY_HOOK_COMPLETE: IdempotencyHook.ValueType  # 4
+"""The call the engine made finished; its answer is recorded under the key."""
+IDEMPOTENCY_HOOK_FAIL: IdempotencyHook.ValueType  # 5
+"""The call the engine made failed; nothing is recorded."""
+Global___IdempotencyHook: _TypeAlias = IdempotencyHook  # noqa: Y015
+
 class _AttemptOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -201,6 +244,7 @@ class CompleteResponse(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_HOOKS_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why generation stopped."""
     model: _builtins.str
@@ -225,6 +269,13 @@ class CompleteResponse(_message.Message):
         the answer was replayed or came from the response cache.
         """
 
+    @_builtins.property
+    def idempotency_hooks(self) -> _containers.RepeatedScalarFieldContainer[Global___IdempotencyHook.ValueType]:
+        """The idempotency hooks the call went through, in order: START then
+        COMPLETE for a call the engine made, HIT for one answered from the record
+        or by the call in flight it joined. Empty without an idempotency key.
+        """
+
     def __init__(
         self,
         *,
@@ -235,10 +286,11 @@ class CompleteResponse(_message.Message):
         provider: _builtins.str = ...,
         replayed: _builtins.bool = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        idempotency_hooks: _abc.Iterable[Global___IdempotencyHook.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "finish_reason", b"finish_reason", "message", b"message", "model", b"model", "provider", b"provider", "replayed", b"replayed", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "finish_reason", b"finish_reason", "idempotency_hooks", b"idempotency_hooks", "message", b"message", "model", b"model", "provider", b"provider", "replayed", b"replayed", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -298,6 +350,7 @@ class CompleteChunk(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_HOOKS_FIELD_NUMBER: _builtins.int
     text_delta: _builtins.str
     """New text."""
     finish_reason: Global___FinishReason.ValueType
@@ -322,6 +375,13 @@ class CompleteChunk(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """On the last chunk: every deployment tried (see CompleteResponse)."""
 
+    @_builtins.property
+    def idempotency_hooks(self) -> _containers.RepeatedScalarFieldContainer[Global___IdempotencyHook.ValueType]:
+        """The idempotency hooks that fired since the previous chunk (see
+        CompleteResponse.idempotency_hooks): START or HIT on the first chunk,
+        COMPLETE on the last.
+        """
+
     def __init__(
         self,
         *,
@@ -333,10 +393,11 @@ class CompleteChunk(_message.Message):
         provider: _builtins.str = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         replayed: _builtins.bool = ...,
+        idempotency_hooks: _abc.Iterable[Global___IdempotencyHook.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "replayed", b"replayed", "text_delta", b"text_delta", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "finish_reason", b"finish_reason", "idempotency_hooks", b"idempotency_hooks", "model", b"model", "provider", b"provider", "replayed", b"replayed", "text_delta", b"text_delta", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,6 +119,7 @@ bench: install
 	$(BIN)/python bench/workflow.py
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/grpc_floor.py
 
 clean:
 	rm -rf $(VENV) .build .mypy_cache .ruff_cache .pytest_cache $(NODE)/node_modules

@@ -393,7 +393,7 @@ class AgentRun:
         self._tools = tools
         self._policy: PolicyGuard = policy or AllowAll()
         self._spend: SpendGuard = spend or NoBudgets()
-        self._deltas = TransientEvents(events)
+        self._transient = TransientEvents(events)
         self._turn, self._messages, self._usage = resume_point(lease)
         self._state = LoopState.decode(lease.checkpoint.state)
         self._offered: dict[str, common_pb2.ToolSpec] = {}
@@ -764,7 +764,7 @@ class AgentRun:
     ) -> tuple[common_pb2.Message, common_pb2.Usage, str]:
         """The turn's answer, its usage and the model that answered, as the engine
         reported it (a provider's version of the model asked for)."""
-        self._deltas.start_turn()
+        self._transient.start_turn()
         attempt = 1
         while True:
             try:
@@ -777,10 +777,12 @@ class AgentRun:
                     raise
                 log.info("job %s turn %d: model call failed (%s); retrying", self.name, turn, error)
             await asyncio.sleep(retry_delay(self._retry.backoff, attempt))
-            self._deltas.restart_attempt()
+            self._transient.restart_attempt()
             attempt += 1
         answer = common_pb2.Message(
-            role=common_pb2.ROLE_ASSISTANT, content=self._deltas.text, tool_calls=final.tool_calls
+            role=common_pb2.ROLE_ASSISTANT,
+            content=self._transient.text,
+            tool_calls=final.tool_calls,
         )
         return answer, call_usage(final.usage), final.model
 
@@ -801,12 +803,12 @@ class AgentRun:
                 span.set_attribute("gen_ai.input.messages", _messages_json(request.messages))
 
             async def publish(piece: str) -> None:
-                await self._deltas.publish(self._job, turn, piece)
+                await self._transient.publish(self._job, turn, piece)
 
             async def hooks(
                 fired: Sequence[engine_pb2.IdempotencyHook.ValueType], error: str
             ) -> None:
-                await self._deltas.model_call(self._job, turn, request, fired, error)
+                await self._transient.model_call(self._job, turn, request, fired, error)
 
             try:
                 final = await self._model.stream(request, self._time_left(), publish, hooks)
@@ -817,7 +819,7 @@ class AgentRun:
             if capture().output:
                 answer = common_pb2.Message(
                     role=common_pb2.ROLE_ASSISTANT,
-                    content=self._deltas.text,
+                    content=self._transient.text,
                     tool_calls=final.tool_calls,
                 )
                 span.set_attribute("gen_ai.output.messages", _messages_json([answer]))

@@ -126,6 +126,15 @@ class SpendBatcher:
         except Exception as error:
             _fail(batch, error)
             return
+        if len(response.results) != len(batch):
+            _fail(
+                batch,
+                RuntimeError(
+                    f"BatchSpend answered {len(response.results)} results "
+                    f"for {len(batch)} operations"
+                ),
+            )
+            return
         for queued, result in zip(batch, response.results, strict=True):
             if queued.answer.done():
                 continue
@@ -140,7 +149,7 @@ class SpendBatcher:
     async def _answer_singly(self, queued: _Queued) -> None:
         try:
             reservation = await self._single(queued.operation, queued.timeout)
-        except grpc.aio.AioRpcError as error:
+        except Exception as error:
             _fail([queued], error)
         else:
             if not queued.answer.done():

@@ -37,8 +37,6 @@ _PAGE = 500
 _FOLLOWER_BUFFER = 256
 """Batches a follower may fall behind the shared reader before it reads for itself."""
 _CONTROL_TTL_MS = 60_000
-_WAKE_DELAY_SECONDS = 0.002
-"""How long a new stream waits for the reader's next XREAD before waking the reader."""
 
 Entry = tuple[str, bytes | None]
 PipelineStep = Callable[[redis.asyncio.client.Pipeline], object]
@@ -255,11 +253,7 @@ class RedisEventChannel:
             return
         if not self._wake_requested:
             self._wake_requested = True
-            # While streams are busy the reader's XREAD returns every few milliseconds
-            # and picks the new stream up itself; only a reader still blocked is woken.
-            await asyncio.sleep(_WAKE_DELAY_SECONDS)
-            if self._wake_requested:
-                await self._signal_reader()
+            await self._signal_reader()
 
     async def _signal_reader(self) -> None:
         # A gateway signals once a job it starts to watch: the key's expiry is renewed

@@ -451,14 +451,20 @@ def _add(connection: sqlite3.Connection, spent: Deltas, reserved: Deltas) -> Non
 def _counters(
     connection: sqlite3.Connection, keys: Sequence[CounterKey], new_records: list[str]
 ) -> list[Counter]:
-    """The counters, made first from the usage already recorded when missing."""
-    exclude = json.dumps(new_records)
+    """The counters, made first from the usage already recorded when missing.
+
+    A counter is read before it is made: making one sums the window's usage records, a
+    scan that grows with the window, so it runs only for a window's first spend (the write
+    lock the transaction holds keeps the read and the making together)."""
     counters = []
     for key in keys:
         budget_id, period, start = _db_key(key)
-        end = _micros(records.window(key[1], key[2])[1])
-        connection.execute(QUERIES["ensure_counter"], (budget_id, period, start, end, exclude))
         row = connection.execute(QUERIES["read_counter"], (budget_id, period, start)).fetchone()
+        if row is None:
+            end = _micros(records.window(key[1], key[2])[1])
+            params = (budget_id, period, start, end, json.dumps(new_records))
+            connection.execute(QUERIES["ensure_counter"], params)
+            row = connection.execute(QUERIES["read_counter"], params[:3]).fetchone()
         if row is not None:
             counters.append(records.counter_from_row(row, _time))
     return counters

@@ -1,17 +1,20 @@
 """Benchmark of what the ledger adds to a model call: one reserve before it, one settle after.
 
-On a fresh PostgreSQL database with a price and two budgets (a tenant's daily tokens and
-cost, and a principal's monthly cost), it times reserve + settle pairs three ways:
+On a fresh PostgreSQL database (or SQLite file) with a price and two budgets (a tenant's
+daily tokens and cost, and a principal's monthly cost), it times reserve + settle pairs
+three ways:
 
-- store: PostgresLedgerStore in this process (the SQL alone: one statement to reserve,
-  one transaction to settle);
+- store: the backend's LedgerStore in this process (the SQL alone: on PostgreSQL one
+  statement to reserve, one transaction to settle);
 - service: the orchestrator's LedgerSpend (reserve_model_call + settle_model_call, the
   price cached) over gRPC to `agentrt serve ledger` running as its own process;
 - raw gRPC: ReserveBudget + SettleReservation stubs against that same process.
 
 Pairs run one after another (the latency one model call pays), after a warm-up; it prints
-p50/p90/p99 of the pair and of each half. Usage: python bench/ledger.py [--calls N]
-[--mode store|service|both].
+p50/p90/p99 of the pair and of each half. With --window-records N, N usage records are
+recorded in the budgets' current windows first, as a busy day would have: a pair's cost
+must not grow with them. Usage: python bench/ledger.py [--calls N]
+[--mode store|service|both] [--backend postgres|sqlite] [--window-records N].
 """
 
 from __future__ import annotations
@@ -39,8 +42,7 @@ from services.kit.money import parse_price
 from services.kit.storage import StorageConfig, migrate
 from services.ledger import records
 from services.ledger.records import ReservationRequest
-from services.ledger.store import SQL_DIRECTORY
-from services.ledger.store_postgres import PostgresLedgerStore
+from services.ledger.store import SQL_DIRECTORY, open_ledger_store
 from services.orchestrator.spend import LedgerSpend, SpendConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,10 +57,24 @@ Timed = Callable[[int], Awaitable[tuple[float, float]]]
 """One reserve + settle, numbered; returns the seconds each half took."""
 
 
-async def prepare(dsn: str) -> None:
-    """Migrate, then a price for m1 and the budgets a call is reserved against."""
-    await migrate(StorageConfig("postgres", None, dsn, "ledger"), SQL_DIRECTORY)
-    store = await PostgresLedgerStore.open(dsn, "ledger")
+def usage_entry(record_id: str) -> records.UsageEntry:
+    """One model call's usage record of the benchmark's principal."""
+    record = UsageRecord(
+        kind=UsageKind.USAGE_KIND_MODEL_CALL,
+        usage=USAGE,
+        model="m1",
+        tenant=TENANT,
+        principal="alice",
+        job="jobs/bench",
+    )
+    return records.usage_entry(record_id, record, "")
+
+
+async def prepare(config: StorageConfig, window_records: int) -> None:
+    """Migrate; a price for m1 and the budgets a call is reserved against; then
+    `window_records` usage records in the budgets' current windows."""
+    await migrate(config, SQL_DIRECTORY)
+    store = await open_ledger_store(config)
     now = datetime.now(UTC)
     try:
         await store.create_price("m1", parse_price("2.50", "10", "1.25"), now)
@@ -68,6 +84,9 @@ async def prepare(dsn: str) -> None:
         monthly.limits.CopyFrom(Amounts(cost="1000000"))
         await store.create_budget("daily", records.budget_spec(daily), now)
         await store.create_budget("alice", records.budget_spec(monthly), now)
+        run = new_id()
+        for n in range(window_records):
+            await store.record_usage(usage_entry(f"{run}.fill.{n}"), datetime.now(UTC))
     finally:
         await store.close()
 
@@ -94,8 +113,8 @@ def report(label: str, halves: list[tuple[float, float]]) -> None:
     print(line("settle", [b for _, b in halves]))
 
 
-async def bench_store(dsn: str, calls: int) -> None:
-    store = await PostgresLedgerStore.open(dsn, "ledger")
+async def bench_store(config: StorageConfig, calls: int) -> None:
+    store = await open_ledger_store(config)
     run = new_id()
 
     async def pair(n: int) -> tuple[float, float]:
@@ -109,15 +128,7 @@ async def bench_store(dsn: str, calls: int) -> None:
             request_id=f"{run}.{n}",
             request_hash=records.request_hash(n),
         )
-        record = UsageRecord(
-            kind=UsageKind.USAGE_KIND_MODEL_CALL,
-            usage=USAGE,
-            model="m1",
-            tenant=TENANT,
-            principal="alice",
-            job="jobs/bench",
-        )
-        entry = records.usage_entry(f"{run}.{n}", record, "")
+        entry = usage_entry(f"{run}.{n}")
         started = time.perf_counter()
         held = await store.reserve(request, datetime.now(UTC))
         reserved = time.perf_counter()
@@ -125,7 +136,7 @@ async def bench_store(dsn: str, calls: int) -> None:
         return reserved - started, time.perf_counter() - reserved
 
     try:
-        await measure("store: PostgresLedgerStore in-process", pair, calls)
+        await measure(f"store: {type(store).__name__} in-process", pair, calls)
     finally:
         await store.close()
 
@@ -180,11 +191,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["store", "service", "both"], default="both")
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--backend", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--window-records", type=int, default=0)
     args = parser.parse_args()
+    if args.backend == "sqlite":
+        if args.mode != "store":
+            parser.error("--backend sqlite measures the store only: pass --mode store")
+        with tempfile.TemporaryDirectory() as tmp:
+            config = StorageConfig("sqlite", Path(tmp) / "ledger.db", None, "ledger")
+            asyncio.run(prepare(config, args.window_records))
+            run_main(bench_store(config, args.calls))
+        return
     with pg_database() as dsn:
-        asyncio.run(prepare(dsn))
+        config = StorageConfig("postgres", None, dsn, "ledger")
+        asyncio.run(prepare(config, args.window_records))
         if args.mode in ("store", "both"):
-            run_main(bench_store(dsn, args.calls))
+            run_main(bench_store(config, args.calls))
         if args.mode in ("service", "both"):
             with (
                 tempfile.TemporaryDirectory() as tmp,

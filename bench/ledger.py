@@ -77,7 +77,7 @@ async def prepare(config: StorageConfig, window_records: int) -> None:
     store = await open_ledger_store(config)
     now = datetime.now(UTC)
     try:
-        await store.create_price("m1", parse_price("2.50", "10", "1.25"), now)
+        await store.create_price("m1", parse_price("2.50", "10", "1.25", ""), now)
         daily = Budget(tenant=TENANT, period=Budget.PERIOD_DAY)
         daily.limits.CopyFrom(Amounts(tokens=10**12, cost="1000000"))
         monthly = Budget(tenant=TENANT, principal="alice", period=Budget.PERIOD_MONTH)

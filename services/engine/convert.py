@@ -131,6 +131,7 @@ def usage_to_proto(usage: TokenUsage, cache_hit: bool = False) -> common_pb2.Usa
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens,
+        cache_write_input_tokens=usage.cache_write_input_tokens,
         total_tokens=usage.total_tokens,
         model_calls=0 if cache_hit else 1,
         cache_hit=cache_hit,

@@ -95,6 +95,8 @@ class TokenUsage:
     output_tokens: int
     cached_input_tokens: int = 0
     """Part of `input_tokens` served from the provider's prompt cache."""
+    cache_write_input_tokens: int = 0
+    """Part of `input_tokens` written to the provider's prompt cache."""
 
     @property
     def total_tokens(self) -> int:
@@ -105,6 +107,7 @@ class TokenUsage:
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            cache_write_input_tokens=self.cache_write_input_tokens + other.cache_write_input_tokens,
         )
 
 

@@ -208,12 +208,16 @@ def _tool_calls(calls: Any, indexed: bool) -> list[dict[str, Any]]:
 
 def usage_body(usage: common_pb2.Usage) -> dict[str, Any]:
     """OpenAI's usage object, with the call's cost (a decimal string, as the ledger
-    recorded it; empty when the model has no price)."""
+    recorded it; empty when the model has no price) and its prompt-cache writes where
+    OpenRouter puts them (OpenAI's usage has no place for them)."""
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_input_tokens,
+        },
         "cost": usage.cost,
     }
 

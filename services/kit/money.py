@@ -49,13 +49,17 @@ class ModelPrice:
     """A model's price in US dollars per million tokens."""
 
     input_per_million: Decimal
-    """Input tokens that were not served from the prompt cache."""
+    """Input tokens neither read from nor written to the prompt cache."""
     output_per_million: Decimal
     cached_input_per_million: Decimal
     """Cached input tokens; the input price when the contract leaves it empty."""
+    cache_write_per_million: Decimal
+    """Input tokens written to the prompt cache; the input price when left empty."""
 
 
-def parse_price(input_price: str, output_price: str, cached_input_price: str) -> ModelPrice:
+def parse_price(
+    input_price: str, output_price: str, cached_input_price: str, cache_write_price: str
+) -> ModelPrice:
     """A price from the contract's strings (fields named as in Price); FieldInvalid if malformed."""
     input_per_million = _parse_price(input_price, "input_price_per_million")
     return ModelPrice(
@@ -63,6 +67,9 @@ def parse_price(input_price: str, output_price: str, cached_input_price: str) ->
         _parse_price(output_price, "output_price_per_million"),
         _parse_price(cached_input_price, "cached_input_price_per_million")
         if cached_input_price
+        else input_per_million,
+        _parse_price(cache_write_price, "cache_write_price_per_million")
+        if cache_write_price
         else input_per_million,
     )
 
@@ -72,15 +79,17 @@ def _parse_price(text: str, field: str) -> Decimal:
 
 
 def cost_of(price: ModelPrice, usage: Usage) -> Decimal:
-    """What a model call cost: cached input, the rest of the input and the output, each at
-    its price, rounded once to 1e-9 USD."""
-    uncached = usage.input_tokens - usage.cached_input_tokens
+    """What a model call cost: cache reads, cache writes, the rest of the input and the
+    output, each at its price, rounded once to 1e-9 USD. The usage is a valid one: its cache
+    reads and writes are parts of its input (the ledger refuses a record where they are not)."""
+    uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_input_tokens
     # Enough digits for 64-bit token counts times 12+12-digit prices, so nothing rounds
     # before the final quantize.
     with localcontext(prec=60):
         total = (
             uncached * price.input_per_million
             + usage.cached_input_tokens * price.cached_input_per_million
+            + usage.cache_write_input_tokens * price.cache_write_per_million
             + usage.output_tokens * price.output_per_million
         ) / _PER_MILLION
         return total.quantize(NANO, rounding=ROUND_HALF_EVEN)

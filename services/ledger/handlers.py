@@ -54,6 +54,7 @@ PRICE_PATHS = (
     "input_price_per_million",
     "output_price_per_million",
     "cached_input_price_per_million",
+    "cache_write_price_per_million",
     "currency",
 )
 BUDGET_PATHS = ("description", "period", "limits", "warn_threshold")
@@ -422,6 +423,7 @@ def _model_price(price: Price) -> ModelPrice:
         price.input_price_per_million,
         price.output_price_per_million,
         price.cached_input_price_per_million,
+        price.cache_write_price_per_million,
     )
 
 

@@ -34,7 +34,7 @@ from services.kit.errors import (
     RequestIdReused,
     ResourceExhausted,
 )
-from services.kit.money import ModelPrice, from_nanos, parse_amount, to_nanos
+from services.kit.money import ModelPrice, from_nanos, parse_amount, parse_price, to_nanos
 from services.kit.names import parse_job_name
 
 Row = Any
@@ -105,6 +105,7 @@ class UsageEntry:
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int
+    cache_write_input_tokens: int
     cost_nanos: int | None
     """None when the caller gave no cost: the store prices a model call, if it can."""
     usage_time: datetime | None
@@ -172,11 +173,20 @@ def usage_entry(record_id: str, record: UsageRecord, field: str) -> UsageEntry:
     if record.kind == UsageKind.USAGE_KIND_TOOL_CALL and not record.tool:
         raise FieldRequired(f"{at}tool")
     usage = record.usage
-    for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_write_input_tokens",
+    ):
         if getattr(usage, name) < 0:
             raise FieldInvalid(f"{at}usage.{name}", "must not be negative")
     if usage.cached_input_tokens > usage.input_tokens:
         raise FieldInvalid(f"{at}usage.cached_input_tokens", "at most input_tokens")
+    if usage.cached_input_tokens + usage.cache_write_input_tokens > usage.input_tokens:
+        raise FieldInvalid(
+            f"{at}usage.cache_write_input_tokens", "at most input_tokens - cached_input_tokens"
+        )
     cost = to_nanos(parse_amount(usage.cost, f"{at}usage.cost")) if usage.cost else None
     body = UsageRecord()
     body.CopyFrom(record)
@@ -196,6 +206,7 @@ def usage_entry(record_id: str, record: UsageRecord, field: str) -> UsageEntry:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens,
+        cache_write_input_tokens=usage.cache_write_input_tokens,
         cost_nanos=cost,
         usage_time=validate.optional_timestamp(record, "usage_time", "usage_record.usage_time"),
         body_hash=hashlib.sha256(body.SerializeToString(deterministic=True)).digest(),
@@ -420,6 +431,7 @@ def usage_record_from_row(row: Row, time: TimeOf) -> UsageRecord:
             input_tokens=row["input_tokens"],
             output_tokens=row["output_tokens"],
             cached_input_tokens=row["cached_input_tokens"],
+            cache_write_input_tokens=row["cache_write_input_tokens"],
             total_tokens=tokens,
             cost="" if cost is None else from_nanos(cost),
             model_calls=1 if model_call else 0,
@@ -441,6 +453,7 @@ def price_from_row(row: Row, time: TimeOf) -> Price:
         input_price_per_million=row["input_price"],
         output_price_per_million=row["output_price"],
         cached_input_price_per_million=row["cached_input_price"],
+        cache_write_price_per_million=row["cache_write_price"],
         currency="USD",
         etag=row["etag"],
     )
@@ -555,6 +568,7 @@ def report_row(
             input_tokens=values["input_tokens"] or 0,
             output_tokens=values["output_tokens"] or 0,
             cached_input_tokens=values["cached_input_tokens"] or 0,
+            cache_write_input_tokens=values["cache_write_input_tokens"] or 0,
             total_tokens=(values["input_tokens"] or 0) + (values["output_tokens"] or 0),
             cost=from_nanos(values["cost_nanos"] or 0),
             model_calls=model_calls,
@@ -581,6 +595,7 @@ REPORT_SUMS = """
     CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
     CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
     CAST(sum(cached_input_tokens) AS BIGINT) AS cached_input_tokens,
+    CAST(sum(cache_write_input_tokens) AS BIGINT) AS cache_write_input_tokens,
     CAST(sum(cost_nanos) AS BIGINT) AS cost_nanos,
     count(*) FILTER (WHERE kind = 1) AS model_calls,
     count(*) FILTER (WHERE kind = 2) AS tool_calls,
@@ -607,6 +622,7 @@ def usage_columns(
         entry.input_tokens,
         entry.output_tokens,
         entry.cached_input_tokens,
+        entry.cache_write_input_tokens,
         cost_nanos,
         to_db(entry.usage_time or now),
         to_db(now),
@@ -619,6 +635,7 @@ def entry_usage(entry: UsageEntry) -> Usage:
         input_tokens=entry.input_tokens,
         output_tokens=entry.output_tokens,
         cached_input_tokens=entry.cached_input_tokens,
+        cache_write_input_tokens=entry.cache_write_input_tokens,
     )
 
 
@@ -678,12 +695,20 @@ def new_etag() -> str:
     return secrets.token_hex(8)
 
 
-def price_columns(price: ModelPrice) -> tuple[str, str, str]:
-    """A price's input, output and cached input price columns."""
+def model_price(row: Row) -> ModelPrice:
+    """The price a prices row holds, for costing usage."""
+    return parse_price(
+        row["input_price"], row["output_price"], row["cached_input_price"], row["cache_write_price"]
+    )
+
+
+def price_columns(price: ModelPrice) -> tuple[str, str, str, str]:
+    """A price's input, output, cached input and cache write price columns."""
     return (
         price_text(price.input_per_million),
         price_text(price.output_per_million),
         price_text(price.cached_input_per_million),
+        price_text(price.cache_write_per_million),
     )
 
 

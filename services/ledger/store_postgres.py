@@ -517,7 +517,7 @@ async def _priced(connection: Connection, entry: UsageEntry) -> int | None:
     row = await connection.fetchrow(QUERIES["price_of"], entry.model)
     if row is None:
         return None
-    price = parse_price(row["input_price"], row["output_price"], row["cached_input_price"])
+    price = records.model_price(row)
     return _cost(price, entry)
 
 

@@ -27,7 +27,7 @@ from agentrt.ledger.v1.ledger_pb2 import (
 
 from services.kit.errors import Aborted, AlreadyExists, IllegalTransition, NotFound, RequestIdReused
 from services.kit.ids import new_id
-from services.kit.money import ModelPrice, cost_of, parse_price, to_nanos
+from services.kit.money import ModelPrice, cost_of, to_nanos
 from services.kit.storage import SqliteDatabase, load_queries
 from services.ledger import records
 from services.ledger.records import (
@@ -400,7 +400,7 @@ def _priced(connection: sqlite3.Connection, entry: UsageEntry) -> int | None:
     row = connection.execute(QUERIES["price_of"], (entry.model,)).fetchone()
     if row is None:
         return None
-    price = parse_price(row["input_price"], row["output_price"], row["cached_input_price"])
+    price = records.model_price(row)
     return to_nanos(cost_of(price, records.entry_usage(entry)))
 
 

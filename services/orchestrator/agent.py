@@ -189,6 +189,7 @@ def add_usage(total: common_pb2.Usage, part: common_pb2.Usage) -> common_pb2.Usa
         input_tokens=total.input_tokens + part.input_tokens,
         output_tokens=total.output_tokens + part.output_tokens,
         cached_input_tokens=total.cached_input_tokens + part.cached_input_tokens,
+        cache_write_input_tokens=total.cache_write_input_tokens + part.cache_write_input_tokens,
         total_tokens=total.total_tokens + part.total_tokens,
         cost=cost,
         model_calls=total.model_calls + part.model_calls,

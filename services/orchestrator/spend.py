@@ -280,6 +280,7 @@ class LedgerSpend:
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cached_input_tokens=usage.cached_input_tokens,
+                cache_write_input_tokens=usage.cache_write_input_tokens,
             ),
         )
         record.kind = ledger_pb2.USAGE_KIND_MODEL_CALL
@@ -401,7 +402,8 @@ class LedgerSpend:
         self, request: engine_pb2.CompleteRequest, price: ModelPrice | None
     ) -> WorstCase:
         """The estimated input (messages and tools) plus the most output the call may make,
-        at the model's price (input at the higher of its cached and uncached price)."""
+        at the model's price: every input token at the highest of its input, cache-read and
+        cache-write prices, since the call may read or write any part of its prompt."""
         input_tokens = self._conversation_tokens(request) + estimate_tool_tokens(
             tools_from_proto(request.tools)
         )
@@ -413,8 +415,14 @@ class LedgerSpend:
         )
         cost = None
         if price is not None:
-            worst_input = max(price.input_per_million, price.cached_input_per_million)
-            worst_price = ModelPrice(worst_input, price.output_per_million, worst_input)
+            worst_input = max(
+                price.input_per_million,
+                price.cached_input_per_million,
+                price.cache_write_per_million,
+            )
+            worst_price = ModelPrice(
+                worst_input, price.output_per_million, worst_input, worst_input
+            )
             usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens)
             cost = cost_of(worst_price, usage)
         return WorstCase(input_tokens, output_tokens, cost)
@@ -531,6 +539,7 @@ class LedgerSpend:
                 found.input_price_per_million,
                 found.output_price_per_million,
                 found.cached_input_price_per_million,
+                found.cache_write_price_per_million,
             )
         except grpc.aio.AioRpcError as error:
             # INVALID_ARGUMENT: a model id the ledger cannot name as a price (one with a

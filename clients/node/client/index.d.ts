@@ -43,6 +43,8 @@ export interface BudgetSpec {
 }
 export interface Usage {
   inputTokens: Int64; outputTokens: Int64; cachedInputTokens: Int64; totalTokens: Int64;
+  /** The part of inputTokens written to the provider's prompt cache. */
+  cacheWriteInputTokens: Int64;
   /** A decimal amount, e.g. "0.0012". */
   cost: string; modelCalls: Int64; toolCalls: Int64;
 }

@@ -609,6 +609,66 @@ class Client:
     # read with any key; everything else needs an admin key (`agentrt keys create
     # --admin`; the dev key of `agentrt dev` is one). Raises PermissionDeniedError.
 
+    async def set_price(
+        self,
+        model: str,
+        *,
+        input_price: str | None = None,
+        output_price: str | None = None,
+        cached_input_price: str | None = None,
+        cache_write_price: str | None = None,
+    ) -> ledger_pb2.Price:
+        """Creates the price of `model` (US dollars per million tokens, exact decimal
+        strings such as "2.50"), or changes only the prices given when it exists. Creating
+        needs the input and output prices (without both, only an existing price is changed:
+        NotFoundError otherwise); the cache-read and cache-write prices default to the
+        input price ("" sets one back to it)."""
+        given = {
+            "input_price_per_million": input_price,
+            "output_price_per_million": output_price,
+            "cached_input_price_per_million": cached_input_price,
+            "cache_write_price_per_million": cache_write_price,
+        }
+        paths = [path for path, value in given.items() if value is not None]
+        if not paths:
+            raise ValueError("give at least one price")
+        price = ledger_pb2.Price(name=resource_name("prices", model))
+        for path in paths:
+            setattr(price, path, given[path])
+        with _translated_errors():
+            if input_price is not None and output_price is not None:
+                create = ledger_pb2.CreatePriceRequest(
+                    price_id=price.name.removeprefix("prices/"), price=price
+                )
+                try:
+                    return await self._ledger.CreatePrice(create, **self._unary_options())
+                except grpc.aio.AioRpcError as error:
+                    if not isinstance(error_from_rpc(error), AlreadyExistsError):
+                        raise
+            update = ledger_pb2.UpdatePriceRequest(
+                price=price, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            )
+            return await self._ledger.UpdatePrice(update, **self._unary_options())
+
+    async def get_price(self, model: str) -> ledger_pb2.Price:
+        """The price, by name ("prices/{model}") or model. Raises NotFoundError."""
+        request = ledger_pb2.GetPriceRequest(name=resource_name("prices", model))
+        with _translated_errors():
+            return await self._ledger.GetPrice(request, **self._unary_options())
+
+    async def list_prices(self) -> builtins.list[ledger_pb2.Price]:
+        """Every price, sorted by name."""
+        prices: builtins.list[ledger_pb2.Price] = []
+        token = ""
+        while True:
+            request = ledger_pb2.ListPricesRequest(page_size=500, page_token=token)
+            with _translated_errors():
+                page = await self._ledger.ListPrices(request, **self._unary_options())
+            prices += page.prices
+            token = page.next_page_token
+            if not token:
+                return prices
+
     async def set_budget(
         self,
         budget_id: str,

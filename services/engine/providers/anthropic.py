@@ -202,7 +202,8 @@ def _input(call: ToolCall) -> Any:
 
 
 def parse_usage(raw: Mapping[str, Any]) -> TokenUsage:
-    """Usage with input_tokens counting cached ones too (the API counts them apart)."""
+    """Usage with input_tokens counting the tokens read from and written to the prompt cache
+    too (the API counts the three apart)."""
     fresh = int(raw.get("input_tokens") or 0)
     written = int(raw.get("cache_creation_input_tokens") or 0)
     read = int(raw.get("cache_read_input_tokens") or 0)
@@ -210,6 +211,7 @@ def parse_usage(raw: Mapping[str, Any]) -> TokenUsage:
         input_tokens=fresh + written + read,
         output_tokens=int(raw.get("output_tokens") or 0),
         cached_input_tokens=read,
+        cache_write_input_tokens=written,
     )
 
 

@@ -115,15 +115,19 @@ def _arguments_text(arguments: object) -> str:
 
 
 def parse_usage(raw: object) -> TokenUsage | None:
-    """Token usage from a response's `usage` object, or None when there is none."""
+    """Token usage from a response's `usage` object, or None when there is none. Cache
+    writes come as OpenRouter (and agentrt's own gateway) send them,
+    `prompt_tokens_details.cache_write_tokens`; OpenAI itself reports none."""
     if not isinstance(raw, Mapping):
         return None
     details = raw.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    if not isinstance(details, Mapping):
+        details = {}
     return TokenUsage(
         input_tokens=int(raw.get("prompt_tokens") or 0),
         output_tokens=int(raw.get("completion_tokens") or 0),
-        cached_input_tokens=int(cached or 0),
+        cached_input_tokens=int(details.get("cached_tokens") or 0),
+        cache_write_input_tokens=int(details.get("cache_write_tokens") or 0),
     )
 
 

@@ -139,6 +139,9 @@ def test_budget_and_usage_commands_parse_their_limits() -> None:
         ["usage", "report", "--since", "yesterday"],
         ["usage", "report", "--since", "2026-11-01", "--days", "3"],
         ["plugins", "register", "p", "--address", "h:1", "--version", "1"],
+        ["prices", "set", "m", "--cache-write-price", "-1.25"],
+        ["prices", "set", "m", "--input-price", "two"],
+        ["prices", "set", " ", "--input-price", "1"],
     ],
 )
 def test_bad_admin_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,6 +201,37 @@ def test_a_report_without_groups_is_one_line_of_sums() -> None:
 
 
 # Against the system
+
+
+async def test_prices_set_creates_then_changes_the_prices_given_and_show_lists_them(
+    client: Client,
+) -> None:
+    with pytest.raises(CommandError, match="at least one price"):
+        await cli(client, "prices", "set", "claude-x")
+    with pytest.raises(CommandError, match="needs --input-price and --output-price"):
+        await cli(client, "prices", "set", "claude-x", "--cache-write-price", "3.75")
+
+    code, out, _ = await cli(
+        client, "prices", "set", "claude-x", "--input-price", "3", "--output-price", "15",
+        "--cached-input-price", "0.30",
+    )  # fmt: skip
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["MODEL", "INPUT", "OUTPUT", "CACHE", "READ", "CACHE", "WRITE"]
+    assert row.split() == ["claude-x", "$3", "$15", "$0.3", "$3"]
+
+    code, out, _ = await cli(client, "prices", "set", "claude-x", "--cache-write-price", "3.750")
+    assert code == 0
+    assert out.splitlines()[1].split() == ["claude-x", "$3", "$15", "$0.3", "$3.75"]
+    code, out, _ = await cli(client, "prices", "show", "--json")
+    [price] = [p for p in json.loads(out) if p["name"] == "prices/claude-x"]
+    assert (price["cachedInputPricePerMillion"], price["cacheWritePricePerMillion"]) == (
+        "0.3",
+        "3.75",
+    )
+    code, out, _ = await cli(client, "prices", "set", "claude-x", "--cache-write-price", "")
+    code, out, _ = await cli(client, "prices", "show", "claude-x")
+    assert out.splitlines()[1].split() == ["claude-x", "$3", "$15", "$0.3", "$3"]
 
 
 async def test_budgets_set_creates_then_replaces_and_show_tells_the_spending(

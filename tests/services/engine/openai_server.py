@@ -14,6 +14,7 @@ from aiohttp import web
 
 DEFAULT_MODELS = ("gpt-test", "gpt-mini")
 CACHED_TOKENS = 3
+CACHE_WRITE_TOKENS = 2
 
 
 def unused_url() -> str:
@@ -172,7 +173,10 @@ def _usage(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
+        "prompt_tokens_details": {
+            "cached_tokens": CACHED_TOKENS,
+            "cache_write_tokens": CACHE_WRITE_TOKENS,
+        },
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from services.engine.catalog import ModelCatalog
 from services.engine.completion import CompletionEngine
+from services.engine.convert import usage_to_proto
 from services.engine.deployments import RouteTarget
 from services.engine.errors import ProviderRejected, ProviderUnavailable, RateLimited
 from services.engine.idempotency import IdempotencyTracker
@@ -44,7 +45,12 @@ async def provider(server: AnthropicServer) -> AsyncIterator[AnthropicProvider]:
 
 def usage(messages: int, output: int) -> TokenUsage:
     # Our input counts cache writes and reads too; the API counts them apart.
-    return TokenUsage(10 * messages + CACHE_WRITE + CACHE_READ, output, CACHE_READ)
+    return TokenUsage(
+        10 * messages + CACHE_WRITE + CACHE_READ,
+        output,
+        cached_input_tokens=CACHE_READ,
+        cache_write_input_tokens=CACHE_WRITE,
+    )
 
 
 async def test_complete_sends_system_apart_and_reads_usage_with_cache_tokens(
@@ -56,6 +62,7 @@ async def test_complete_sends_system_apart_and_reads_usage_with_cache_tokens(
     assert completion.message == ChatMessage("assistant", "echo: hello there")
     assert completion.finish_reason == "stop"
     assert completion.usage == usage(1, 3)
+    assert usage_to_proto(completion.usage).cache_write_input_tokens == CACHE_WRITE
     assert (completion.model, completion.provider) == (MODEL, "claude")
     [sent] = server.requests
     assert sent == {

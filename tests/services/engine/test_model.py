@@ -15,9 +15,11 @@ from services.engine.tokens import (
 
 
 def test_usage_adds_up() -> None:
-    total = TokenUsage(10, 5, cached_input_tokens=2) + TokenUsage(1, 2)
+    total = TokenUsage(10, 5, cached_input_tokens=2, cache_write_input_tokens=3) + TokenUsage(
+        1, 2, cache_write_input_tokens=1
+    )
 
-    assert total == TokenUsage(11, 7, cached_input_tokens=2)
+    assert total == TokenUsage(11, 7, cached_input_tokens=2, cache_write_input_tokens=4)
     assert total.total_tokens == 18
 
 

@@ -18,7 +18,14 @@ from services.engine.model import (
 from services.engine.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
 from services.engine.tokens import estimate_message_tokens, estimate_tokens, estimate_tool_tokens
 
-from .openai_server import CACHED_TOKENS, Failure, OpenAIServer, Reply, unused_url
+from .openai_server import (
+    CACHE_WRITE_TOKENS,
+    CACHED_TOKENS,
+    Failure,
+    OpenAIServer,
+    Reply,
+    unused_url,
+)
 
 HELLO = [ChatMessage(role="system", content="Be brief."), ChatMessage("user", "hello there")]
 WEATHER = ToolSpec(
@@ -43,7 +50,9 @@ async def test_complete_sends_the_wire_format_and_reads_the_answer(
 
     assert completion.message == ChatMessage(role="assistant", content="echo: hello there")
     assert completion.finish_reason == "stop"
-    assert completion.usage == TokenUsage(20, 3, cached_input_tokens=CACHED_TOKENS)
+    assert completion.usage == TokenUsage(
+        20, 3, cached_input_tokens=CACHED_TOKENS, cache_write_input_tokens=CACHE_WRITE_TOKENS
+    )
     assert (completion.model, completion.provider) == ("gpt-test", "openai")
     [sent] = openai_server.requests
     assert sent.authorization == "Bearer test-key"
@@ -109,7 +118,10 @@ async def test_stream_delivers_text_then_a_closing_chunk_with_usage(
     assert [c.text_delta for c in text_chunks] == ["one ", "two ", "three ", "four"]
     assert all(not c.finish_reason and c.usage is None for c in text_chunks)
     assert last == CompletionChunk(
-        finish_reason="stop", usage=TokenUsage(20, 4, cached_input_tokens=CACHED_TOKENS)
+        finish_reason="stop",
+        usage=TokenUsage(
+            20, 4, cached_input_tokens=CACHED_TOKENS, cache_write_input_tokens=CACHE_WRITE_TOKENS
+        ),
     )
     body = openai_server.requests[-1].body
     assert body is not None

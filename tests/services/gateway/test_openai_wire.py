@@ -92,7 +92,13 @@ def test_a_stream_is_the_role_the_text_the_calls_the_finish_then_the_usage() -> 
                 id="x",
                 finish_reason=engine_pb2.FINISH_REASON_TOOL_CALLS,
                 tool_calls=[common_pb2.ToolCall(id="c", name="f", arguments="{}")],
-                usage=common_pb2.Usage(input_tokens=3, output_tokens=2, cost="0.1"),
+                usage=common_pb2.Usage(
+                    input_tokens=3,
+                    output_tokens=2,
+                    cached_input_tokens=1,
+                    cache_write_input_tokens=2,
+                    cost="0.1",
+                ),
                 model="m-1",
             )
         ),
@@ -103,6 +109,8 @@ def test_a_stream_is_the_role_the_text_the_calls_the_finish_then_the_usage() -> 
     assert events[4]["choices"][0]["finish_reason"] == "tool_calls"
     assert events[4]["model"] == "m-1"
     assert events[5]["usage"]["total_tokens"] == 5 and events[5]["usage"]["cost"] == "0.1"
+    details = events[5]["usage"]["prompt_tokens_details"]
+    assert details == {"cached_tokens": 1, "cache_write_tokens": 2}
     assert {e["id"] for e in events} == {"x"}
 
 

@@ -35,23 +35,35 @@ def seconds(n: float) -> datetime:
     return T0 + timedelta(seconds=n)
 
 
-def model_call(
-    record_id: str,
+def model_call(record_id: str, **fields: Any) -> UsageEntry:
+    """A validated model-call usage record (fields as model_call_record's)."""
+    return records.usage_entry(record_id, model_call_record(**fields), "")
+
+
+def model_call_record(
     *,
     tenant: str = "acme",
     principal: str = "alice",
     input_tokens: int = 100,
     output_tokens: int = 50,
+    cached_input_tokens: int = 0,
+    cache_write_input_tokens: int = 0,
     cost: str = "0.01",
     usage_time: datetime | None = None,
     job: str = "",
     root_job: str = "",
     model: str = "m1",
-) -> UsageEntry:
-    """A validated model-call usage record."""
+) -> UsageRecord:
+    """A model-call usage record, as a caller sends it."""
     record = UsageRecord(
         kind=UsageKind.USAGE_KIND_MODEL_CALL,
-        usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost),
+        usage=Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_input_tokens=cached_input_tokens,
+            cache_write_input_tokens=cache_write_input_tokens,
+            cost=cost,
+        ),
         model=model,
         tenant=tenant,
         principal=principal,
@@ -60,7 +72,7 @@ def model_call(
     )
     if usage_time is not None:
         record.usage_time.FromDatetime(usage_time)
-    return records.usage_entry(record_id, record, "")
+    return record
 
 
 def tool_call(record_id: str, *, tenant: str = "acme", principal: str = "alice") -> UsageEntry:

@@ -11,7 +11,6 @@ from typing import Any, TypeAlias
 
 import grpc
 import pytest
-from agentrt.common.v1.common_pb2 import Usage
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import (
     Amounts,
@@ -22,7 +21,6 @@ from agentrt.ledger.v1.ledger_pb2 import (
     Reservation,
     UsageDimension,
     UsageKind,
-    UsageRecord,
 )
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -37,7 +35,7 @@ from services.kit.storage import migrate
 from services.ledger.server import create_unit
 from services.ledger.store import SQL_DIRECTORY
 from tests.services.kit.status import error_info
-from tests.services.ledger.conftest import LedgerDatabases
+from tests.services.ledger.conftest import LedgerDatabases, model_call_record
 
 Stub: TypeAlias = "ledger_pb2_grpc.LedgerServiceAsyncStub"
 
@@ -90,28 +88,9 @@ async def failure(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str]]:
     return raised.value.code(), info.reason, dict(info.metadata)
 
 
-def model_usage(
-    record_id: str,
-    *,
-    tenant: str = "acme",
-    principal: str = "alice",
-    model: str = "m1",
-    input_tokens: int = 100,
-    output_tokens: int = 50,
-    cost: str = "0.01",
-    job: str = "",
-) -> RecordUsageRequest:
-    return RecordUsageRequest(
-        usage_record_id=record_id,
-        usage_record=UsageRecord(
-            kind=UsageKind.USAGE_KIND_MODEL_CALL,
-            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost),
-            model=model,
-            tenant=tenant,
-            principal=principal,
-            job=job,
-        ),
-    )
+def model_usage(record_id: str, **fields: Any) -> RecordUsageRequest:
+    """RecordUsage of a model call (fields as model_call_record's)."""
+    return RecordUsageRequest(usage_record_id=record_id, usage_record=model_call_record(**fields))
 
 
 async def create_budget(
@@ -317,6 +296,36 @@ async def test_a_usage_record_without_cost_is_priced(ledger: Stub) -> None:
     assert recorded.usage.cost == "0.003"
 
 
+async def test_a_cache_write_price_is_set_by_update_mask_and_prices_cache_writes(
+    ledger: Stub,
+) -> None:
+    price = Price(input_price_per_million="2", output_price_per_million="10")
+    created = await ledger.CreatePrice(ledger_pb2.CreatePriceRequest(price_id="m1", price=price))
+    assert created.cache_write_price_per_million == "2"
+    change = Price(name="prices/m1", cache_write_price_per_million="2.50")
+
+    updated = await ledger.UpdatePrice(
+        ledger_pb2.UpdatePriceRequest(
+            price=change, update_mask=FieldMask(paths=["cache_write_price_per_million"])
+        )
+    )
+    recorded = await ledger.RecordUsage(
+        model_usage(
+            "written",
+            input_tokens=1000,
+            cache_write_input_tokens=400,
+            output_tokens=0,
+            cost="",
+        ),
+        timeout=TIMEOUT,
+    )
+
+    assert (updated.input_price_per_million, updated.cache_write_price_per_million) == ("2", "2.5")
+    assert await ledger.GetPrice(ledger_pb2.GetPriceRequest(name="prices/m1")) == updated
+    # 600 fresh tokens at 2 and 400 written at 2.5 per million.
+    assert (recorded.usage.cost, recorded.usage.cache_write_input_tokens) == ("0.0022", 400)
+
+
 # Budgets
 
 
@@ -414,6 +423,33 @@ BAD_REQUESTS = [
     ),
     ("RecordUsage", model_usage("bad id"), "FIELD_INVALID", "usage_record_id"),
     (
+        "RecordUsage",
+        model_usage(
+            "overcached", input_tokens=10, cached_input_tokens=6, cache_write_input_tokens=5
+        ),
+        "FIELD_INVALID",
+        "usage_record.usage.cache_write_input_tokens",
+    ),
+    (
+        "RecordUsage",
+        model_usage("negative", cache_write_input_tokens=-1),
+        "FIELD_INVALID",
+        "usage_record.usage.cache_write_input_tokens",
+    ),
+    (
+        "CreatePrice",
+        ledger_pb2.CreatePriceRequest(
+            price_id="m1",
+            price=Price(
+                input_price_per_million="1",
+                output_price_per_million="2",
+                cache_write_price_per_million="-1.25",
+            ),
+        ),
+        "FIELD_INVALID",
+        "price.cache_write_price_per_million",
+    ),
+    (
         "ReserveBudget",
         ledger_pb2.ReserveBudgetRequest(tenant="acme", amounts=Amounts(tokens=-5)),
         "FIELD_INVALID",
@@ -482,6 +518,19 @@ async def test_a_bad_price_update_changes_nothing(ledger: Stub) -> None:
         )
     )
     assert (code, reason, metadata["field"]) == (INVALID, "FIELD_INVALID", "update_mask")
+    code, reason, metadata = await failure(
+        ledger.UpdatePrice(
+            ledger_pb2.UpdatePriceRequest(
+                price=Price(name="prices/m1", cache_write_price_per_million="1.25 USD"),
+                update_mask=FieldMask(paths=["cache_write_price_per_million"]),
+            )
+        )
+    )
+    assert (code, reason, metadata["field"]) == (
+        INVALID,
+        "FIELD_INVALID",
+        "price.cache_write_price_per_million",
+    )
     assert await ledger.GetPrice(ledger_pb2.GetPriceRequest(name="prices/m1")) == created
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import timedelta
+from pathlib import Path
 from typing import NamedTuple
 
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from agentrt.common.v1.common_pb2 import ErrorReason
 from agentrt.ledger.v1.ledger_pb2 import Budget, BudgetVerdict, Reservation
@@ -20,11 +23,12 @@ from services.kit.errors import (
     ResourceExhausted,
 )
 from services.kit.money import parse_price
-from services.kit.storage import StorageConfig
-from services.ledger.records import Quantities
-from services.ledger.store import LedgerStore, ReportQuery
+from services.kit.storage import SqliteDatabase, StorageConfig, migrate
+from services.ledger.records import Quantities, UsageEntry
+from services.ledger.store import SQL_DIRECTORY, LedgerStore, ReportQuery, open_ledger_store
 from tests.services.ledger.conftest import (
     T0,
+    LedgerDatabases,
     amounts,
     budget,
     model_call,
@@ -94,7 +98,7 @@ async def test_concurrent_duplicates_of_a_record_count_once(store: LedgerStore) 
 async def test_a_model_call_without_cost_is_priced_with_the_current_price(
     store: LedgerStore,
 ) -> None:
-    await store.create_price("m1", parse_price("2", "10", "0.5"), T0)
+    await store.create_price("m1", parse_price("2", "10", "0.5", ""), T0)
     entry = model_call("r1", input_tokens=1_000_000, output_tokens=3, cost="")
     unpriced = model_call("r2", cost="", model="unknown")
 
@@ -103,6 +107,88 @@ async def test_a_model_call_without_cost_is_priced_with_the_current_price(
 
     assert record.usage.cost == "2.00003"
     assert other.usage.cost == ""
+
+
+def prompt_cache_call(record_id: str) -> UsageEntry:
+    """A million prompt tokens: 400k fresh, 200k read from the prompt cache, 400k written."""
+    return model_call(
+        record_id,
+        input_tokens=1_000_000,
+        cached_input_tokens=200_000,
+        cache_write_input_tokens=400_000,
+        output_tokens=0,
+        cost="",
+    )
+
+
+async def test_cache_writes_are_priced_at_the_cache_write_price_when_recorded_and_settled(
+    store: LedgerStore,
+) -> None:
+    await store.create_price("m1", parse_price("2", "10", "0.5", "2.5"), T0)
+    held = await store.reserve(reservation(2_000_000), T0)
+
+    recorded, _ = await store.record_usage(prompt_cache_call("r1"), T0)
+    settled = await store.settle(reservation_id(held), [prompt_cache_call("r2")], seconds(1))
+
+    # 400k fresh at 2, 200k read at 0.5, 400k written at 2.5 (not at the input price: 1.7).
+    assert recorded.usage.cost == "1.9"
+    assert settled.settled.cost == "1.9"
+    assert recorded.usage.cache_write_input_tokens == 400_000
+    listed = await store.list_usage_records("acme")
+    assert sorted(r.usage.cache_write_input_tokens for r in listed) == [400_000, 400_000]
+    (total,) = await store.usage_report(ReportQuery(T0, T0 + timedelta(days=1)))
+    assert total.row.usage.cache_write_input_tokens == 800_000
+    assert total.row.usage.cached_input_tokens == 400_000
+
+
+async def test_a_price_made_before_cache_writes_were_priced_charges_them_the_input_price(
+    storage_config: StorageConfig, ledger_databases: LedgerDatabases, tmp_path: Path
+) -> None:
+    await migrate(ledger_databases.track(storage_config), sql_before(tmp_path, 4))
+    time = "now()" if storage_config.backend == "postgres" else "0"
+    await execute(
+        storage_config,
+        "INSERT INTO prices (model, input_price, output_price, cached_input_price, etag,"
+        f" create_time, update_time) VALUES ('m1', '2', '10', '0.5', 'e1', {time}, {time})",
+    )
+    await migrate(storage_config, SQL_DIRECTORY)
+    store = await open_ledger_store(storage_config)
+    try:
+        price = await store.get_price("m1")
+        recorded, _ = await store.record_usage(prompt_cache_call("r1"), T0)
+    finally:
+        await store.close()
+
+    assert (price.cached_input_price_per_million, price.cache_write_price_per_million) == (
+        "0.5",
+        "2",
+    )
+    # 400k fresh and 400k written at 2, 200k read at 0.5.
+    assert recorded.usage.cost == "1.7"
+
+
+def sql_before(tmp_path: Path, version: int) -> Path:
+    """A copy of the ledger's sql/ folder without migrations from `version` on."""
+    copy = Path(shutil.copytree(SQL_DIRECTORY, tmp_path / "sql"))
+    for migration in copy.glob("*/migrations/*.sql"):
+        if int(migration.name.split("_")[0]) >= version:
+            migration.unlink()
+    return copy
+
+
+async def execute(config: StorageConfig, statement: str) -> None:
+    if config.backend == "postgres":
+        connection = await asyncpg.connect(
+            config.postgres_dsn, server_settings={"search_path": config.schema}
+        )
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+        return
+    assert config.sqlite_path is not None
+    async with await SqliteDatabase.open(config.sqlite_path) as database:
+        await database.execute(statement)
 
 
 async def test_a_budget_counts_the_usage_recorded_before_it(store: LedgerStore) -> None:
@@ -507,17 +593,19 @@ async def test_check_budget_gives_the_verdict_and_what_remains(store: LedgerStor
 async def test_prices_are_created_read_updated_and_deleted_with_etags(
     store: LedgerStore,
 ) -> None:
-    created = await store.create_price("m1", parse_price("2.50", "10", ""), T0)
+    created = await store.create_price("m1", parse_price("2.50", "10", "", ""), T0)
     assert created.input_price_per_million == "2.5"
     assert created.cached_input_price_per_million == "2.5"
+    assert created.cache_write_price_per_million == "2.5"
     with pytest.raises(AlreadyExists):
-        await store.create_price("m1", parse_price("1", "1", ""), T0)
+        await store.create_price("m1", parse_price("1", "1", "", ""), T0)
 
-    updated = await store.update_price("m1", parse_price("3", "12", "1"), created.etag, T0)
+    updated = await store.update_price("m1", parse_price("3", "12", "1", "3.750"), created.etag, T0)
     assert updated.etag != created.etag
+    assert updated.cache_write_price_per_million == "3.75"
     assert await store.get_price("m1") == updated
     with pytest.raises(Aborted):
-        await store.update_price("m1", parse_price("4", "4", ""), created.etag, T0)
+        await store.update_price("m1", parse_price("4", "4", "", ""), created.etag, T0)
     with pytest.raises(Aborted):
         await store.delete_price("m1", created.etag)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TypeAlias
 
@@ -154,6 +155,39 @@ async def test_a_model_call_holds_its_worst_case_and_settles_its_real_usage(ledg
     (record,) = records.usage_records
     assert (record.job, record.parent_job, record.model) == (JOB, PARENT, "m1")
     assert record.trace_id == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_the_hold_is_an_upper_bound_when_cache_writes_cost_more_than_input(
+    ledger: Stub,
+) -> None:
+    price = Price(
+        input_price_per_million="1",
+        output_price_per_million="2",
+        cache_write_price_per_million="3.75",
+    )
+    await ledger.CreatePrice(ledger_pb2.CreatePriceRequest(price_id="m1", price=price))
+    await budgeted(ledger, tokens=100_000, cost="1.00")
+    spend = spend_on(ledger)
+    request = call(max_output=100)
+
+    hold = await spend.reserve_model_call(job(), common_pb2.Usage(), request)
+    held = await status(ledger)
+    worst = spend.worst_case(request, None)
+    # The worst call writes its whole prompt to the cache and makes all its output.
+    written = common_pb2.Usage(
+        input_tokens=worst.input_tokens,
+        cache_write_input_tokens=worst.input_tokens,
+        output_tokens=worst.output_tokens,
+    )
+    settled = await spend.settle_model_call(job(), hold, written, "j1.1.model")
+
+    assert Decimal(held.reserved.cost) == Decimal(worst.input_tokens * 375 + 200 * 100) / 10**8
+    assert Decimal(settled.cost) == Decimal(held.reserved.cost)
+    assert settled.cache_write_input_tokens == worst.input_tokens
+    (record,) = (
+        await ledger.ListUsageRecords(ledger_pb2.ListUsageRecordsRequest(tenant="acme"))
+    ).usage_records
+    assert record.usage.cache_write_input_tokens == worst.input_tokens
 
 
 async def test_without_max_output_tokens_the_configured_default_is_held(ledger: Stub) -> None:

@@ -242,6 +242,33 @@ def _add_admin_api_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     connection: argparse.ArgumentParser,
 ) -> None:
+    prices = commands.add_parser("prices", help="set and show model prices").add_subparsers(
+        dest="prices_command", required=True, metavar="ACTION"
+    )
+    set_price = prices.add_parser(
+        "set", parents=[connection], help="create a price or change some of it (admin key)"
+    )
+    set_price.add_argument("model", type=_text, metavar="MODEL", help="the model id, e.g. gpt-4o")
+    per_million = "US dollars per million"
+    set_price.add_argument("--input-price", type=_dollars, help=f"{per_million} input tokens")
+    set_price.add_argument("--output-price", type=_dollars, help=f"{per_million} output tokens")
+    set_price.add_argument(
+        "--cached-input-price",
+        type=_dollars_or_empty,
+        help=f"{per_million} tokens read from the prompt cache ('' for the input price)",
+    )
+    set_price.add_argument(
+        "--cache-write-price",
+        type=_dollars_or_empty,
+        help=f"{per_million} tokens written to the prompt cache ('' for the input price)",
+    )
+    set_price.add_argument("--json", action="store_true", help="print the price as JSON")
+    set_price.set_defaults(client_command=manage.set_price)
+    show_prices = prices.add_parser("show", parents=[connection], help="model prices")
+    show_prices.add_argument("model", nargs="?", default="", metavar="MODEL", help="only this one")
+    show_prices.add_argument("--json", action="store_true", help="print a JSON array")
+    show_prices.set_defaults(client_command=manage.show_prices)
+
     budgets = commands.add_parser("budgets", help="set and show spending limits").add_subparsers(
         dest="budgets_command", required=True, metavar="ACTION"
     )
@@ -349,6 +376,10 @@ def _text(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text.strip()
+
+
+def _dollars_or_empty(text: str) -> str:
+    return _dollars(text) if text.strip() else ""
 
 
 def _dollars(text: str) -> str:

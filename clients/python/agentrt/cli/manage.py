@@ -1,5 +1,5 @@
-"""The CLI's admin commands over the APIs the gateway forwards: `agentrt budgets`,
-`usage report`, `policies` and `plugins` (docs/admin.md)."""
+"""The CLI's admin commands over the APIs the gateway forwards: `agentrt prices`,
+`budgets`, `usage report`, `policies` and `plugins` (docs/admin.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,43 @@ from agentrt.errors import NotFoundError
 from agentrt.ledger.v1 import ledger_pb2
 from agentrt.orchestrator.v1 import orchestrator_pb2
 from agentrt.policy.v1 import policy_pb2
+
+
+async def set_price(args: argparse.Namespace, client: Client, console: Console) -> int:
+    """`agentrt prices set <model> --input-price X --output-price Y ...`: creates the price
+    or changes the prices given."""
+    given = (args.input_price, args.output_price, args.cached_input_price, args.cache_write_price)
+    if all(value is None for value in given):
+        raise CommandError(
+            "give at least one price: --input-price, --output-price, --cached-input-price"
+            " or --cache-write-price"
+        )
+    try:
+        price = await client.set_price(
+            args.model,
+            input_price=args.input_price,
+            output_price=args.output_price,
+            cached_input_price=args.cached_input_price,
+            cache_write_price=args.cache_write_price,
+        )
+    except NotFoundError:
+        raise CommandError(
+            f"{args.model} has no price yet: a new price needs --input-price and --output-price"
+        ) from None
+    console.print(render.as_json(price) if args.json else render.price_table([price]))
+    return 0
+
+
+async def show_prices(args: argparse.Namespace, client: Client, console: Console) -> int:
+    """`agentrt prices show [model]`: prices per million tokens."""
+    prices = [await client.get_price(args.model)] if args.model else await client.list_prices()
+    if args.json:
+        console.print(json.dumps([_as_dict(p) for p in prices], indent=2))
+    elif prices:
+        console.print(render.price_table(prices))
+    else:
+        console.problem("no prices found")
+    return 0
 
 
 async def set_budget(args: argparse.Namespace, client: Client, console: Console) -> int:

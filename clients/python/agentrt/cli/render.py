@@ -238,6 +238,27 @@ def _compact_json(message: Message) -> str:
 _DIMENSIONS = (("tokens", "TOKENS"), ("cost", "COST"), ("tool_calls", "TOOL CALLS"))
 
 
+def price_table(prices: Iterable[ledger_pb2.Price]) -> str:
+    """Prices as an aligned table, in US dollars per million tokens."""
+    rows: list[tuple[str, ...]] = [("MODEL", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE")]
+    for price in prices:
+        rows.append(
+            (
+                price.name.removeprefix("prices/"),
+                *(f"${getattr(price, field)}" for field in _PRICE_FIELDS),
+            )
+        )
+    return table(rows, right={1, 2, 3, 4})
+
+
+_PRICE_FIELDS = (
+    "input_price_per_million",
+    "output_price_per_million",
+    "cached_input_price_per_million",
+    "cache_write_price_per_million",
+)
+
+
 def budget_table(
     budgets: Iterable[ledger_pb2.Budget], statuses: Mapping[str, ledger_pb2.BudgetStatus]
 ) -> str:

@@ -8,10 +8,10 @@
 -- Returns no row when the id exists (ON CONFLICT waits for a concurrent insert to end).
 INSERT INTO usage_records (
     id, body_hash, tenant, principal, kind, model, tool, job, parent_job, root_job,
-    trace_id, input_tokens, output_tokens, cached_input_tokens, cost_nanos, usage_time,
-    create_time
+    trace_id, input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens,
+    cost_nanos, usage_time, create_time
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 ON CONFLICT (id) DO NOTHING
 RETURNING *;
 
@@ -88,9 +88,10 @@ SELECT * FROM prices WHERE model = $1;
 
 -- name: insert_price
 INSERT INTO prices (
-    model, input_price, output_price, cached_input_price, etag, create_time, update_time
+    model, input_price, output_price, cached_input_price, cache_write_price, etag,
+    create_time, update_time
 )
-VALUES ($1, $2, $3, $4, $5, $6, $6)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
 ON CONFLICT (model) DO NOTHING
 RETURNING *;
 
@@ -102,7 +103,8 @@ SELECT * FROM prices WHERE model = $1 FOR UPDATE;
 
 -- name: update_price
 UPDATE prices
-SET input_price = $2, output_price = $3, cached_input_price = $4, etag = $5, update_time = $6
+SET input_price = $2, output_price = $3, cached_input_price = $4, cache_write_price = $5,
+    etag = $6, update_time = $7
 WHERE model = $1
 RETURNING *;
 
@@ -285,11 +287,12 @@ ORDER BY c.budget_id, c.period, c.window_start;
 
 -- name: reservation_for_settle
 -- Reservation $1, locked, with the prices of models $2 (a JSON list of [model, input,
--- output, cached input]): what a settle needs before it records the usage, in one round
+-- output, cached input, cache write]): what a settle needs before it records the usage, in one round
 -- trip.
 SELECT r.*,
        (SELECT coalesce(json_agg(json_build_array(
-                   p.model, p.input_price, p.output_price, p.cached_input_price)), '[]')
+                   p.model, p.input_price, p.output_price, p.cached_input_price,
+                   p.cache_write_price)), '[]')
         FROM prices p WHERE p.model = ANY ($2::text[]))::text AS model_prices
 FROM reservations r
 WHERE r.id = $1

@@ -6,10 +6,10 @@
 -- Returns no row when the id exists.
 INSERT INTO usage_records (
     id, body_hash, tenant, principal, kind, model, tool, job, parent_job, root_job,
-    trace_id, input_tokens, output_tokens, cached_input_tokens, cost_nanos, usage_time,
-    create_time
+    trace_id, input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens,
+    cost_nanos, usage_time, create_time
 )
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO NOTHING
 RETURNING *;
 
@@ -69,9 +69,10 @@ SELECT * FROM prices WHERE model = ?;
 
 -- name: insert_price
 INSERT INTO prices (
-    model, input_price, output_price, cached_input_price, etag, create_time, update_time
+    model, input_price, output_price, cached_input_price, cache_write_price, etag,
+    create_time, update_time
 )
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
 ON CONFLICT (model) DO NOTHING
 RETURNING *;
 
@@ -80,7 +81,8 @@ SELECT * FROM prices ORDER BY model;
 
 -- name: update_price
 UPDATE prices
-SET input_price = ?2, output_price = ?3, cached_input_price = ?4, etag = ?5, update_time = ?6
+SET input_price = ?2, output_price = ?3, cached_input_price = ?4, cache_write_price = ?5,
+    etag = ?6, update_time = ?7
 WHERE model = ?1
 RETURNING *;
 

@@ -620,6 +620,7 @@ class Usage(_message.Message):
     MODEL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens, cached ones included."""
     output_tokens: _builtins.int
@@ -640,6 +641,12 @@ class Usage(_message.Message):
     """True when the engine answered from its response cache: no provider was
     called and the call costs nothing.
     """
+    cache_write_input_tokens: _builtins.int
+    """The part of input_tokens written to the provider's prompt cache (billed
+    at the price's cache_write_price_per_million); input_tokens still counts
+    all prompt tokens, so cached_input_tokens + cache_write_input_tokens is at
+    most input_tokens.
+    """
     def __init__(
         self,
         *,
@@ -651,10 +658,11 @@ class Usage(_message.Message):
         model_calls: _builtins.int = ...,
         tool_calls: _builtins.int = ...,
         cache_hit: _builtins.bool = ...,
+        cache_write_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "cached_input_tokens", b"cached_input_tokens", "cost", b"cost", "input_tokens", b"input_tokens", "model_calls", b"model_calls", "output_tokens", b"output_tokens", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "cost", b"cost", "input_tokens", b"input_tokens", "model_calls", b"model_calls", "output_tokens", b"output_tokens", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

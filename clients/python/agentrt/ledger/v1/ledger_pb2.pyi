@@ -230,12 +230,13 @@ class Price(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_PRICE_PER_MILLION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"prices/{model}", where {model} is the model id as the engine lists
     it (1 to 128 characters, no '/').
     """
     input_price_per_million: _builtins.str
-    """Per million input tokens that were not cached."""
+    """Per million input tokens neither read from nor written to the prompt cache."""
     output_price_per_million: _builtins.str
     """Per million output tokens."""
     cached_input_price_per_million: _builtins.str
@@ -245,6 +246,11 @@ class Price(_message.Message):
     etag: _builtins.str
     """Computed by the server. Send it back on update and delete to make them
     fail when the price changed meanwhile; empty skips the check.
+    """
+    cache_write_price_per_million: _builtins.str
+    """Per million input tokens written to the provider's prompt cache (Anthropic
+    bills them at a premium, typically 1.25 times the input price); empty
+    means the input price.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -265,10 +271,11 @@ class Price(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        cache_write_price_per_million: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_price_per_million", b"cached_input_price_per_million", "create_time", b"create_time", "currency", b"currency", "etag", b"etag", "input_price_per_million", b"input_price_per_million", "name", b"name", "output_price_per_million", b"output_price_per_million", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_price_per_million", b"cache_write_price_per_million", "cached_input_price_per_million", b"cached_input_price_per_million", "create_time", b"create_time", "currency", b"currency", "etag", b"etag", "input_price_per_million", b"input_price_per_million", "name", b"name", "output_price_per_million", b"output_price_per_million", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,7 +31,7 @@ from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 from agentrt.recordings import Recordings
 from agentrt.replay.v1 import replay_pb2_grpc
-from agentrt.retries import NO_RETRY, STREAM_BREAKS, Repeated, RetryPolicy, retried
+from agentrt.retries import BROKEN_OFF, NO_RETRY, Repeated, RetryPolicy, retried
 
 if TYPE_CHECKING:
     from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
@@ -969,9 +969,7 @@ class Client:
         """Whether an event stream broken by `error`, after `failures` reopenings in a row
         that brought nothing, is opened again."""
         return (
-            error.code() in STREAM_BREAKS
-            and self._retry.may_retry(failures + 1)
-            and self._is_open()
+            error.code() in BROKEN_OFF and self._retry.may_retry(failures + 1) and self._is_open()
         )
 
     def _is_open(self) -> bool:

@@ -24,10 +24,11 @@ UNKNOWN_OUTCOME: frozenset[grpc.StatusCode] = frozenset(
 reaches the caller as a status is one it did not ask for (its own cancellation raises
 asyncio.CancelledError): a server shutting down cancels the calls it had not started."""
 
-STREAM_BREAKS: frozenset[grpc.StatusCode] = frozenset(
+BROKEN_OFF: frozenset[grpc.StatusCode] = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 )
-"""The codes on which an event stream, which has no deadline, is reopened."""
+"""The codes of a call cut off by the server's going away: those on which an event
+stream, which has no deadline, is reopened."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,12 @@ async def retried(
     *,
     still_wanted: Callable[[], bool] = lambda: True,
     repeated: Repeated[T] | None = None,
+    codes: frozenset[grpc.StatusCode] = UNKNOWN_OUTCOME,
 ) -> T:
     """The answer of `send`, tried again as `policy` says while its outcome is unknown
     and `still_wanted()` (false once the client is closed). `timeout` bounds all the
-    tries together: each is sent with what is left of it, and none starts after it."""
+    tries together: each is sent with what is left of it, and none starts after it.
+    `codes` are those tried again (a caller without deadlines leaves out DEADLINE_EXCEEDED)."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     failures = 0
@@ -96,7 +99,7 @@ async def retried(
             return await send(left)
         except grpc.aio.AioRpcError as error:
             failures += 1
-            if error.code() not in UNKNOWN_OUTCOME:
+            if error.code() not in codes:
                 if failures > 1 and repeated is not None:
                     return await repeated(error)
                 raise

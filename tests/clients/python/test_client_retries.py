@@ -20,8 +20,7 @@ from agentrt.gateway.v1 import gateway_pb2, models_pb2
 from agentrt.policy.v1 import policy_pb2
 
 from services.dev import LocalSystem
-
-from .faulty_proxy import Fault, proxying
+from tests.faulty_proxy import Fault, proxying
 
 FAST = RetryPolicy(attempts=4, initial_backoff=0.01, max_backoff=0.05)
 RUNTIME = "/agentrt.gateway.v1.RuntimeService"

@@ -84,7 +84,7 @@ describe('RuntimeService from Node.js', { skip, timeout: 60000 }, () => {
     skip: process.env.AGENTRT_TEST_CONTROL_DIR ? false : 'AGENTRT_TEST_CONTROL_DIR is not set',
   }, async () => {
     const control = process.env.AGENTRT_TEST_CONTROL_DIR;
-    const resilient = new RuntimeClient(ENDPOINT, API_KEY, { resume: { attempts: 20, initialBackoffMs: 100, maxBackoffMs: 1000 } });
+    const resilient = new RuntimeClient(ENDPOINT, API_KEY, { retry: { attempts: 20, initialBackoffMs: 100, maxBackoffMs: 1000 } });
     try {
       const job = await resilient.execute({ prompt: 'tell me a long story', model: 'local-slow' });
       const seen = [];

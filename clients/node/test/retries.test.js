@@ -9,6 +9,7 @@ const crypto = require('node:crypto');
 const { describe, it, after } = require('node:test');
 const grpc = require('@grpc/grpc-js');
 const { RuntimeClient } = require('../client');
+const { rejection } = require('../testing/support');
 
 const { AGENTRT_ENDPOINT: ENDPOINT, AGENTRT_API_KEY: API_KEY } = process.env;
 const skip = ENDPOINT && API_KEY ? false : 'AGENTRT_ENDPOINT and AGENTRT_API_KEY are not set';
@@ -49,15 +50,6 @@ async function startProxy(plan) {
     calls,
     stop: () => { server.forceShutdown(); upstream.close(); },
   };
-}
-
-async function rejection(promise) {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  assert.fail('the call succeeded');
 }
 
 describe('retries of the Node.js client', { skip, timeout: 60000 }, () => {

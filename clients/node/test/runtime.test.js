@@ -10,6 +10,7 @@ const path = require('node:path');
 const { describe, it, after } = require('node:test');
 const grpc = require('@grpc/grpc-js');
 const { AgentrtError, RuntimeClient, eventPosition, fromStruct } = require('../client');
+const { rejection } = require('../testing/support');
 
 const { AGENTRT_ENDPOINT: ENDPOINT, AGENTRT_API_KEY: API_KEY } = process.env;
 const skip = ENDPOINT && API_KEY ? false : 'AGENTRT_ENDPOINT and AGENTRT_API_KEY are not set';
@@ -20,15 +21,6 @@ async function collect(events) {
   const all = [];
   for await (const event of events) all.push(event);
   return all;
-}
-
-async function rejection(promise) {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  assert.fail('the call succeeded');
 }
 
 describe('RuntimeService from Node.js', { skip, timeout: 60000 }, () => {

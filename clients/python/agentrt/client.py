@@ -636,26 +636,26 @@ class Client:
         price = ledger_pb2.Price(name=resource_name("prices", model))
         for path in paths:
             setattr(price, path, given[path])
-        with _translated_errors():
-            if input_price is not None and output_price is not None:
-                create = ledger_pb2.CreatePriceRequest(
-                    price_id=price.name.removeprefix("prices/"), price=price
-                )
-                try:
-                    return await self._ledger.CreatePrice(create, **self._unary_options())
-                except grpc.aio.AioRpcError as error:
-                    if not isinstance(error_from_rpc(error), AlreadyExistsError):
-                        raise
-            update = ledger_pb2.UpdatePriceRequest(
-                price=price, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        if input_price is not None and output_price is not None:
+            create = ledger_pb2.CreatePriceRequest(
+                price_id=price.name.removeprefix("prices/"),
+                price=price,
+                request_id=_new_request_id(),
             )
-            return await self._ledger.UpdatePrice(update, **self._unary_options())
+            try:
+                return await self._call(self._ledger.CreatePrice, create)
+            except AlreadyExistsError:
+                pass
+        # The given prices set without an etag: sent twice, it leaves the same price.
+        update = ledger_pb2.UpdatePriceRequest(
+            price=price, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        return await self._call(self._ledger.UpdatePrice, update)
 
     async def get_price(self, model: str) -> ledger_pb2.Price:
         """The price, by name ("prices/{model}") or model. Raises NotFoundError."""
         request = ledger_pb2.GetPriceRequest(name=resource_name("prices", model))
-        with _translated_errors():
-            return await self._ledger.GetPrice(request, **self._unary_options())
+        return await self._call(self._ledger.GetPrice, request)
 
     async def list_prices(self) -> builtins.list[ledger_pb2.Price]:
         """Every price, sorted by name."""
@@ -663,8 +663,7 @@ class Client:
         token = ""
         while True:
             request = ledger_pb2.ListPricesRequest(page_size=500, page_token=token)
-            with _translated_errors():
-                page = await self._ledger.ListPrices(request, **self._unary_options())
+            page = await self._call(self._ledger.ListPrices, request)
             prices += page.prices
             token = page.next_page_token
             if not token:
@@ -904,7 +903,9 @@ class Client:
         budgets; `max_output_tokens`
         (0: the deployment's default) bounds what it holds. Raises ResourceExhaustedError
         (BUDGET_EXCEEDED), PermissionDeniedError (POLICY_DENIED), NotFoundError
-        (MODEL_NOT_FOUND) and InvalidArgumentError.
+        (MODEL_NOT_FOUND) and InvalidArgumentError. Only a call with a `request_id` (the
+        engine's idempotency key: a repeat joins the first call) is tried again when its
+        outcome is unknown.
         """
         request = _complete_request(prompt, model, max_output_tokens, tools, request_id, policy)
         return await self._call(self._models.Complete, request, retry=bool(request_id))
@@ -920,7 +921,8 @@ class Client:
         policy: str = "",
     ) -> AsyncIterator[models_pb2.CompleteChunk]:
         """Like `complete`, the answer streamed: text chunks, then a last chunk with the
-        finish reason, the tool calls and the recorded usage."""
+        finish reason, the tool calls and the recorded usage. With a `request_id` a call
+        whose outcome is unknown is tried again until its first chunk, never after."""
         request = _complete_request(prompt, model, max_output_tokens, tools, request_id, policy)
         policy_of_call = self._retry if request_id else NO_RETRY
 

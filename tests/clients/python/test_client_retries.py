@@ -157,6 +157,19 @@ async def test_creates_and_deletes_whose_answers_are_lost_are_applied_once(
     assert len(proxy.calls[f"{POLICY}/DeletePolicySet"]) == 2
 
 
+async def test_a_price_whose_creation_answer_is_lost_is_created_once(system: LocalSystem) -> None:
+    ledger = "/agentrt.ledger.v1.LedgerService"
+    async with (
+        proxying(system.endpoint, {f"{ledger}/CreatePrice": [LOST]}) as (endpoint, proxy),
+        Client(endpoint, system.api_key, retry=FAST) as client,
+    ):
+        price = await client.set_price("retried-model", input_price="1.5", output_price="6")
+        assert price.name == "prices/retried-model"
+    # The second try returned the price the first created, under the same request_id.
+    assert len(proxy.calls[f"{ledger}/CreatePrice"]) == 2
+    assert f"{ledger}/UpdatePrice" not in proxy.calls
+
+
 async def test_an_update_checked_against_an_etag_is_not_retried(system: LocalSystem) -> None:
     update = f"{POLICY}/UpdatePolicySet"
     async with (

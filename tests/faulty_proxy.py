@@ -4,6 +4,7 @@ forwarded and their answer lost on the way back (the outcome a client cannot kno
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,17 +16,24 @@ import grpc
 @dataclass(frozen=True)
 class Fault:
     """What happens to one call: it fails with `code`, after reaching the gateway (its
-    answer lost) when `reaches_gateway`, else without reaching it."""
+    answer lost; a stream's after `after_messages` messages) when `reaches_gateway`,
+    else without reaching it."""
 
     code: grpc.StatusCode
     reaches_gateway: bool = True
     details: str = "the answer was lost on the way"
+    after_messages: int = 0
+
+
+STREAMING = ("/StreamComplete",)
+"""The endings of the methods that answer with a stream."""
 
 
 @dataclass
 class FaultyProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """Forwards unary calls to `upstream`; the i-th call of a method meets the i-th entry
-    of `faults[method]` (None, or past the list's end: forwarded as it is)."""
+    """Forwards unary calls, and those of STREAMING, to `upstream`; the i-th call of a
+    method meets the i-th entry of `faults[method]` (None, or past the list's end:
+    forwarded as it is)."""
 
     upstream: grpc.aio.Channel
     faults: Mapping[str, Iterable[Fault | None]] = field(default_factory=dict)
@@ -37,31 +45,63 @@ class FaultyProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
         method: str = details.method
+        if method.endswith(STREAMING):
+            return grpc.unary_stream_rpc_method_handler(functools.partial(self._stream, method))
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, method))
 
-        async def forward(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            self.calls.setdefault(method, []).append(request)
-            fault = next(self._faults.get(method, iter(())), None)
-            if fault is not None and not fault.reaches_gateway:
-                await context.abort(fault.code, fault.details)
-            metadata = [
-                (key, value)
-                for key, value in context.invocation_metadata() or ()
-                if not key.startswith((":", "grpc-"))
-            ]
-            try:
-                send = self.upstream.unary_unary(method, None, None)  # bytes as they are
-                answer: bytes = await send(
-                    request, metadata=metadata, timeout=context.time_remaining()
-                )
-            except grpc.aio.AioRpcError as error:
-                # The status details too; the server wants a tuple, not Metadata.
-                trailers: Any = tuple(error.trailing_metadata() or ())
-                await context.abort(error.code(), error.details() or "", trailers)
-            if fault is not None:
-                await context.abort(fault.code, fault.details)
-            return answer
+    async def _unary(self, method: str, request: bytes, context: Context) -> bytes:
+        fault = await self._begin(method, request, context)
+        send = self.upstream.unary_unary(method, None, None)  # bytes as they are
+        try:
+            answer: bytes = await send(request, **_forwarded(context))
+        except grpc.aio.AioRpcError as error:
+            await _relay(error, context)
+        if fault is not None:
+            await context.abort(fault.code, fault.details)
+        return answer
 
-        return grpc.unary_unary_rpc_method_handler(forward)
+    async def _stream(self, method: str, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        fault = await self._begin(method, request, context)
+        call = self.upstream.unary_stream(method, None, None)(request, **_forwarded(context))
+        sent = 0
+        try:
+            async for message in call:
+                if fault is not None and sent == fault.after_messages:
+                    await context.abort(fault.code, fault.details)
+                yield message
+                sent += 1
+        except grpc.aio.AioRpcError as error:
+            await _relay(error, context)
+        if fault is not None:
+            await context.abort(fault.code, fault.details)
+
+    async def _begin(self, method: str, request: bytes, context: Context) -> Fault | None:
+        """Records the call and takes its fault; refuses it when the fault says so."""
+        self.calls.setdefault(method, []).append(request)
+        fault = next(self._faults.get(method, iter(())), None)
+        if fault is not None and not fault.reaches_gateway:
+            await context.abort(fault.code, fault.details)
+        return fault
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _forwarded(context: Context) -> dict[str, Any]:
+    """The caller's metadata and what is left of its deadline, for the upstream call."""
+    metadata = [
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if not key.startswith((":", "grpc-"))
+    ]
+    return {"metadata": metadata, "timeout": context.time_remaining()}
+
+
+async def _relay(error: grpc.aio.AioRpcError, context: Context) -> None:
+    """Ends the call with the upstream's status, its details too."""
+    # The server wants the trailers as a tuple, not Metadata.
+    trailers: Any = tuple(error.trailing_metadata() or ())
+    await context.abort(error.code(), error.details() or "", trailers)
 
 
 @asynccontextmanager

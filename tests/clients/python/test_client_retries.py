@@ -198,3 +198,30 @@ async def test_a_model_call_is_retried_only_with_a_request_id(system: LocalSyste
         assert "hello" in answer.message.content
     sent = [models_pb2.CompleteRequest.FromString(raw) for raw in proxy.calls[COMPLETE]]
     assert [request.request_id for request in sent] == ["", "complete-1", "complete-1"]
+
+
+async def test_a_model_stream_is_retried_only_with_a_request_id_and_before_its_first_chunk(
+    system: LocalSystem,
+) -> None:
+    stream = "/agentrt.gateway.v1.ModelService/StreamComplete"
+    refused = Fault(grpc.StatusCode.UNAVAILABLE, reaches_gateway=False)
+    broken = Fault(grpc.StatusCode.UNAVAILABLE, after_messages=1)
+    async with (
+        proxying(system.endpoint, {stream: [refused, refused, None, broken]}) as (endpoint, proxy),
+        Client(endpoint, system.api_key, retry=FAST) as client,
+    ):
+        with pytest.raises(UnavailableError):
+            [chunk async for chunk in client.stream_complete("hello", model="local")]
+        assert len(proxy.calls[stream]) == 1
+        chunks = [
+            chunk async for chunk in client.stream_complete("hi", model="local", request_id="s-1")
+        ]
+        assert "hi" in "".join(chunk.text_delta for chunk in chunks)
+        assert len(proxy.calls[stream]) == 3
+        seen = []
+        with pytest.raises(UnavailableError):
+            async for chunk in client.stream_complete("hey", model="local", request_id="s-2"):
+                seen.append(chunk)
+        assert len(seen) == 1 and len(proxy.calls[stream]) == 4
+    sent = [models_pb2.CompleteRequest.FromString(raw).request_id for raw in proxy.calls[stream]]
+    assert sent == ["", "s-1", "s-1", "s-2"]

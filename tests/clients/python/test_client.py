@@ -143,3 +143,16 @@ def test_backoff_grows_up_to_its_bound() -> None:
     policy = RetryPolicy(initial_backoff=1.0, max_backoff=4.0)
     for failures, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (9, 4.0)]:
         assert ceiling / 2 <= policy.backoff(failures) <= ceiling
+
+
+def test_a_retry_policy_counts_tries_in_all_and_needs_one() -> None:
+    assert [RetryPolicy(attempts=3).may_retry(failures) for failures in (1, 2, 3)] == [
+        True,
+        True,
+        False,
+    ]
+    assert not RetryPolicy(attempts=1).may_retry(1)
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=0)
+    with pytest.raises(ValueError, match="negative"):
+        RetryPolicy(initial_backoff=-1.0)

@@ -385,8 +385,14 @@ def save_checkpoint(
     """Record a turn's checkpoint, which must advance the job's turns, or, with tool
     calls or `within_turn`, progress within the current turn: job.turn.completed, then
     usage.recorded when the turn's usage is given; each tool call becomes a tool.called
-    event. `model` is the model that answered the turn, as reported."""
+    event. `model` is the model that answered the turn, as reported. A repeat of the
+    checkpoint the job holds (a retry whose first try was saved, its answer lost) changes
+    nothing, so that its turn and tool calls are not recorded twice."""
     check_lease(record, lease_id)
+    if checkpoint.turn == record.turns and record.checkpoint == checkpoint.SerializeToString(
+        deterministic=True
+    ):
+        return Change(record, ())
     if within_turn and checkpoint.turn != record.turns:
         raise FieldInvalid(
             "checkpoint.turn", f"must be the turns completed ({record.turns}) within a turn"

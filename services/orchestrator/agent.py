@@ -714,7 +714,7 @@ class AgentRun:
         created = await self._jobs.require_action(
             self.name, self._lease_id, action, timeout, self._checkpoint(self._turn)
         )
-        log.info("job %s: waiting on %s", self.name, created.name)
+        log.info("job %s: waiting on %s", self.name, created.name if created else "its action")
 
     async def _awaited(self, awaiting: Awaiting) -> jobs_pb2.Action:
         """The ended action the job waited on: the one its lease names, read alone; the

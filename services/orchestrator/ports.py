@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -17,6 +16,7 @@ from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
 from agentrt.errors import error_from_rpc
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from agentrt.retries import BROKEN_OFF, Repeated, RetryPolicy, retried
 from google.protobuf.duration_pb2 import Duration
 
 from services.kit.errors import IDEMPOTENCY_HOOKS
@@ -100,9 +100,11 @@ class JobsPort(Protocol):
         action: jobs_pb2.Action,
         timeout: float | None,
         checkpoint: jobs_pb2.Checkpoint,
-    ) -> jobs_pb2.Action:
+    ) -> jobs_pb2.Action | None:
         """Creates a pending action with the checkpoint to resume from: the job becomes
-        WAITING and the lease is given up. `timeout` None means the service's default."""
+        WAITING and the lease is given up. `timeout` None means the service's default.
+        None when a retry found the job WAITING: the first try created the action, and
+        its answer was lost."""
         ...
 
     async def get_action(self, tenant: str, name: str) -> jobs_pb2.Action:
@@ -122,9 +124,10 @@ class JobsPort(Protocol):
         result: jobs_pb2.JobResult | None = None,
         failure: common_pb2.Failure | None = None,
         final_turn: FinalTurn | None = None,
-    ) -> jobs_pb2.Job:
+    ) -> jobs_pb2.Job | None:
         """Ends the job as SUCCEEDED (with result) or FAILED / TIMED_OUT (with failure),
-        recording `final_turn` in the same transaction."""
+        recording `final_turn` in the same transaction, and returns it; None when a retry
+        found it ended so: the first try ended it, and its answer was lost."""
         ...
 
     async def release(self, job: str, lease_id: str, reason: str) -> None:
@@ -215,14 +218,19 @@ class GrpcJobsPort:
         retry_attempts: int = 4,
         retry_backoff: float = 0.2,
     ) -> None:
-        """A call that finds the service UNAVAILABLE is tried `retry_attempts` times in
-        all, waiting about `retry_backoff * 2**i` seconds between tries."""
+        """A call cut off (UNAVAILABLE, or a CANCELLED the worker did not ask for: a jobs
+        service shutting down cancels the calls it had not started) is tried
+        `retry_attempts` times in all, waiting about `retry_backoff * 2**i` seconds
+        between tries. Each call is harmless to repeat: see `_call`."""
         self._stub = jobs_pb2_grpc.JobServiceStub(channel)
         self._worker_id = worker_id
         self._lease_seconds = lease_seconds
         self._lease_duration = _duration(lease_seconds)
-        self._retry_attempts = retry_attempts
-        self._retry_backoff = retry_backoff
+        self._retry = RetryPolicy(
+            attempts=retry_attempts,
+            initial_backoff=retry_backoff,
+            max_backoff=retry_backoff * 2.0 ** (retry_attempts - 1),
+        )
         self.last_contact: datetime | None = None
         """When a lease was last granted or extended: the worker's heartbeat time."""
 
@@ -270,6 +278,7 @@ class GrpcJobsPort:
             within_turn=within_turn,
             model=model,
         )
+        # The jobs service answers a repeat of the checkpoint it holds without a change.
         return await self._call(lambda: self._stub.CheckpointJob(request))
 
     async def require_action(
@@ -279,7 +288,7 @@ class GrpcJobsPort:
         action: jobs_pb2.Action,
         timeout: float | None,
         checkpoint: jobs_pb2.Checkpoint,
-    ) -> jobs_pb2.Action:
+    ) -> jobs_pb2.Action | None:
         request = jobs_pb2.RequireActionRequest(
             parent=job,
             lease_id=lease_id,
@@ -287,7 +296,12 @@ class GrpcJobsPort:
             timeout=None if timeout is None else _duration(timeout),
             checkpoint=checkpoint,
         )
-        return await self._call(lambda: self._stub.RequireAction(request))
+
+        async def parked_before(error: grpc.aio.AioRpcError) -> None:
+            if _lost_lease_state(error) != common_pb2.JOB_STATE_WAITING:
+                raise error
+
+        return await self._call(lambda: self._stub.RequireAction(request), parked_before)
 
     async def get_action(self, tenant: str, name: str) -> jobs_pb2.Action:
         request = jobs_pb2.GetActionRequest(tenant=tenant, name=name)
@@ -315,7 +329,7 @@ class GrpcJobsPort:
         result: jobs_pb2.JobResult | None = None,
         failure: common_pb2.Failure | None = None,
         final_turn: FinalTurn | None = None,
-    ) -> jobs_pb2.Job:
+    ) -> jobs_pb2.Job | None:
         request = jobs_pb2.FinishJobRequest(
             name=job, lease_id=lease_id, state=state, usage=usage, result=result, failure=failure
         )
@@ -324,11 +338,22 @@ class GrpcJobsPort:
             request.message.CopyFrom(final_turn.message)
             request.turn_usage.CopyFrom(final_turn.usage)
             request.model = final_turn.model
-        return await self._call(lambda: self._stub.FinishJob(request))
+
+        async def finished_before(error: grpc.aio.AioRpcError) -> None:
+            if _lost_lease_state(error) != state:
+                raise error
+
+        return await self._call(lambda: self._stub.FinishJob(request), finished_before)
 
     async def release(self, job: str, lease_id: str, reason: str) -> None:
         request = jobs_pb2.ReleaseJobRequest(name=job, lease_id=lease_id, reason=reason)
-        await self._call(lambda: self._stub.ReleaseJob(request))
+
+        async def released_before(error: grpc.aio.AioRpcError) -> None:
+            # The lease is gone, which is what a release asks for.
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise error
+
+        await self._call(lambda: self._stub.ReleaseJob(request), released_before)
 
     async def create_child(
         self, parent: jobs_pb2.Job, spec: jobs_pb2.JobSpec, request_id: str
@@ -356,7 +381,13 @@ class GrpcJobsPort:
         request = jobs_pb2.AwaitChildrenRequest(
             name=job, lease_id=lease_id, children=children, checkpoint=checkpoint
         )
-        response = await self._call(lambda: self._stub.AwaitChildren(request))
+
+        async def parked_before(error: grpc.aio.AioRpcError) -> jobs_pb2.AwaitChildrenResponse:
+            if _lost_lease_state(error) != common_pb2.JOB_STATE_WAITING:
+                raise error
+            return jobs_pb2.AwaitChildrenResponse(waiting=True)
+
+        response = await self._call(lambda: self._stub.AwaitChildren(request), parked_before)
         return response.waiting
 
     async def cancel_job(self, tenant: str, name: str, reason: str) -> None:
@@ -365,25 +396,37 @@ class GrpcJobsPort:
         with contextlib.suppress(LeaseLost):
             await self._call(lambda: self._stub.CancelJob(request))
 
-    async def _call(self, send: Callable[[], Awaitable[T]]) -> T:
-        """Sends a request, retrying while the service is UNAVAILABLE (the request did
-        not reach it, so a retry cannot apply it twice)."""
-        for attempt in range(self._retry_attempts):
-            try:
-                return await send()
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                    raise LeaseLost(error.details() or code.name) from error
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise JobsUnavailable(f"no answer in time: {error.details()}") from error
-                if code != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                if attempt + 1 == self._retry_attempts:
-                    raise JobsUnavailable(error.details() or code.name) from error
-                log.warning("jobs service unavailable (%s); retrying", error.details())
-                await asyncio.sleep(retry_delay(self._retry_backoff, attempt + 1))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+    async def _call(
+        self, send: Callable[[], Awaitable[T]], repeated: Repeated[T] | None = None
+    ) -> T:
+        """Sends a request, again while it is cut off (UNAVAILABLE or CANCELLED), and maps
+        the service's refusals. Whether a cut-off call was applied is unknown, so every
+        call is one whose repeat is harmless: a read, a heartbeat, a creation under a
+        request_id, a checkpoint (the service answers a repeat of the one it holds
+        unchanged); `repeated` reads the refusal a repeat of an applied call meets (a
+        finished job's LEASE_LOST) as that call's answer."""
+        try:
+            return await retried(
+                lambda _: send(), self._retry, None, codes=BROKEN_OFF, repeated=repeated
+            )
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                raise LeaseLost(error.details() or code.name) from error
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise JobsUnavailable(f"no answer in time: {error.details()}") from error
+            if code in BROKEN_OFF:
+                raise JobsUnavailable(error.details() or code.name) from error
+            raise
+
+
+def _lost_lease_state(error: grpc.aio.AioRpcError) -> common_pb2.JobState.ValueType | None:
+    """The job's state a LEASE_LOST refusal names; None for another error."""
+    failed = error_from_rpc(error)
+    state = failed.metadata.get("state", "")
+    if failed.reason != "LEASE_LOST" or state not in common_pb2.JobState.keys():  # noqa: SIM118
+        return None
+    return common_pb2.JobState.Value(state)
 
 
 class GrpcModelPort:

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import grpc
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
+from agentrt.errors import error_from_rpc
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from services.engine.convert import message_from_proto, tools_from_proto
 from services.engine.tokens import estimate_message_tokens, estimate_tool_tokens
@@ -671,7 +671,7 @@ def _job_denial(limit_name: str, limit: str, overrun: str, because: str) -> Budg
 
 def _tenant_denial(error: grpc.aio.AioRpcError) -> BudgetExceeded:
     """BudgetExceeded from the ledger's RESOURCE_EXHAUSTED, naming the tenant's budget."""
-    metadata = _error_metadata(error)
+    metadata = error_from_rpc(error).metadata  # the budget, dimension, limit, overrun
     return BudgetExceeded(
         common_pb2.Failure(
             reason=common_pb2.ERROR_REASON_BUDGET_EXCEEDED,
@@ -679,19 +679,6 @@ def _tenant_denial(error: grpc.aio.AioRpcError) -> BudgetExceeded:
             metadata=metadata,
         )
     )
-
-
-def _error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The ErrorInfo metadata of a ledger error (budget, dimension, limit, overrun)."""
-    trailing: Any = error.trailing_metadata() or ()
-    for key, value in trailing:
-        if key != "grpc-status-details-bin":
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return dict(info.metadata)
-    return {}
 
 
 def _text(amount: Decimal) -> str:

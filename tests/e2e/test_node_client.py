@@ -43,4 +43,4 @@ async def test_the_node_client_passes_its_contract_tests(
         report = await run_node_tests("test", env, tmp_path)
     finally:
         restarter.cancel()
-    assert "# pass 7" in report, report
+    assert "# pass 11" in report, report

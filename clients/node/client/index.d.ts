@@ -155,11 +155,16 @@ export interface ClientOptions {
   /** Default: insecure (plain text). grpc.credentials.createSsl() for TLS. */
   credentials?: ChannelCredentials;
   channelOptions?: ChannelOptions;
-  /** Deadline of each call except the event streams, in ms (default 30000; 0: none). */
+  /** Deadline of each call except the event streams, its retries included, in ms (default 30000; 0: none). */
   callTimeoutMs?: number;
-  /** How an event stream broken by UNAVAILABLE is reopened after the last event received. */
-  resume?: { attempts?: number; initialBackoffMs?: number; maxBackoffMs?: number };
+  /** How a call whose outcome is unknown (UNAVAILABLE, an unrequested CANCELLED, DEADLINE_EXCEEDED
+   * with time left) is tried again, and an event stream broken by UNAVAILABLE or CANCELLED reopened. */
+  retry?: RetryPolicy;
 }
+
+/** attempts: tries of a call in all (1: no retries), or openings of a stream in a row that bring no
+ * event; the pause before try n is about initialBackoffMs * 2^(n-2), at most maxBackoffMs, jittered. */
+export interface RetryPolicy { attempts?: number; initialBackoffMs?: number; maxBackoffMs?: number }
 
 /** A failed call. */
 export class AgentrtError extends Error {
@@ -180,7 +185,8 @@ export class AgentrtError extends Error {
 export class RuntimeClient {
   /** `endpoint` is "host:port"; `apiKey` is sent as "authorization: Bearer <key>". */
   constructor(endpoint: string, apiKey: string, options?: ClientOptions);
-  /** Starts a job and returns it at once, QUEUED (the same job again for a known requestId). */
+  /** Starts a job and returns it at once, QUEUED (the same job again for a known requestId; one is
+   * made up when none is given, so that a retried call starts one job). */
   execute(spec: JobSpec, options?: { requestId?: string }): Promise<Job>;
   /** Starts a job and yields its events until the terminal one, resuming a broken stream. */
   executeStream(spec: JobSpec, options?: { requestId?: string }): AsyncIterable<RuntimeEvent>;
@@ -191,7 +197,8 @@ export class RuntimeClient {
   getJob(job: string | Job): Promise<Job>;
   /** The tenant's jobs, newest first. */
   listJobs(options?: ListJobsOptions): Promise<{ jobs: Job[]; nextPageToken: string }>;
-  /** Cancels a job that has not finished (FAILED_PRECONDITION once it has). */
+  /** Cancels a job that has not finished (FAILED_PRECONDITION once it has; a retry that finds it
+   * CANCELLED returns it). */
   cancel(job: string | Job, reason?: string): Promise<Job>;
   /** A job's actions, oldest first. */
   listActions(job: string | Job, options?: ListActionsOptions): Promise<{ actions: Action[]; nextPageToken: string }>;
@@ -201,6 +208,7 @@ export class RuntimeClient {
   close(): void;
 }
 
+export const DEFAULT_RETRY: Readonly<Required<RetryPolicy>>;
 export const TERMINAL_STATES: readonly JobState[];
 export const TERMINAL_EVENTS: readonly EventType[];
 /** Decodes a failed grpc-js call's status details into an AgentrtError. */

@@ -1,8 +1,10 @@
 'use strict';
 // A typed client of agentrt's public API, agentrt.gateway.v1.RuntimeService, over
 // @grpc/grpc-js: run agents, follow their events (resuming a broken stream where it
-// stopped), cancel them, and resolve their actions. Failed calls reject with an
-// AgentrtError that carries the reason of the status's google.rpc.ErrorInfo.
+// stopped), cancel them, and resolve their actions. A call whose outcome is unknown is
+// tried again when a repeat is harmless (docs/contracts.md, "Retrying calls"). Failed
+// calls reject with an AgentrtError that carries the reason of the status's
+// google.rpc.ErrorInfo.
 
 const crypto = require('node:crypto');
 const grpc = require('@grpc/grpc-js');
@@ -108,7 +110,23 @@ function loadRuntimeService() {
   return grpc.loadPackageDefinition(definition).agentrt.gateway.v1.RuntimeService;
 }
 
-const DEFAULT_RESUME = Object.freeze({ attempts: 8, initialBackoffMs: 200, maxBackoffMs: 5000 });
+// How a call whose outcome is unknown is tried again: `attempts` tries in all (1: never
+// again), for an event stream openings in a row that bring no event; pauses from
+// initialBackoffMs, doubled each time up to maxBackoffMs, jittered.
+const DEFAULT_RETRY = Object.freeze({ attempts: 8, initialBackoffMs: 200, maxBackoffMs: 5000 });
+// The outcome of a call that ends so is unknown. A CANCELLED that reaches a callback is
+// not the client's own (it never cancels a unary call but by close()): a server shutting
+// down cancels the calls it had not started.
+const UNKNOWN_OUTCOME = Object.freeze([grpc.status.UNAVAILABLE, grpc.status.CANCELLED, grpc.status.DEADLINE_EXCEEDED]);
+// What breaks an event stream, which has no deadline, off.
+const BROKEN_OFF = Object.freeze([grpc.status.UNAVAILABLE, grpc.status.CANCELLED]);
+
+function backoffMs(policy, failures) {
+  const ceiling = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * 2 ** (failures - 1));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 class RuntimeClient {
   constructor(endpoint, apiKey, options = {}) {
@@ -120,15 +138,19 @@ class RuntimeClient {
     this._metadata = new grpc.Metadata();
     this._metadata.set('authorization', `Bearer ${String(apiKey).trim()}`);
     this._callTimeoutMs = options.callTimeoutMs === undefined ? 30000 : options.callTimeoutMs;
-    this._resume = { ...DEFAULT_RESUME, ...(options.resume || {}) };
+    this._retry = { ...DEFAULT_RETRY, ...(options.retry || {}) };
+    if (!(this._retry.attempts >= 1)) throw new TypeError('retry.attempts must be at least 1');
+    this._closed = false;
   }
 
   close() {
+    this._closed = true;
     this._stub.close();
   }
 
+  // A request id is made up when none is given, so that a retry cannot start a second job.
   execute(spec, options = {}) {
-    return this._unary('Execute', { spec, requestId: options.requestId || '' });
+    return this._unary('Execute', { spec, requestId: options.requestId || crypto.randomUUID() });
   }
 
   // Starts a job and yields its events until the terminal one; a broken stream is resumed
@@ -168,8 +190,16 @@ class RuntimeClient {
     return this._unary('ListJobs', options);
   }
 
+  // A retry that finds the job ended returns it when it is CANCELLED: the first try was.
   cancel(job, reason = '') {
-    return this._unary('CancelJob', { name: jobName(job), reason });
+    const name = jobName(job);
+    return this._unary('CancelJob', { name, reason }, async (error) => {
+      if (error.code === grpc.status.FAILED_PRECONDITION) {
+        const current = await this.getJob(name);
+        if (current.state === 'JOB_STATE_CANCELLED') return current;
+      }
+      throw error;
+    });
   }
 
   listActions(job, options = {}) {
@@ -179,14 +209,36 @@ class RuntimeClient {
   // Resolves a pending action by its name ("jobs/{job}/actions/{action}") or its resume
   // token; `outcome` is plain JSON, e.g. { approved: true }.
   resolveAction(target, outcome, options = {}) {
-    const request = { outcome: toStruct(outcome), requestId: options.requestId || '' };
+    const request = { outcome: toStruct(outcome), requestId: options.requestId || crypto.randomUUID() };
     if (target.includes('/')) request.name = target;
     else request.resumeToken = target;
     return this._unary('ResolveAction', request);
   }
 
-  _unary(method, request) {
-    const options = this._callTimeoutMs ? { deadline: Date.now() + this._callTimeoutMs } : {};
+  // Every unary call of this client is a read or applied once however often it is sent
+  // (a request id, or a cancel), so each is tried again while its outcome is unknown, the
+  // tries together within callTimeoutMs. `repeated` reads what a retry answers when the
+  // first try was applied.
+  async _unary(method, request, repeated = null) {
+    const deadline = this._callTimeoutMs ? Date.now() + this._callTimeoutMs : null;
+    for (let failures = 1; ; failures += 1) {
+      try {
+        return await this._send(method, request, deadline);
+      } catch (error) {
+        if (!UNKNOWN_OUTCOME.includes(error.code)) {
+          if (failures > 1 && repeated) return repeated(error);
+          throw error;
+        }
+        const pause = backoffMs(this._retry, failures);
+        const inTime = deadline == null || Date.now() + pause < deadline;
+        if (failures >= this._retry.attempts || !inTime || this._closed) throw error;
+        await sleep(pause);
+      }
+    }
+  }
+
+  _send(method, request, deadline) {
+    const options = deadline == null ? {} : { deadline };
     return new Promise((resolve, reject) => {
       this._stub[method](request, this._metadata, options, (error, response) => {
         if (error) reject(errorFromStatus(error));
@@ -215,24 +267,26 @@ class RuntimeClient {
           yield event;
           if (TERMINAL_EVENTS.includes(event.type)) return;
         }
-        if (failures >= this._resume.attempts) {
+        if (failures + 1 >= this._retry.attempts) {
           throw new AgentrtError(grpc.status.UNAVAILABLE, '', 'the event stream ended before the job did');
         }
       } catch (error) {
         if (error instanceof AgentrtError) throw error;
-        if (error.code !== grpc.status.UNAVAILABLE || failures >= this._resume.attempts) throw errorFromStatus(error);
+        if (!BROKEN_OFF.includes(error.code) || failures + 1 >= this._retry.attempts || this._closed) {
+          throw errorFromStatus(error);
+        }
       } finally {
         call.cancel();
       }
       failures += 1;
-      const ceiling = Math.min(this._resume.maxBackoffMs, this._resume.initialBackoffMs * 2 ** (failures - 1));
-      await new Promise((resolve) => { setTimeout(resolve, ceiling / 2 + Math.random() * (ceiling / 2)); });
+      await sleep(backoffMs(this._retry, failures));
     }
   }
 }
 
 module.exports = {
   AgentrtError,
+  DEFAULT_RETRY,
   RuntimeClient,
   TERMINAL_EVENTS,
   TERMINAL_STATES,

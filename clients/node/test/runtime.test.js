@@ -10,6 +10,7 @@ const path = require('node:path');
 const { describe, it, after } = require('node:test');
 const grpc = require('@grpc/grpc-js');
 const { AgentrtError, RuntimeClient, eventPosition, fromStruct } = require('../client');
+const { rejection } = require('../testing/support');
 
 const { AGENTRT_ENDPOINT: ENDPOINT, AGENTRT_API_KEY: API_KEY } = process.env;
 const skip = ENDPOINT && API_KEY ? false : 'AGENTRT_ENDPOINT and AGENTRT_API_KEY are not set';
@@ -20,15 +21,6 @@ async function collect(events) {
   const all = [];
   for await (const event of events) all.push(event);
   return all;
-}
-
-async function rejection(promise) {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  assert.fail('the call succeeded');
 }
 
 describe('RuntimeService from Node.js', { skip, timeout: 60000 }, () => {
@@ -84,7 +76,7 @@ describe('RuntimeService from Node.js', { skip, timeout: 60000 }, () => {
     skip: process.env.AGENTRT_TEST_CONTROL_DIR ? false : 'AGENTRT_TEST_CONTROL_DIR is not set',
   }, async () => {
     const control = process.env.AGENTRT_TEST_CONTROL_DIR;
-    const resilient = new RuntimeClient(ENDPOINT, API_KEY, { resume: { attempts: 20, initialBackoffMs: 100, maxBackoffMs: 1000 } });
+    const resilient = new RuntimeClient(ENDPOINT, API_KEY, { retry: { attempts: 20, initialBackoffMs: 100, maxBackoffMs: 1000 } });
     try {
       const job = await resilient.execute({ prompt: 'tell me a long story', model: 'local-slow' });
       const seen = [];

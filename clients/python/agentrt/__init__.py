@@ -12,7 +12,6 @@ from agentrt.client import (
     JobSpec,
     Plugin,
     PolicySet,
-    ResumePolicy,
     RuntimeEvent,
     UsageReportRow,
     event_position,
@@ -33,6 +32,7 @@ from agentrt.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from agentrt.retries import RetryPolicy
 
 __all__ = [
     "BUDGET_PERIODS",
@@ -56,7 +56,7 @@ __all__ = [
     "Plugin",
     "PolicySet",
     "ResourceExhaustedError",
-    "ResumePolicy",
+    "RetryPolicy",
     "RuntimeEvent",
     "UnauthenticatedError",
     "UnavailableError",

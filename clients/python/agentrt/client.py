@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
@@ -25,6 +31,7 @@ from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
 from agentrt.recordings import Recordings
 from agentrt.replay.v1 import replay_pb2_grpc
+from agentrt.retries import BROKEN_OFF, NO_RETRY, Repeated, RetryPolicy, retried
 
 if TYPE_CHECKING:
     from agentrt.gateway.v1.gateway_pb2_grpc import RuntimeServiceAsyncStub
@@ -84,25 +91,11 @@ TERMINAL_EVENTS: frozenset[common_pb2.EventType.ValueType] = frozenset(
 )
 """The event types that end a job's event stream."""
 
+T = TypeVar("T")
 _EventCall: TypeAlias = grpc.aio.UnaryStreamCall[Any, common_pb2.RuntimeEvent]
-
-
-@dataclass(frozen=True)
-class ResumePolicy:
-    """How an event stream that breaks with UNAVAILABLE is reopened where it stopped."""
-
-    attempts: int = 8
-    """Reconnections in a row, with no event received in between, before giving up."""
-    initial_backoff: float = 0.2
-    """Seconds before the first reconnection; doubled at each further one."""
-    max_backoff: float = 5.0
-    """The longest wait between two reconnections, in seconds."""
-
-    def backoff(self, failures: int) -> float:
-        """The wait before reconnection number `failures` (from 1), with jitter so that
-        many clients cut off together do not reconnect together."""
-        ceiling = min(self.max_backoff, self.initial_backoff * 2.0 ** (failures - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+_ChunkCall: TypeAlias = grpc.aio.UnaryStreamCall[
+    models_pb2.CompleteRequest, models_pb2.CompleteChunk
+]
 
 
 def job_name(job: str | jobs_pb2.Job) -> str:
@@ -179,7 +172,7 @@ class Client:
         *,
         tls: bool = False,
         call_timeout: float | None = 30.0,
-        resume: ResumePolicy | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """Prepares a client of the gateway at `endpoint` ("host:port"); the connection
         is opened on the first call.
@@ -187,7 +180,9 @@ class Client:
         `api_key` is sent as `authorization: Bearer <key>` on every call. `tls` connects
         with TLS and the system's root certificates. `call_timeout` is the deadline in
         seconds of every call except the event streams, which last as long as the job.
-        `resume` says how a broken event stream is reopened.
+        `retry` says how a call whose outcome is unknown is tried again and a broken
+        event stream reopened (RetryPolicy(attempts=1): never); with a `call_timeout`
+        the tries of a call together take at most that long.
         """
         if not endpoint.strip():
             raise ValueError("an endpoint (host:port) is required")
@@ -197,7 +192,7 @@ class Client:
         self._tls = tls
         self._metadata = (("authorization", f"Bearer {api_key.strip()}"),)
         self._call_timeout = call_timeout
-        self._resume = resume or ResumePolicy()
+        self._retry = retry or RetryPolicy()
         self._channel: grpc.aio.Channel | None = None
         self._stub: RuntimeServiceAsyncStub | None = None
         self._admin_stubs: dict[str, Any] = {}
@@ -263,7 +258,7 @@ class Client:
     def recordings(self) -> Recordings:
         """The replay service: recordings of runs, their files, playback, re-execution."""
         stub = self._admin_stub("replay", replay_pb2_grpc.ReplayServiceStub)
-        return Recordings(stub, self._metadata, self._call_timeout)
+        return Recordings(stub, self._metadata, self._call_timeout, self._call)
 
     async def execute(
         self,
@@ -305,9 +300,8 @@ class Client:
 
     async def execute_spec(self, spec: jobs_pb2.JobSpec, request_id: str = "") -> jobs_pb2.Job:
         """Starts a job from a whole JobSpec (see `job_spec`) and returns it, QUEUED."""
-        request = gateway_pb2.ExecuteRequest(spec=spec, request_id=request_id)
-        with _translated_errors():
-            return await self._api.Execute(request, **self._unary_options())
+        request = gateway_pb2.ExecuteRequest(spec=spec, request_id=request_id or _new_request_id())
+        return await self._call(self._api.Execute, request)
 
     def execute_stream(
         self,
@@ -362,8 +356,9 @@ class Client:
 
         Events are delivered at least once by the server; this iterator drops the ones it
         has already yielded. When the stream breaks with UNAVAILABLE (a gateway restart,
-        a network cut) it is reopened after the last event received, with a growing
-        pause, up to `ResumePolicy.attempts` times in a row; then UnavailableError is
+        a network cut) or a CANCELLED it did not ask for (a gateway
+        shutting down) it is reopened after the last event received, with a growing
+        pause, up to `RetryPolicy.attempts` tries in a row; then UnavailableError is
         raised. Output deltas (job.output.delta) are live only: those sent while the
         stream was broken are not replayed, but the turn's job.turn.completed event is.
 
@@ -388,7 +383,7 @@ class Client:
         """Yields the history events of every job of the key's tenant (every tenant's with
         `all_tenants` and an admin key) from now on, or after `after_cursor` (the `cursor`
         of a response received before), filtered by type, job labels and session; until
-        the caller stops. A stream broken with UNAVAILABLE is reopened after the last
+        the caller stops. A stream broken with UNAVAILABLE or CANCELLED is reopened after the last
         cursor, as `events` does. Raises InvalidArgumentError, PermissionDeniedError."""
         request = gateway_pb2.WatchEventsRequest(
             after_cursor=after_cursor,
@@ -406,12 +401,12 @@ class Client:
                     request.after_cursor = response.cursor
                     yield response
             except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= self._resume.attempts:
+                if not self._may_reopen(error, failures):
                     raise error_from_rpc(error) from error
             finally:
                 call.cancel()
             failures += 1
-            await asyncio.sleep(self._resume.backoff(failures))
+            await asyncio.sleep(self._retry.backoff(failures))
 
     async def result(self, job: str | jobs_pb2.Job) -> jobs_pb2.Job:
         """Waits until the job has finished and returns it: SUCCEEDED with `result`, or
@@ -454,8 +449,7 @@ class Client:
     async def get(self, job: str | jobs_pb2.Job) -> jobs_pb2.Job:
         """Returns the job as it is now. Raises JobNotFoundError."""
         request = gateway_pb2.GetJobRequest(name=job_name(job))
-        with _translated_errors():
-            return await self._api.GetJob(request, **self._unary_options())
+        return await self._call(self._api.GetJob, request)
 
     async def list(
         self,
@@ -479,8 +473,7 @@ class Client:
             parent=job_name(parent) if parent else "",
             root=job_name(root) if root else "",
         )
-        with _translated_errors():
-            response = await self._api.ListJobs(request, **self._unary_options())
+        response = await self._call(self._api.ListJobs, request)
         return [*response.jobs], response.next_page_token
 
     async def iter_jobs(
@@ -532,8 +525,16 @@ class Client:
         model call is cut. Raises FailedPreconditionError (reason ILLEGAL_TRANSITION)
         when the job has already finished, and JobNotFoundError."""
         request = gateway_pb2.CancelJobRequest(name=job_name(job), reason=reason)
-        with _translated_errors():
-            return await self._api.CancelJob(request, **self._unary_options())
+
+        async def cancelled_before(error: grpc.aio.AioRpcError) -> jobs_pb2.Job:
+            # A retry finds the job ended: by the first try when it is CANCELLED.
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                current = await self.get(request.name)
+                if current.state == common_pb2.JOB_STATE_CANCELLED:
+                    return current
+            raise error
+
+        return await self._call(self._api.CancelJob, request, repeated=cancelled_before)
 
     async def list_actions(
         self,
@@ -548,8 +549,7 @@ class Client:
         request = gateway_pb2.ListActionsRequest(
             parent=job_name(job), states=states, page_size=page_size, page_token=page_token
         )
-        with _translated_errors():
-            response = await self._api.ListActions(request, **self._unary_options())
+        response = await self._call(self._api.ListActions, request)
         return [*response.actions], response.next_page_token
 
     async def resolve_action(
@@ -567,13 +567,14 @@ class Client:
         """
         if bool(resume_token) == bool(name):
             raise ValueError("give exactly one of resume_token and name")
-        request = gateway_pb2.ResolveActionRequest(outcome=_struct(outcome), request_id=request_id)
+        request = gateway_pb2.ResolveActionRequest(
+            outcome=_struct(outcome), request_id=request_id or _new_request_id()
+        )
         if resume_token:
             request.resume_token = resume_token
         else:
             request.name = name
-        with _translated_errors():
-            return await self._api.ResolveAction(request, **self._unary_options())
+        return await self._call(self._api.ResolveAction, request)
 
     async def resolve(
         self, action_or_token: str, outcome: Mapping[str, Any], *, request_id: str = ""
@@ -635,26 +636,26 @@ class Client:
         price = ledger_pb2.Price(name=resource_name("prices", model))
         for path in paths:
             setattr(price, path, given[path])
-        with _translated_errors():
-            if input_price is not None and output_price is not None:
-                create = ledger_pb2.CreatePriceRequest(
-                    price_id=price.name.removeprefix("prices/"), price=price
-                )
-                try:
-                    return await self._ledger.CreatePrice(create, **self._unary_options())
-                except grpc.aio.AioRpcError as error:
-                    if not isinstance(error_from_rpc(error), AlreadyExistsError):
-                        raise
-            update = ledger_pb2.UpdatePriceRequest(
-                price=price, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        if input_price is not None and output_price is not None:
+            create = ledger_pb2.CreatePriceRequest(
+                price_id=price.name.removeprefix("prices/"),
+                price=price,
+                request_id=_new_request_id(),
             )
-            return await self._ledger.UpdatePrice(update, **self._unary_options())
+            try:
+                return await self._call(self._ledger.CreatePrice, create)
+            except AlreadyExistsError:
+                pass
+        # The given prices set without an etag: sent twice, it leaves the same price.
+        update = ledger_pb2.UpdatePriceRequest(
+            price=price, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        return await self._call(self._ledger.UpdatePrice, update)
 
     async def get_price(self, model: str) -> ledger_pb2.Price:
         """The price, by name ("prices/{model}") or model. Raises NotFoundError."""
         request = ledger_pb2.GetPriceRequest(name=resource_name("prices", model))
-        with _translated_errors():
-            return await self._ledger.GetPrice(request, **self._unary_options())
+        return await self._call(self._ledger.GetPrice, request)
 
     async def list_prices(self) -> builtins.list[ledger_pb2.Price]:
         """Every price, sorted by name."""
@@ -662,8 +663,7 @@ class Client:
         token = ""
         while True:
             request = ledger_pb2.ListPricesRequest(page_size=500, page_token=token)
-            with _translated_errors():
-                page = await self._ledger.ListPrices(request, **self._unary_options())
+            page = await self._call(self._ledger.ListPrices, request)
             prices += page.prices
             token = page.next_page_token
             if not token:
@@ -698,24 +698,24 @@ class Client:
             warn_threshold=warn_threshold,
         )
         create = ledger_pb2.CreateBudgetRequest(
-            budget_id=budget.name.removeprefix("budgets/"), budget=budget
+            budget_id=budget.name.removeprefix("budgets/"),
+            budget=budget,
+            request_id=_new_request_id(),
         )
-        with _translated_errors():
-            try:
-                return await self._ledger.CreateBudget(create, **self._unary_options())
-            except grpc.aio.AioRpcError as error:
-                if not isinstance(error_from_rpc(error), AlreadyExistsError):
-                    raise
-            update = ledger_pb2.UpdateBudgetRequest(
-                budget=budget, update_mask=field_mask_pb2.FieldMask(paths=["*"])
-            )
-            return await self._ledger.UpdateBudget(update, **self._unary_options())
+        try:
+            return await self._call(self._ledger.CreateBudget, create)
+        except AlreadyExistsError:
+            pass
+        # A whole replacement without an etag: sent twice, it leaves the same budget.
+        update = ledger_pb2.UpdateBudgetRequest(
+            budget=budget, update_mask=field_mask_pb2.FieldMask(paths=["*"])
+        )
+        return await self._call(self._ledger.UpdateBudget, update)
 
     async def get_budget(self, budget: str) -> ledger_pb2.Budget:
         """The budget, by name ("budgets/{id}") or id. Raises NotFoundError."""
         request = ledger_pb2.GetBudgetRequest(name=resource_name("budgets", budget))
-        with _translated_errors():
-            return await self._ledger.GetBudget(request, **self._unary_options())
+        return await self._call(self._ledger.GetBudget, request)
 
     async def list_budgets(self, *, tenant: str = "") -> builtins.list[ledger_pb2.Budget]:
         """Every budget (of `tenant` when given; a tenant key sees its own tenant's only),
@@ -724,8 +724,7 @@ class Client:
         token = ""
         while True:
             request = ledger_pb2.ListBudgetsRequest(tenant=tenant, page_size=500, page_token=token)
-            with _translated_errors():
-                page = await self._ledger.ListBudgets(request, **self._unary_options())
+            page = await self._call(self._ledger.ListBudgets, request)
             budgets += page.budgets
             token = page.next_page_token
             if not token:
@@ -734,8 +733,7 @@ class Client:
     async def delete_budget(self, budget: str, *, etag: str = "") -> None:
         """Deletes a budget; with `etag`, only if it is unchanged (AbortedError)."""
         request = ledger_pb2.DeleteBudgetRequest(name=resource_name("budgets", budget), etag=etag)
-        with _translated_errors():
-            await self._ledger.DeleteBudget(request, **self._unary_options())
+        await self._call(self._ledger.DeleteBudget, request, repeated=_deleted_before)
 
     async def check_budget(
         self,
@@ -754,8 +752,7 @@ class Client:
             principal=principal,
             amounts=ledger_pb2.Amounts(tokens=tokens, cost=cost, tool_calls=tool_calls),
         )
-        with _translated_errors():
-            return await self._ledger.CheckBudget(request, **self._unary_options())
+        return await self._call(self._ledger.CheckBudget, request)
 
     async def usage_report(
         self,
@@ -786,8 +783,7 @@ class Client:
             request.end_time.CopyFrom(_timestamp(end))
         rows: builtins.list[ledger_pb2.UsageReportRow] = []
         while True:
-            with _translated_errors():
-                page = await self._ledger.GetUsageReport(request, **self._unary_options())
+            page = await self._call(self._ledger.GetUsageReport, request)
             rows += page.rows
             if not page.next_page_token:
                 return rows
@@ -799,24 +795,23 @@ class Client:
         """Creates a policy set. Raises AlreadyExistsError, InvalidArgumentError (with the
         offending field in the error's metadata)."""
         request = policy_pb2.CreatePolicySetRequest(
-            policy_set_id=policy_set_id, policy_set=policy_set, request_id=request_id
+            policy_set_id=policy_set_id,
+            policy_set=policy_set,
+            request_id=request_id or _new_request_id(),
         )
-        with _translated_errors():
-            return await self._policy.CreatePolicySet(request, **self._unary_options())
+        return await self._call(self._policy.CreatePolicySet, request)
 
     async def get_policy_set(self, policy_set: str) -> policy_pb2.PolicySet:
         """The policy set, by name ("policySets/{id}") or id. Raises NotFoundError."""
         request = policy_pb2.GetPolicySetRequest(name=resource_name("policySets", policy_set))
-        with _translated_errors():
-            return await self._policy.GetPolicySet(request, **self._unary_options())
+        return await self._call(self._policy.GetPolicySet, request)
 
     async def list_policy_sets(self) -> builtins.list[policy_pb2.PolicySet]:
         """Every policy set, sorted by name."""
         sets: builtins.list[policy_pb2.PolicySet] = []
         request = policy_pb2.ListPolicySetsRequest(page_size=500)
         while True:
-            with _translated_errors():
-                page = await self._policy.ListPolicySets(request, **self._unary_options())
+            page = await self._call(self._policy.ListPolicySets, request)
             sets += page.policy_sets
             if not page.next_page_token:
                 return sets
@@ -831,16 +826,17 @@ class Client:
         request = policy_pb2.UpdatePolicySetRequest(
             policy_set=policy_set, update_mask=field_mask_pb2.FieldMask(paths=list(update_mask))
         )
-        with _translated_errors():
-            return await self._policy.UpdatePolicySet(request, **self._unary_options())
+        # Sent twice, an update checked against an etag fails the second time (ABORTED):
+        # only one without an etag, which leaves the same set, is retried.
+        retry = not policy_set.etag
+        return await self._call(self._policy.UpdatePolicySet, request, retry=retry)
 
     async def delete_policy_set(self, policy_set: str, *, etag: str = "") -> None:
         """Deletes a policy set; with `etag`, only if it is unchanged (AbortedError)."""
         request = policy_pb2.DeletePolicySetRequest(
             name=resource_name("policySets", policy_set), etag=etag
         )
-        with _translated_errors():
-            await self._policy.DeletePolicySet(request, **self._unary_options())
+        await self._call(self._policy.DeletePolicySet, request, repeated=_deleted_before)
 
     async def register_plugin(
         self, plugin_id: str, manifest: orchestrator_pb2.PluginManifest, *, request_id: str = ""
@@ -851,18 +847,16 @@ class Client:
         request = orchestrator_pb2.RegisterPluginRequest(
             plugin_id=plugin_id,
             plugin=orchestrator_pb2.Plugin(manifest=manifest),
-            request_id=request_id,
+            request_id=request_id or _new_request_id(),
         )
-        with _translated_errors():
-            return await self._orchestrator.RegisterPlugin(request, **self._unary_options())
+        return await self._call(self._orchestrator.RegisterPlugin, request)
 
     async def list_plugins(self) -> builtins.list[orchestrator_pb2.Plugin]:
         """Every registered plugin, sorted by name."""
         plugins: builtins.list[orchestrator_pb2.Plugin] = []
         request = orchestrator_pb2.ListPluginsRequest(page_size=500)
         while True:
-            with _translated_errors():
-                page = await self._orchestrator.ListPlugins(request, **self._unary_options())
+            page = await self._call(self._orchestrator.ListPlugins, request)
             plugins += page.plugins
             if not page.next_page_token:
                 return plugins
@@ -871,8 +865,7 @@ class Client:
     async def delete_plugin(self, plugin: str) -> None:
         """Unregisters a plugin; its tools disappear at once. Raises NotFoundError."""
         request = orchestrator_pb2.DeletePluginRequest(name=resource_name("plugins", plugin))
-        with _translated_errors():
-            await self._orchestrator.DeletePlugin(request, **self._unary_options())
+        await self._call(self._orchestrator.DeletePlugin, request, repeated=_deleted_before)
 
     # The model API (docs/model-api.md)
 
@@ -887,8 +880,7 @@ class Client:
         token = ""
         while True:
             request = models_pb2.ListModelsRequest(page_size=1000, page_token=token)
-            with _translated_errors():
-                page = await self._models.ListModels(request, **self._unary_options())
+            page = await self._call(self._models.ListModels, request)
             models.extend(page.models)
             token = page.next_page_token
             if not token:
@@ -911,11 +903,12 @@ class Client:
         budgets; `max_output_tokens`
         (0: the deployment's default) bounds what it holds. Raises ResourceExhaustedError
         (BUDGET_EXCEEDED), PermissionDeniedError (POLICY_DENIED), NotFoundError
-        (MODEL_NOT_FOUND) and InvalidArgumentError.
+        (MODEL_NOT_FOUND) and InvalidArgumentError. Only a call with a `request_id` (the
+        engine's idempotency key: a repeat joins the first call) is tried again when its
+        outcome is unknown.
         """
         request = _complete_request(prompt, model, max_output_tokens, tools, request_id, policy)
-        with _translated_errors():
-            return await self._models.Complete(request, **self._unary_options())
+        return await self._call(self._models.Complete, request, retry=bool(request_id))
 
     async def stream_complete(
         self,
@@ -928,14 +921,62 @@ class Client:
         policy: str = "",
     ) -> AsyncIterator[models_pb2.CompleteChunk]:
         """Like `complete`, the answer streamed: text chunks, then a last chunk with the
-        finish reason, the tool calls and the recorded usage."""
+        finish reason, the tool calls and the recorded usage. With a `request_id` a call
+        whose outcome is unknown is tried again until its first chunk, never after."""
         request = _complete_request(prompt, model, max_output_tokens, tools, request_id, policy)
-        with _translated_errors():
-            async for chunk in self._models.StreamComplete(request, **self._unary_options()):
-                yield chunk
+        policy_of_call = self._retry if request_id else NO_RETRY
 
-    def _unary_options(self) -> dict[str, Any]:
-        return {"timeout": self._call_timeout, "metadata": self._metadata}
+        async def first_chunk(timeout: float | None) -> tuple[_ChunkCall, object]:
+            call = self._models.StreamComplete(request, timeout=timeout, metadata=self._metadata)
+            try:
+                return call, await call.read()
+            except BaseException:
+                call.cancel()
+                raise
+
+        with _translated_errors():
+            call, chunk = await retried(
+                first_chunk, policy_of_call, self._call_timeout, still_wanted=self._is_open
+            )
+            # Once a chunk has been yielded the stream is never tried again.
+            try:
+                # read() gives grpc.aio.EOF, not a chunk, at the end.
+                while isinstance(chunk, models_pb2.CompleteChunk):
+                    yield chunk
+                    chunk = await call.read()
+            finally:
+                call.cancel()
+
+    async def _call(
+        self,
+        rpc: Callable[..., Awaitable[T]],
+        request: Any,
+        *,
+        retry: bool = True,
+        repeated: Repeated[T] | None = None,
+    ) -> T:
+        """The answer of a unary call, tried again as the client's RetryPolicy says while
+        its outcome is unknown; `retry` False for a mutation that a repeat could apply
+        twice. `repeated` reads what a retry answers when the first try was applied."""
+        with _translated_errors():
+            return await retried(
+                lambda timeout: rpc(request, timeout=timeout, metadata=self._metadata),
+                self._retry if retry else NO_RETRY,
+                self._call_timeout,
+                still_wanted=self._is_open,
+                repeated=repeated,
+            )
+
+    def _may_reopen(self, error: grpc.aio.AioRpcError, failures: int) -> bool:
+        """Whether an event stream broken by `error`, after `failures` reopenings in a row
+        that brought nothing, is opened again."""
+        return (
+            error.code() in BROKEN_OFF and self._retry.may_retry(failures + 1) and self._is_open()
+        )
+
+    def _is_open(self) -> bool:
+        """False once `close` has cut the calls in progress, which are not retried."""
+        return self._channel is not None
 
     def _watch(self, name: str, after_event_id: str) -> _EventCall:
         request = gateway_pb2.WatchJobRequest(name=name, after_event_id=after_event_id)
@@ -964,17 +1005,17 @@ class Client:
                     if event.type in TERMINAL_EVENTS:
                         return
             except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= self._resume.attempts:
+                if not self._may_reopen(error, failures):
                     raise error_from_rpc(error) from error
             else:
-                if failures >= self._resume.attempts:
+                if not self._retry.may_retry(failures + 1):
                     raise UnavailableError(
                         grpc.StatusCode.UNAVAILABLE, "", "the event stream ended before the job did"
                     )
             finally:
                 call.cancel()
             failures += 1
-            await asyncio.sleep(self._resume.backoff(failures))
+            await asyncio.sleep(self._retry.backoff(failures))
 
 
 def event_position(event_id: str) -> tuple[int, int] | None:
@@ -1019,6 +1060,12 @@ def _translated_errors() -> Iterator[None]:
         yield
     except grpc.aio.AioRpcError as error:
         raise error_from_rpc(error) from error
+
+
+async def _deleted_before(error: grpc.aio.AioRpcError) -> None:
+    """A retried delete that finds nothing: the first try deleted it."""
+    if error.code() != grpc.StatusCode.NOT_FOUND:
+        raise error
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -4,7 +4,7 @@ re-execution (docs/replay.md). Reached as `Client.recordings`."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from agentrt.replay.v1.replay_pb2_grpc import ReplayServiceAsyncStub
 
 R = replay_pb2
+Read = Callable[[Callable[..., Awaitable[Any]], Any], Awaitable[Any]]
+"""Sends a unary read (a stub's method and its request) and returns its answer."""
 UPLOAD_CHUNK = 1024 * 1024
 """Bytes per ImportRecording message (its maximum)."""
 
@@ -39,18 +41,22 @@ class Recordings:
         stub: ReplayServiceAsyncStub,
         metadata: Sequence[tuple[str, str]],
         call_timeout: float | None,
+        read: Read,
     ) -> None:
+        """`read` sends a unary read as the client does, retried while its outcome is
+        unknown (a read is harmless to repeat)."""
         self._stub = stub
         self._metadata = tuple(metadata)
         self._timeout = call_timeout
+        self._read = read
 
     async def get(self, recording: str, *, events: bool = False) -> R.Recording:
         """The recording (by name, id or job name); with `events`, its events too.
         Raises NotFoundError."""
         view = R.RECORDING_VIEW_FULL if events else R.RECORDING_VIEW_BASIC
         request = R.GetRecordingRequest(name=recording_name(recording), view=view)
-        with _translated():
-            return await self._stub.GetRecording(request, **self._options())
+        found: R.Recording = await self._read(self._stub.GetRecording, request)
+        return found
 
     async def list(
         self,
@@ -66,8 +72,7 @@ class Recordings:
             tenant=tenant, job=job, states=states, page_size=min(limit, 500)
         )
         while len(found) < limit:
-            with _translated():
-                page = await self._stub.ListRecordings(request, **self._options())
+            page = await self._read(self._stub.ListRecordings, request)
             found += page.recordings
             if not page.next_page_token:
                 break

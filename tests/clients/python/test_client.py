@@ -8,7 +8,7 @@ from agentrt import (
     AgentrtError,
     Client,
     InvalidArgumentError,
-    ResumePolicy,
+    RetryPolicy,
     UnavailableError,
     event_position,
     job_name,
@@ -18,12 +18,12 @@ from agentrt.common.v1 import common_pb2
 
 from .scripted_gateway import JOB, JOB_ID, ScriptedGateway, history, serving
 
-FAST = ResumePolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005)
+FAST = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005)
 ALL_IDS = [event.id for event in history()]
 
 
 async def watch(gateway: ScriptedGateway, after_event_id: str = "") -> list[str]:
-    async with serving(gateway) as endpoint, Client(endpoint, "agk_test", resume=FAST) as client:
+    async with serving(gateway) as endpoint, Client(endpoint, "agk_test", retry=FAST) as client:
         return [event.id async for event in client.events(JOB_ID, after_event_id)]
 
 
@@ -59,8 +59,8 @@ async def test_reconnections_are_bounded_when_no_event_comes_through() -> None:
     with pytest.raises(UnavailableError) as raised:
         await watch(gateway)
     assert raised.value.code == grpc.StatusCode.UNAVAILABLE
-    # The first stream, then FAST.attempts reconnections that each brought nothing.
-    assert gateway.watches == ["", *[ALL_IDS[0]] * FAST.attempts]
+    # The first stream, then reconnections until FAST.attempts tries in a row brought nothing.
+    assert gateway.watches == ["", *[ALL_IDS[0]] * (FAST.attempts - 1)]
 
 
 async def test_an_error_other_than_unavailable_is_raised_without_resuming() -> None:
@@ -72,7 +72,7 @@ async def test_an_error_other_than_unavailable_is_raised_without_resuming() -> N
 
 async def test_execute_stream_re_executes_with_the_same_request_id_until_the_job_is_known() -> None:
     gateway = ScriptedGateway(breaks=[0, 3, None])
-    async with serving(gateway) as endpoint, Client(endpoint, "agk_test", resume=FAST) as client:
+    async with serving(gateway) as endpoint, Client(endpoint, "agk_test", retry=FAST) as client:
         ids = [event.id async for event in client.execute_stream("hi", model="m")]
     assert ids == ALL_IDS
     assert len(gateway.executions) == 2
@@ -82,7 +82,7 @@ async def test_execute_stream_re_executes_with_the_same_request_id_until_the_job
 
 async def test_result_follows_the_events_then_returns_the_finished_job() -> None:
     gateway = ScriptedGateway(breaks=[4, None])
-    async with serving(gateway) as endpoint, Client(endpoint, "agk_test", resume=FAST) as client:
+    async with serving(gateway) as endpoint, Client(endpoint, "agk_test", retry=FAST) as client:
         job = await client.result(JOB_ID)
     assert job.name == JOB
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED
@@ -140,6 +140,19 @@ def test_a_client_needs_an_endpoint_and_a_key() -> None:
 
 
 def test_backoff_grows_up_to_its_bound() -> None:
-    policy = ResumePolicy(initial_backoff=1.0, max_backoff=4.0)
+    policy = RetryPolicy(initial_backoff=1.0, max_backoff=4.0)
     for failures, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (9, 4.0)]:
         assert ceiling / 2 <= policy.backoff(failures) <= ceiling
+
+
+def test_a_retry_policy_counts_tries_in_all_and_needs_one() -> None:
+    assert [RetryPolicy(attempts=3).may_retry(failures) for failures in (1, 2, 3)] == [
+        True,
+        True,
+        False,
+    ]
+    assert not RetryPolicy(attempts=1).may_retry(1)
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=0)
+    with pytest.raises(ValueError, match="negative"):
+        RetryPolicy(initial_backoff=-1.0)

@@ -343,13 +343,41 @@ async def test_a_checkpoint_records_the_turn_and_must_advance(store: JobStore) -
     # The turn's usage, charged in the same transaction, for billing consumers.
     assert recorded.usage_recorded == UsageRecorded(turn=1, usage=turn_usage, model="local-2026-01")
     assert recorded.sequence == event.sequence + 1 and saved.last_event_id == recorded.id
-    for stale in (0, 1):
+    for stale in (checkpoint(0), checkpoint(1, "another turn 1")):
         with pytest.raises(FieldInvalid) as raised:
-            await store.checkpoint(
-                id_of(job), lease.lease_id, checkpoint(stale), None, None, seconds(3)
-            )
+            await store.checkpoint(id_of(job), lease.lease_id, stale, None, None, seconds(3))
         assert raised.value.metadata["field"] == "checkpoint.turn"
     assert await store.get_job(None, id_of(job)) == saved
+
+
+async def test_a_repeated_checkpoint_changes_nothing(store: JobStore) -> None:
+    job = await create(store)
+    lease = await lease_one(store)
+    called = ToolCalled(call=ToolCall(id="c1", name="calculator"), ok=True, output="42")
+    saved = await store.checkpoint(
+        id_of(job), lease.lease_id, checkpoint(1), None, Usage(total_tokens=3), seconds(2)
+    )
+    within = checkpoint(1, "after c1")
+    for _ in range(2):  # a retry whose first try was saved
+        again = await store.checkpoint(
+            id_of(job), lease.lease_id, checkpoint(1), None, Usage(total_tokens=3), seconds(3)
+        )
+        assert again == saved
+    for _ in range(2):
+        progressed = await store.checkpoint(
+            id_of(job), lease.lease_id, within, None, None, seconds(4), [called]
+        )
+    assert types(await history(store, job)) == [
+        "JOB_CREATED",
+        "JOB_STARTED",
+        "TURN_COMPLETED",
+        "USAGE_RECORDED",
+        "TOOL_CALLED",
+    ]
+    assert progressed.last_event_id == (await history(store, job))[-1].id
+    # A repeat needs the lease as any checkpoint does.
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(id_of(job), "stale-lease", within, None, None, seconds(5))
 
 
 async def test_tool_calls_are_checkpointed_within_a_turn_with_their_events(

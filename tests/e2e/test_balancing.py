@@ -18,6 +18,7 @@ from agentrt.jobs.v1 import jobs_pb2
 from tests.e2e.conftest import create_key
 from tests.e2e.processes import Cluster, cluster, free_port
 from tests.e2e.test_processes import events_until_end, gateway
+from tests.services.kit.test_balancing import ipv4_target
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -37,7 +38,7 @@ def processes(pg_dsn: str, redis_url: str, redis_prefix: str, tmp_path: Path) ->
         redis_prefix,
         tmp_path,
         extra={
-            "AGENTRT_JOBS_ADDRESS": "ipv4:" + ",".join(f"{host}:{port}" for host in REPLICAS),
+            "AGENTRT_JOBS_ADDRESS": ipv4_target(REPLICAS, port),
             "AGENTRT_GRPC_MAX_CONNECTION_AGE_SECONDS": "1",
             "AGENTRT_LOCAL_SLOW_CHUNK_DELAY": str(CHUNK_DELAY),
         },

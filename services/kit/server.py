@@ -71,9 +71,9 @@ def connection_age_options() -> list[tuple[str, int]]:
     calls already on the old connection (event streams, long polls) have the grace to end.
     """
     age = env_float("AGENTRT_GRPC_MAX_CONNECTION_AGE_SECONDS", 300.0)
+    grace = env_float("AGENTRT_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 3600.0)
     if not age:
         return []
-    grace = env_float("AGENTRT_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 3600.0)
     return [
         ("grpc.max_connection_age_ms", _milliseconds(age)),
         ("grpc.max_connection_age_grace_ms", _milliseconds(grace)),

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from services.kit.config import env_int
+from services.kit.config import env_float, env_int
 from services.kit.interceptors import ServerInterceptor
 from services.kit.local_channel import LocalChannel, LocalServer
 from services.kit.loop import freeze_startup_objects
@@ -52,16 +52,41 @@ class ServiceUnit(Protocol):
         ...
 
 
-def server_options() -> list[tuple[str, int]]:
-    """Options every agentrt server uses. A taken port fails loudly (no SO_REUSEPORT)."""
+def connection_options() -> list[tuple[str, int]]:
+    """Options of both ends of every agentrt connection: message sizes and keepalive."""
     max_bytes = env_int("AGENTRT_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
     return [
-        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+def connection_age_options() -> list[tuple[str, int]]:
+    """How long a client may keep one connection to this server (docs/kubernetes.md).
+
+    At the age the server sends GOAWAY: the client opens a new connection for its next
+    calls, looking the name up again on the way, so it finds pods added since, while the
+    calls already on the old connection (event streams, long polls) have the grace to end.
+    """
+    age = env_float("AGENTRT_GRPC_MAX_CONNECTION_AGE_SECONDS", 300.0)
+    grace = env_float("AGENTRT_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 3600.0)
+    if not age:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", _milliseconds(age)),
+        ("grpc.max_connection_age_grace_ms", _milliseconds(grace)),
+    ]
+
+
+def server_options() -> list[tuple[str, int]]:
+    """Options every agentrt server uses. A taken port fails loudly (no SO_REUSEPORT)."""
+    return [("grpc.so_reuseport", 0), *connection_options(), *connection_age_options()]
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 UNIT_STOP_SECONDS = 15.0

@@ -120,14 +120,24 @@ def test_every_service_is_a_deployment_with_grpc_probes_and_port(overlay: str) -
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_addresses_are_what_the_services_read(overlay: str) -> None:
+def test_the_services_reach_each_other_through_headless_services(overlay: str) -> None:
+    """Each address names a headless Service of the service's pods, whose DNS name resolves
+    to every ready pod, so that the callers' channels balance over them all (a ClusterIP
+    would keep each caller's one connection on one pod)."""
     (config,) = (
         m
         for m in of_kind(overlay, "ConfigMap")
         if m["metadata"]["name"].startswith("agentrt-config")
     )
     addresses = RuntimeConfig.from_env(config["data"]).addresses
-    assert addresses == {name: f"{name}:{port}" for name, port in DEFAULT_PORTS.items()}
+    assert addresses == {name: f"{name}-pods:{port}" for name, port in DEFAULT_PORTS.items()}
+    for service, address in addresses.items():
+        host, port = address.split(":")
+        headless = named(overlay, "Service", host)["spec"]
+        assert headless["clusterIP"] == "None", service
+        pods = named(overlay, "Deployment", service)["spec"]["selector"]["matchLabels"]
+        assert headless["selector"] == pods, service
+        assert [(p["name"], p["port"]) for p in headless["ports"]] == [("grpc", int(port))]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -89,19 +89,26 @@ class Cluster:
             [AGENTRT, *args], env=self.env, capture_output=True, text=True, check=check, timeout=60
         )
 
-    def start(self, service: str, name: str | None = None, extra: Mapping[str, str] = {}) -> None:
-        """Starts a process of the service (a second orchestrator gets another name)."""
+    def start(
+        self,
+        service: str,
+        name: str | None = None,
+        extra: Mapping[str, str] = {},
+        host: str = "127.0.0.1",
+    ) -> None:
+        """Starts a process of the service (a second orchestrator gets another name; a
+        second replica on the same port, another loopback `host`)."""
         name = name or service
         env = {**self.env, **extra}
         port = self.address(service).rsplit(":", 1)[1]
         if service == "orchestrator" and name != service:
             port = str(free_port())
-        env["AGENTRT_LISTEN_ADDRESS"] = f"127.0.0.1:{port}"
+        env["AGENTRT_LISTEN_ADDRESS"] = f"{host}:{port}"
         log = (self.logs / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
             [AGENTRT, "serve", service], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        wait_serving(f"127.0.0.1:{port}", SERVICE_NAMES[service], process=self.processes[name])
+        wait_serving(f"{host}:{port}", SERVICE_NAMES[service], process=self.processes[name])
 
     def kill(self, name: str) -> None:
         """SIGKILL: no drain, no lease release."""

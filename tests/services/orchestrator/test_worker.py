@@ -163,7 +163,9 @@ async def test_the_lease_loop_outlives_an_unreachable_jobs_service(
         port = probe.getsockname()[1]
     infra = await open_infrastructure(local_config(tmp_path, port))
     system = System(infra, jobs_pb2_grpc.JobServiceStub(infra.channel("jobs")))
-    failures = LogSignal("leasing jobs failed (failed to connect")
+    # The warning names gRPC's reason; a failure other than UNAVAILABLE (or a deadline) is
+    # an error without one.
+    failures = LogSignal("leasing jobs failed (")
     logging.getLogger("services.orchestrator.worker").addHandler(failures)
     try:
         await system.pool("worker-a").start()

@@ -10,18 +10,19 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
 )
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, Sampler, SamplingResult
 
 from services.kit.config import ConfigError
 
@@ -44,11 +45,12 @@ def _exporter(name: str) -> SpanExporter | None:
 def configure_tracing(service_name: str) -> TracerProvider:
     """Installs the global tracer provider once per process.
 
-    Spans are always created (so trace ids reach logs and events); they are exported
-    by the exporters named in OTEL_TRACES_EXPORTER (`otlp`, `console`, `none`). The
-    default is `otlp` when OTEL_EXPORTER_OTLP_ENDPOINT is set and `none` otherwise,
-    so a laptop without a collector logs no export errors. The OTLP exporter reads
-    its endpoint, headers and protocol from the standard OTEL_EXPORTER_OTLP_* variables.
+    Spans are exported by the exporters named in OTEL_TRACES_EXPORTER (`otlp`,
+    `console`, `none`). The default is `otlp` when OTEL_EXPORTER_OTLP_ENDPOINT is set and
+    `none` otherwise, so a laptop without a collector logs no export errors. The OTLP
+    exporter reads its endpoint, headers and protocol from the standard
+    OTEL_EXPORTER_OTLP_* variables. While no exporter receives spans, none is recorded
+    (see `UnlessUnexported`); trace ids are made all the same, for logs and events.
     """
     global _configured
     capture()  # a wrong AGENTRT_OTEL_CAPTURE_* value stops the process at start
@@ -57,9 +59,7 @@ def configure_tracing(service_name: str) -> TracerProvider:
         return current
     name = os.environ.get("OTEL_SERVICE_NAME", service_name)
     # The sampler comes from the standard OTEL_TRACES_SAMPLER(_ARG) variables.
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": name}), id_generator=JobSpanIds()
-    )
+    provider = make_provider(name)
     default = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
     for exporter_name in os.environ.get("OTEL_TRACES_EXPORTER", default).split(","):
         exporter = _exporter(exporter_name.strip().lower())
@@ -68,6 +68,48 @@ def configure_tracing(service_name: str) -> TracerProvider:
     trace.set_tracer_provider(provider)
     _configured = True
     return provider
+
+
+def make_provider(service_name: str) -> TracerProvider:
+    """A tracer provider with the job span ids and the sampler of the OTEL_TRACES_SAMPLER
+    variables, which records spans only once a span processor is added."""
+    return _ExportingProvider(
+        resource=Resource.create({"service.name": service_name}), id_generator=JobSpanIds()
+    )
+
+
+class UnlessUnexported(Sampler):
+    """Another sampler's decisions once spans have somewhere to go; until then, none.
+
+    A span nobody exports costs its call the recording (attributes, events, the end) for
+    nothing. Unrecorded spans still have their ids: logs, events and usage records carry
+    the trace id, and calls pass it on, marked not sampled, so a service that exports
+    behind one that does not records none of that trace either (give every service the
+    same exporter settings)."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
+        self.exporting = False
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        chosen = self._sampler if self.exporting else ALWAYS_OFF
+        return chosen.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"UnlessUnexported{{{self._sampler.get_description()}}}"
+
+
+class _ExportingProvider(TracerProvider):
+    """A provider whose sampler records from the first span processor on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._gate = UnlessUnexported(self.sampler)
+        self.sampler = self._gate
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._gate.exporting = True
 
 
 def current_trace_id() -> str:

@@ -7,14 +7,25 @@ import sys
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.kit.config import ConfigError
-from services.kit.telemetry import Capture, JobSpanIds, forced_ids, job_span_id
+from services.kit.telemetry import (
+    Capture,
+    JobSpanIds,
+    current_trace_id,
+    forced_ids,
+    job_span_id,
+    make_provider,
+)
 
 SAMPLED_TOGETHER = """
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from services.kit.telemetry import configure_tracing, job_span_context
-configure_tracing("test")
+configure_tracing("test").add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
 tracer = trace.get_tracer("test")
 kept = 0
 for n in range(200):
@@ -25,6 +36,20 @@ for n in range(200):
     kept += root.is_recording()
 print(kept)
 """
+
+
+def test_no_span_is_recorded_until_spans_have_somewhere_to_go_but_ids_are_made() -> None:
+    provider = make_provider("test")
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("unexported") as unexported:
+        assert not unexported.is_recording()
+        assert unexported.get_span_context().is_valid
+        assert current_trace_id() == format(unexported.get_span_context().trace_id, "032x")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with tracer.start_as_current_span("exported") as exported:
+        assert exported.is_recording()
+    assert [span.name for span in exporter.get_finished_spans()] == ["exported"]
 
 
 def test_a_forced_span_id_goes_to_the_first_span_only_and_a_root_takes_the_trace_id() -> None:

@@ -26,6 +26,7 @@ from services.kit.telemetry import (
     job_span_id,
     parse_trace_id,
 )
+from services.kit.usage_attributes import usage_attributes
 
 tracer = trace.get_tracer("agentrt.jobs")
 
@@ -104,15 +105,12 @@ def _job_attributes(job: Job) -> dict[str, str | int]:
         "agentrt.job.state": _lower(JobState.Name(job.state), "JOB_STATE_"),
         "agentrt.job.attempts": job.attempt,
         "agentrt.job.turns": job.turns,
-        "gen_ai.usage.input_tokens": job.usage.input_tokens,
-        "gen_ai.usage.output_tokens": job.usage.output_tokens,
+        **usage_attributes(job.usage),
     }
     if job.spec.parent:
         attributes["agentrt.parent_job"] = job.spec.parent
     if job.root and job.root != job.name:
         attributes["agentrt.root_job"] = job.root
-    if job.usage.cost:
-        attributes["agentrt.usage.cost"] = job.usage.cost
     if job.HasField("failure"):
         attributes["agentrt.job.failure_reason"] = _lower(
             ErrorReason.Name(job.failure.reason), "ERROR_REASON_"

@@ -31,6 +31,7 @@ from services.kit.telemetry import (
     current_trace_id,
 )
 from services.kit.tool_schema import parse_arguments
+from services.kit.usage_attributes import usage_attributes
 from services.orchestrator.guards import (
     AllowAll,
     BudgetExceeded,
@@ -918,8 +919,7 @@ def _record_answer(span: trace.Span, final: engine_pb2.CompleteChunk) -> None:
         {
             "gen_ai.system": final.provider,
             "gen_ai.response.model": final.model,
-            "gen_ai.usage.input_tokens": final.usage.input_tokens,
-            "gen_ai.usage.output_tokens": final.usage.output_tokens,
+            **usage_attributes(final.usage),
             "gen_ai.response.finish_reasons": [
                 engine_pb2.FinishReason.Name(final.finish_reason)
                 .removeprefix("FINISH_REASON_")
@@ -927,8 +927,6 @@ def _record_answer(span: trace.Span, final: engine_pb2.CompleteChunk) -> None:
             ],
         }
     )
-    if final.usage.cost:
-        span.set_attribute("agentrt.usage.cost", final.usage.cost)
 
 
 async def _reserve_model_call(

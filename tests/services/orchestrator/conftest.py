@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.dev import local_config
 from services.kit.events import is_terminal
@@ -117,6 +121,29 @@ class System:
                     return events
                 events.append(event)
         raise AssertionError(f"the event stream of {name} ended")
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The spans ended during the test (the servers' tracer provider is the global one)."""
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), "a Server installs the SDK provider"
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+async def seconds_until_span(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
+    """The one span named `name`, once it has ended (failing after WAIT seconds)."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            found = [s for s in spans.get_finished_spans() if s.name == name]
+            if found:
+                break
+            await asyncio.sleep(0.02)
+    (span,) = found
+    return span
 
 
 async def seconds_until(done: Awaitable[None], within: float = WAIT) -> float:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -19,8 +19,6 @@ from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from agentrt.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.dev import local_config
@@ -33,7 +31,7 @@ from services.orchestrator.config import OrchestratorConfig
 from services.serve import migrate_all
 from services.units import create_unit
 
-from .conftest import TENANT, WAIT, System, seconds_until, words
+from .conftest import TENANT, WAIT, System, seconds_until, seconds_until_span, words
 
 E = common_pb2
 SLOW_ANSWER_CHUNKS = 16
@@ -46,29 +44,6 @@ def of_type(events: list[E.RuntimeEvent], kind: E.EventType.ValueType) -> list[E
 
 def is_delta(event: E.RuntimeEvent) -> bool:
     return event.type == E.EVENT_TYPE_OUTPUT_DELTA
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """The spans ended during the test (the servers' tracer provider is the global one)."""
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider), "a Server installs the SDK provider"
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()
-
-
-async def seconds_until_span(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
-    """The one span named `name`, once it has ended (failing after WAIT seconds)."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            found = [s for s in spans.get_finished_spans() if s.name == name]
-            if found:
-                break
-            await asyncio.sleep(0.02)
-    (span,) = found
-    return span
 
 
 async def test_a_job_runs_to_success_with_live_deltas_and_one_checkpoint(

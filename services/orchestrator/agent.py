@@ -21,6 +21,7 @@ from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.policy.v1 import policy_pb2
+from agentrt.retries import backoff_delay
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
@@ -50,7 +51,6 @@ from services.orchestrator.ports import (
     ModelPort,
     ToolsPort,
     TreePort,
-    retry_delay,
 )
 from services.orchestrator.tools.runner import UnknownTool
 from services.orchestrator.waits import (
@@ -746,7 +746,7 @@ class AgentRun:
                 if not error.retryable or attempt >= self._retry.attempts:
                     raise
                 log.info("job %s: policy check failed (%s); retrying", self.name, error)
-            await asyncio.sleep(retry_delay(self._retry.backoff, attempt))
+            await asyncio.sleep(backoff_delay(attempt, base=self._retry.backoff))
             attempt += 1
 
     def _counts(self) -> policy_pb2.JobCounts:
@@ -778,7 +778,7 @@ class AgentRun:
                 if self._deadline_passed():
                     raise
                 log.info("job %s turn %d: model call failed (%s); retrying", self.name, turn, error)
-            await asyncio.sleep(retry_delay(self._retry.backoff, attempt))
+            await asyncio.sleep(backoff_delay(attempt, base=self._retry.backoff))
             self._transient.restart_attempt()
             attempt += 1
         answer = common_pb2.Message(

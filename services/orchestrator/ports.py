@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -499,10 +498,3 @@ def _duration(seconds: float) -> Duration:
     duration = Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
-
-
-def retry_delay(base: float, attempt: int) -> float:
-    """The pause after failed try `attempt` (from 1): about `base * 2**(attempt-1)`
-    seconds, jittered so that workers that failed together do not retry together."""
-    ceiling = base * 2.0 ** (attempt - 1)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)

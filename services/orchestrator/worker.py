@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import grpc
 from agentrt.jobs.v1 import jobs_pb2
+from agentrt.retries import backoff_delay
 from opentelemetry import trace
 
 from services.kit.infra import Infrastructure
@@ -33,7 +34,6 @@ from services.orchestrator.ports import (
     GrpcModelPort,
     LeaseLost,
     ToolsPort,
-    retry_delay,
 )
 from services.orchestrator.workflow.executor import WorkflowRun, is_workflow
 
@@ -172,7 +172,7 @@ class WorkerPool:
                 )
             except Exception as error:
                 failures += 1
-                delay = retry_delay(LEASE_RETRY_BASE, min(failures, 6))
+                delay = backoff_delay(min(failures, 6), base=LEASE_RETRY_BASE)
                 _log_lease_failure(error, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)

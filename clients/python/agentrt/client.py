@@ -636,21 +636,20 @@ class Client:
         price = ledger_pb2.Price(name=resource_name("prices", model))
         for path in paths:
             setattr(price, path, given[path])
+        create: ledger_pb2.CreatePriceRequest | None = None
         if input_price is not None and output_price is not None:
             create = ledger_pb2.CreatePriceRequest(
                 price_id=price.name.removeprefix("prices/"),
                 price=price,
                 request_id=_new_request_id(),
             )
-            try:
-                return await self._call(self._ledger.CreatePrice, create)
-            except AlreadyExistsError:
-                pass
         # The given prices set without an etag: sent twice, it leaves the same price.
         update = ledger_pb2.UpdatePriceRequest(
             price=price, update_mask=field_mask_pb2.FieldMask(paths=paths)
         )
-        return await self._call(self._ledger.UpdatePrice, update)
+        return await self._create_or_update(
+            self._ledger.CreatePrice, create, self._ledger.UpdatePrice, update
+        )
 
     async def get_price(self, model: str) -> ledger_pb2.Price:
         """The price, by name ("prices/{model}") or model. Raises NotFoundError."""
@@ -702,15 +701,13 @@ class Client:
             budget=budget,
             request_id=_new_request_id(),
         )
-        try:
-            return await self._call(self._ledger.CreateBudget, create)
-        except AlreadyExistsError:
-            pass
         # A whole replacement without an etag: sent twice, it leaves the same budget.
         update = ledger_pb2.UpdateBudgetRequest(
             budget=budget, update_mask=field_mask_pb2.FieldMask(paths=["*"])
         )
-        return await self._call(self._ledger.UpdateBudget, update)
+        return await self._create_or_update(
+            self._ledger.CreateBudget, create, self._ledger.UpdateBudget, update
+        )
 
     async def get_budget(self, budget: str) -> ledger_pb2.Budget:
         """The budget, by name ("budgets/{id}") or id. Raises NotFoundError."""
@@ -966,6 +963,23 @@ class Client:
                 still_wanted=self._is_open,
                 repeated=repeated,
             )
+
+    async def _create_or_update(
+        self,
+        create_rpc: Callable[..., Awaitable[T]],
+        create: Any | None,
+        update_rpc: Callable[..., Awaitable[T]],
+        update: Any,
+    ) -> T:
+        """The resource that `create` makes, or, when it exists already (or there is no
+        `create`), the one `update` changes. Both are retried: `create` carries a
+        request_id and `update` must leave the same resource when sent twice."""
+        if create is not None:
+            try:
+                return await self._call(create_rpc, create)
+            except AlreadyExistsError:
+                pass
+        return await self._call(update_rpc, update)
 
     def _may_reopen(self, error: grpc.aio.AioRpcError, failures: int) -> bool:
         """Whether an event stream broken by `error`, after `failures` reopenings in a row

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,21 @@ BROKEN_OFF: frozenset[grpc.StatusCode] = frozenset(
 )
 """The codes of a call cut off by the server's going away: those on which an event
 stream, which has no deadline, is reopened."""
+_MOST_DOUBLINGS = 64
+"""Beyond this many doublings a pause is past any cap, and 2.0**n would overflow."""
+
+
+def backoff_delay(
+    failures: int, *, base: float, cap: float = math.inf, jitter: bool = True
+) -> float:
+    """The pause after failed try number `failures` (from 1): `base` seconds, doubled at
+    each further failure, at most `cap`. With `jitter` it is drawn from the upper half of
+    that (between half and all of it), so that callers cut off together do not come back
+    together."""
+    ceiling = min(cap, base * 2.0 ** min(failures - 1, _MOST_DOUBLINGS))
+    if not jitter:
+        return ceiling
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 @dataclass(frozen=True)
@@ -58,8 +74,7 @@ class RetryPolicy:
     def backoff(self, failures: int) -> float:
         """The wait after failed try number `failures` (from 1), with jitter so that many
         clients cut off together do not come back together."""
-        ceiling = min(self.max_backoff, self.initial_backoff * 2.0 ** (failures - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return backoff_delay(failures, base=self.initial_backoff, cap=self.max_backoff)
 
     def may_retry(self, failures: int) -> bool:
         """Whether a call that has failed `failures` times in a row may be tried again."""

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from agentrt.common.v1.common_pb2 import EventType, RuntimeEvent
+from agentrt.retries import backoff_delay
 
 Cursor = str
 """A position in one stream, in the form of a Redis stream entry id: "<int>-<int>".
@@ -174,4 +175,4 @@ def retry_delay(failures: int) -> float:
 
     0.1 s, doubling up to 5 s: quick to recover from a blip, gentle on a server that is down.
     """
-    return float(min(0.05 * 2 ** min(failures, 7), 5.0))
+    return backoff_delay(failures, base=0.1, cap=5.0, jitter=False)

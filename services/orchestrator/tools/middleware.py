@@ -25,12 +25,12 @@ from typing import Protocol
 
 from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
+from agentrt.retries import backoff_delay
 from opentelemetry import trace
 
 from services.kit.telemetry import Capture
 from services.kit.telemetry import capture as process_capture
 from services.orchestrator.guards import BudgetExceeded
-from services.orchestrator.ports import retry_delay
 from services.orchestrator.tools.base import ToolFailed, ToolInvocation, ToolOutput, ToolSource
 from services.orchestrator.tools.builtin import SOURCE_NAME as BUILTIN
 
@@ -247,7 +247,7 @@ class Retry:
                     attempt,
                     failure.message,
                 )
-            await asyncio.sleep(retry_delay(self.backoff, attempt))
+            await asyncio.sleep(backoff_delay(attempt, base=self.backoff))
             attempt += 1
 
 

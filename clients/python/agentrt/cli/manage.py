@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from google.protobuf import json_format
@@ -21,6 +22,8 @@ from agentrt.errors import NotFoundError
 from agentrt.ledger.v1 import ledger_pb2
 from agentrt.orchestrator.v1 import orchestrator_pb2
 from agentrt.policy.v1 import policy_pb2
+
+M = TypeVar("M", bound=Message)
 
 
 async def set_price(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -51,13 +54,9 @@ async def set_price(args: argparse.Namespace, client: Client, console: Console) 
 async def show_prices(args: argparse.Namespace, client: Client, console: Console) -> int:
     """`agentrt prices show [model]`: prices per million tokens."""
     prices = [await client.get_price(args.model)] if args.model else await client.list_prices()
-    if args.json:
-        console.print(json.dumps([_as_dict(p) for p in prices], indent=2))
-    elif prices:
-        console.print(render.price_table(prices))
-    else:
-        console.problem("no prices found")
-    return 0
+    return await _print_listing(
+        console, prices, as_json=args.json, table=render.price_table, nothing="no prices found"
+    )
 
 
 async def set_budget(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -87,13 +86,13 @@ async def show_budgets(args: argparse.Namespace, client: Client, console: Consol
         budgets = [await client.get_budget(args.budget)]
     else:
         budgets = await client.list_budgets(tenant=args.tenant)
-    if args.json:
-        console.print(json.dumps([_as_dict(b) for b in budgets], indent=2))
-    elif budgets:
-        console.print(await _budgets_text(client, budgets))
-    else:
-        console.problem("no budgets found")
-    return 0
+    return await _print_listing(
+        console,
+        budgets,
+        as_json=args.json,
+        table=functools.partial(_budgets_text, client),
+        nothing="no budgets found",
+    )
 
 
 async def _budgets_text(client: Client, budgets: list[ledger_pb2.Budget]) -> str:
@@ -119,13 +118,14 @@ async def usage_report(args: argparse.Namespace, client: Client, console: Consol
         principal=args.principal,
         model=args.model,
     )
-    if args.json:
-        console.print(json.dumps([_as_dict(row) for row in rows], indent=2))
-    elif rows:
-        console.print(render.usage_table(rows, [USAGE_DIMENSIONS[name] for name in group_by]))
-    else:
-        console.problem(f"no usage since {start:%Y-%m-%d %H:%M} UTC")
-    return 0
+    dimensions = [USAGE_DIMENSIONS[name] for name in group_by]
+    return await _print_listing(
+        console,
+        rows,
+        as_json=args.json,
+        table=lambda found: render.usage_table(found, dimensions),
+        nothing=f"no usage since {start:%Y-%m-%d %H:%M} UTC",
+    )
 
 
 def _dimensions(by: Iterable[str]) -> list[str]:
@@ -145,13 +145,9 @@ def _dimensions(by: Iterable[str]) -> list[str]:
 async def list_policy_sets(args: argparse.Namespace, client: Client, console: Console) -> int:
     """`agentrt policies list`."""
     sets = await client.list_policy_sets()
-    if args.json:
-        console.print(json.dumps([_as_dict(s) for s in sets], indent=2))
-    elif sets:
-        console.print(render.policy_set_table(sets))
-    else:
-        console.problem("no policy sets")
-    return 0
+    return await _print_listing(
+        console, sets, as_json=args.json, table=render.policy_set_table, nothing="no policy sets"
+    )
 
 
 async def get_policy_set(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -229,12 +225,32 @@ async def register_plugin(args: argparse.Namespace, client: Client, console: Con
 async def list_plugins(args: argparse.Namespace, client: Client, console: Console) -> int:
     """`agentrt plugins list`."""
     plugins = await client.list_plugins()
-    if args.json:
-        console.print(json.dumps([_as_dict(p) for p in plugins], indent=2))
-    elif plugins:
-        console.print(render.plugin_table(plugins))
+    return await _print_listing(
+        console,
+        plugins,
+        as_json=args.json,
+        table=render.plugin_table,
+        nothing="no plugins registered",
+    )
+
+
+async def _print_listing(
+    console: Console,
+    found: list[M],
+    *,
+    as_json: bool,
+    table: Callable[[list[M]], str | Awaitable[str]],
+    nothing: str,
+) -> int:
+    """Prints what a listing `found`: a JSON array with `as_json`, else its `table`, else
+    (when it found nothing) the problem `nothing`. The command's exit status: 0."""
+    if as_json:
+        console.print(json.dumps([_as_dict(item) for item in found], indent=2))
+    elif found:
+        text = table(found)
+        console.print(text if isinstance(text, str) else await text)
     else:
-        console.problem("no plugins registered")
+        console.problem(nothing)
     return 0
 
 

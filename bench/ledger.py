@@ -57,9 +57,9 @@ Timed = Callable[[int], Awaitable[tuple[float, float]]]
 """One reserve + settle, numbered; returns the seconds each half took."""
 
 
-def usage_entry(record_id: str) -> records.UsageEntry:
-    """One model call's usage record of the benchmark's principal."""
-    record = UsageRecord(
+def usage_record() -> UsageRecord:
+    """One model call's usage of the benchmark's principal."""
+    return UsageRecord(
         kind=UsageKind.USAGE_KIND_MODEL_CALL,
         usage=USAGE,
         model="m1",
@@ -67,7 +67,11 @@ def usage_entry(record_id: str) -> records.UsageEntry:
         principal="alice",
         job="jobs/bench",
     )
-    return records.usage_entry(record_id, record, "")
+
+
+def usage_entry(record_id: str) -> records.UsageEntry:
+    """`usage_record()`, validated as the store takes it."""
+    return records.usage_entry(record_id, usage_record(), "")
 
 
 async def prepare(config: StorageConfig, window_records: int) -> None:
@@ -169,13 +173,7 @@ async def bench_service(address: str, calls: int) -> None:
             )
             record = ledger_pb2.RecordUsageRequest(
                 usage_record_id=f"raw.{job.name[5:]}.{n}",
-                usage_record=UsageRecord(
-                    kind=UsageKind.USAGE_KIND_MODEL_CALL,
-                    usage=USAGE,
-                    model="m1",
-                    tenant=TENANT,
-                    principal="alice",
-                ),
+                usage_record=usage_record(),
             )
             started = time.perf_counter()
             held = await stub.ReserveBudget(reserve)

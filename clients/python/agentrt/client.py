@@ -658,15 +658,8 @@ class Client:
 
     async def list_prices(self) -> builtins.list[ledger_pb2.Price]:
         """Every price, sorted by name."""
-        prices: builtins.list[ledger_pb2.Price] = []
-        token = ""
-        while True:
-            request = ledger_pb2.ListPricesRequest(page_size=500, page_token=token)
-            page = await self._call(self._ledger.ListPrices, request)
-            prices += page.prices
-            token = page.next_page_token
-            if not token:
-                return prices
+        request = ledger_pb2.ListPricesRequest(page_size=500)
+        return await self._every_page(self._ledger.ListPrices, request, "prices")
 
     async def set_budget(
         self,
@@ -717,15 +710,8 @@ class Client:
     async def list_budgets(self, *, tenant: str = "") -> builtins.list[ledger_pb2.Budget]:
         """Every budget (of `tenant` when given; a tenant key sees its own tenant's only),
         sorted by name."""
-        budgets: builtins.list[ledger_pb2.Budget] = []
-        token = ""
-        while True:
-            request = ledger_pb2.ListBudgetsRequest(tenant=tenant, page_size=500, page_token=token)
-            page = await self._call(self._ledger.ListBudgets, request)
-            budgets += page.budgets
-            token = page.next_page_token
-            if not token:
-                return budgets
+        request = ledger_pb2.ListBudgetsRequest(tenant=tenant, page_size=500)
+        return await self._every_page(self._ledger.ListBudgets, request, "budgets")
 
     async def delete_budget(self, budget: str, *, etag: str = "") -> None:
         """Deletes a budget; with `etag`, only if it is unchanged (AbortedError)."""
@@ -778,13 +764,7 @@ class Client:
         )
         if end is not None:
             request.end_time.CopyFrom(_timestamp(end))
-        rows: builtins.list[ledger_pb2.UsageReportRow] = []
-        while True:
-            page = await self._call(self._ledger.GetUsageReport, request)
-            rows += page.rows
-            if not page.next_page_token:
-                return rows
-            request.page_token = page.next_page_token
+        return await self._every_page(self._ledger.GetUsageReport, request, "rows")
 
     async def create_policy_set(
         self, policy_set_id: str, policy_set: policy_pb2.PolicySet, *, request_id: str = ""
@@ -805,14 +785,8 @@ class Client:
 
     async def list_policy_sets(self) -> builtins.list[policy_pb2.PolicySet]:
         """Every policy set, sorted by name."""
-        sets: builtins.list[policy_pb2.PolicySet] = []
         request = policy_pb2.ListPolicySetsRequest(page_size=500)
-        while True:
-            page = await self._call(self._policy.ListPolicySets, request)
-            sets += page.policy_sets
-            if not page.next_page_token:
-                return sets
-            request.page_token = page.next_page_token
+        return await self._every_page(self._policy.ListPolicySets, request, "policy_sets")
 
     async def update_policy_set(
         self, policy_set: policy_pb2.PolicySet, update_mask: Sequence[str] = ()
@@ -850,14 +824,8 @@ class Client:
 
     async def list_plugins(self) -> builtins.list[orchestrator_pb2.Plugin]:
         """Every registered plugin, sorted by name."""
-        plugins: builtins.list[orchestrator_pb2.Plugin] = []
         request = orchestrator_pb2.ListPluginsRequest(page_size=500)
-        while True:
-            page = await self._call(self._orchestrator.ListPlugins, request)
-            plugins += page.plugins
-            if not page.next_page_token:
-                return plugins
-            request.page_token = page.next_page_token
+        return await self._every_page(self._orchestrator.ListPlugins, request, "plugins")
 
     async def delete_plugin(self, plugin: str) -> None:
         """Unregisters a plugin; its tools disappear at once. Raises NotFoundError."""
@@ -873,15 +841,8 @@ class Client:
 
     async def list_models(self) -> builtins.list[models_pb2.Model]:
         """The models your key may call directly, sorted by name."""
-        models: builtins.list[models_pb2.Model] = []
-        token = ""
-        while True:
-            request = models_pb2.ListModelsRequest(page_size=1000, page_token=token)
-            page = await self._call(self._models.ListModels, request)
-            models.extend(page.models)
-            token = page.next_page_token
-            if not token:
-                return models
+        request = models_pb2.ListModelsRequest(page_size=1000)
+        return await self._every_page(self._models.ListModels, request, "models")
 
     async def complete(
         self,
@@ -963,6 +924,19 @@ class Client:
                 still_wanted=self._is_open,
                 repeated=repeated,
             )
+
+    async def _every_page(
+        self, rpc: Callable[..., Awaitable[Any]], request: Any, field: str
+    ) -> builtins.list[Any]:
+        """Every item of a listing: `request`'s pages read to the end, each call retried
+        as `_call` does, the items from the pages' repeated `field`."""
+        items: builtins.list[Any] = []
+        while True:
+            page = await self._call(rpc, request)
+            items += getattr(page, field)
+            if not page.next_page_token:
+                return items
+            request.page_token = page.next_page_token
 
     async def _create_or_update(
         self,

@@ -117,13 +117,13 @@ async def receiving(
 ) -> tuple[float, list[float], int]:
     """Runs the load with an OTLP receiver on `port`; adds how many spans it received,
     waiting for the last batches (exported every OTEL_BSP_SCHEDULE_DELAY, 5 s)."""
-    server, found, _ = await start_receiver(port)
+    server, found, _ = start_receiver(port)
     try:
         wall, latencies = await measured
         await asyncio.sleep(6)
         return wall, latencies, len(found.spans)
     finally:
-        await server.stop(None)
+        server.stop(None)
 
 
 def main() -> None:

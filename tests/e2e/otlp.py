@@ -1,13 +1,16 @@
-"""An OTLP/gRPC trace receiver for tests and benchmarks: keeps every span it is sent."""
+"""An OTLP/gRPC receiver for tests and benchmarks: keeps every span it is sent, and takes
+metrics (dropping them) so that a process exporting both sees no errors."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -43,7 +46,7 @@ class Receiver:
 
     spans: list[Received] = field(default_factory=list)
 
-    async def Export(
+    def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
@@ -60,24 +63,36 @@ class Receiver:
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-async def start_receiver(port: int = 0) -> tuple[grpc.aio.Server, Receiver, int]:
-    """A started receiver on 127.0.0.1:`port` (0: any free port), and its port."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+def start_receiver(port: int = 0) -> tuple[grpc.Server, Receiver, int]:
+    """A started receiver on 127.0.0.1:`port` (0: any free port), and its port.
+
+    It serves from threads of its own, not from the caller's event loop: a test that blocks
+    its loop while a process it started shuts down still gets that process's last export
+    answered, instead of holding the exporter to its timeout."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     found = Receiver()
-    export = grpc.unary_unary_rpc_method_handler(
+    traces = grpc.unary_unary_rpc_method_handler(
         found.Export,
         request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
         response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
     )
+    metrics = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: metrics_service_pb2.ExportMetricsServiceResponse(),
+        request_deserializer=metrics_service_pb2.ExportMetricsServiceRequest.FromString,
+        response_serializer=metrics_service_pb2.ExportMetricsServiceResponse.SerializeToString,
+    )
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": export}
+                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": traces}
+            ),
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.metrics.v1.MetricsService", {"Export": metrics}
             ),
         )
     )
     port = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    server.start()
     return server, found, port
 
 

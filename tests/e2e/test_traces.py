@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -36,10 +36,10 @@ PROMPT = (
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    server, found, port = await start_receiver()
+def receiver() -> Iterator[tuple[Receiver, int]]:
+    server, found, port = start_receiver()
     yield found, port
-    await server.stop(None)
+    server.stop(None)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
@@ -36,7 +36,6 @@ from services.kit.usage_attributes import usage_attributes
 from services.orchestrator.guards import (
     AllowAll,
     BudgetExceeded,
-    Hold,
     NoBudgets,
     PolicyGuard,
     SpendGuard,
@@ -70,7 +69,6 @@ from services.orchestrator.workflow.sub_agents import RUN_AGENT, answer_run_agen
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentrt.orchestrator")
-T = TypeVar("T")
 
 DEFAULT_MAX_TURNS = 8
 """Turns a job may take when its spec says 0 (as the jobs service documents)."""
@@ -511,14 +509,14 @@ class AgentRun:
             job=self.name,
             cache=spec.cache,
         )
-        hold = await _reserve_model_call(self._spend, self._job, self._usage, request)
+        hold = await self._spend.reserve_model_call(self._job, self._usage, request)
         try:
             answer, usage, answered_by = await self._model_turn(turn, request)
         except BaseException:
-            await _release(self._spend, hold, "the model call failed")
+            await self._spend.release(hold, "the model call failed")
             raise
-        usage = await _answered(
-            self._spend.settle_model_call(self._job, hold, usage, model_record_id(self.name, turn))
+        usage = await self._spend.settle_model_call(
+            self._job, hold, usage, model_record_id(self.name, turn)
         )
         self._messages.append(answer)
         self._usage = add_usage(self._usage, usage)
@@ -927,47 +925,6 @@ def _record_answer(span: trace.Span, final: engine_pb2.CompleteChunk) -> None:
             ],
         }
     )
-
-
-async def _reserve_model_call(
-    spend: SpendGuard,
-    job: jobs_pb2.Job,
-    spent: common_pb2.Usage,
-    request: engine_pb2.CompleteRequest,
-) -> Hold:
-    """The call's hold. A run cut while the reservation is under way (a drain cuts every
-    run) waits for its answer and gives the hold back before it ends: the ledger may have
-    made the hold, and nobody else knows its name, so it would count until its ttl."""
-    reserving = asyncio.ensure_future(spend.reserve_model_call(job, spent, request))
-    try:
-        return await asyncio.shield(reserving)
-    except asyncio.CancelledError:
-        (made,) = await asyncio.gather(reserving, return_exceptions=True)
-        if not isinstance(made, BaseException):
-            await _release(spend, made, "the run was cut while reserving")
-        raise
-
-
-async def _answered(settling: Awaitable[T]) -> T:
-    """The settlement's answer; a run cut meanwhile ends only once the ledger answered, so
-    that the hold is settled (or known not to be) rather than left counted until its ttl."""
-    task = asyncio.ensure_future(settling)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.gather(task, return_exceptions=True)
-        raise
-
-
-async def _release(spend: SpendGuard, hold: Hold, reason: str) -> None:
-    """Gives back a model call's reservation, even when the run is being cancelled; a
-    release that fails is left to the ledger's expiry sweeper."""
-    try:
-        await asyncio.shield(spend.release(hold, reason))
-    except Exception:
-        log.warning("could not release the reservation %s", hold.reservation, exc_info=True)
-    except asyncio.CancelledError:
-        pass  # the shielded release goes on; the caller re-raises its own cancellation
 
 
 def _failed(

@@ -61,31 +61,36 @@ class SpendGuard(Protocol):
     ) -> Hold:
         """Reserves the worst case of `request` (estimated input + max output tokens, at
         the model's price). Raises BudgetExceeded when the job's spec or a tenant budget
-        does not allow it; `spent` is the job's usage so far."""
+        does not allow it; `spent` is the job's usage so far. A caller cut meanwhile leaves
+        nothing held."""
         ...
 
     async def settle_model_call(
         self, job: jobs_pb2.Job, hold: Hold, usage: common_pb2.Usage, record_id: str
     ) -> common_pb2.Usage:
         """Records what the call really used (idempotent by `record_id`) and settles the
-        hold; returns `usage` with its cost filled in."""
+        hold; returns `usage` with its cost filled in. A caller cut meanwhile is cut once
+        the ledger answered."""
         ...
 
     async def release(self, hold: Hold, reason: str) -> None:
-        """Gives back a hold whose call failed."""
+        """Gives back a hold whose call failed, even when the caller is cut meanwhile;
+        never raises (a hold not given back expires)."""
         ...
 
     async def check_tool_call(
         self, job: jobs_pb2.Job, spent: common_pb2.Usage, hold: bool = True
     ) -> None:
         """Raises BudgetExceeded when the job may make no more tool calls; with `hold`
-        (the call runs now) one tool call is held until record_tool_call settles it."""
+        (the call runs now) one tool call is held until record_tool_call settles it. A
+        caller cut meanwhile leaves nothing held."""
         ...
 
     async def record_tool_call(
         self, job: jobs_pb2.Job, call: common_pb2.ToolCall, record_id: str
     ) -> None:
-        """Records one tool call in the ledger (idempotent by `record_id`)."""
+        """Records one tool call in the ledger (idempotent by `record_id`), settling the
+        hold check_tool_call kept; a caller cut meanwhile is cut once the ledger answered."""
         ...
 
     async def open_tree(self, job: jobs_pb2.Job) -> None:

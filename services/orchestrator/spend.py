@@ -299,14 +299,18 @@ class LedgerSpend:
         return priced
 
     async def release(self, hold: Hold, reason: str) -> None:
-        """Give the hold back; an outage is logged, since the hold expires on its own."""
-        if not hold.reservation:
-            return
-        request = ledger_pb2.ReleaseReservationRequest(name=hold.reservation, reason=reason)
+        """Give the hold back. A caller cut meanwhile (a drain cuts every run) is cut at
+        once, and the release goes on without it; a release that fails is logged, since
+        the hold expires on its own."""
+        if hold.reservation:
+            await asyncio.shield(asyncio.ensure_future(self._give_back(hold.reservation, reason)))
+
+    async def _give_back(self, reservation: str, reason: str) -> None:
+        request = ledger_pb2.ReleaseReservationRequest(name=reservation, reason=reason)
         try:
             await self._call("release", self._spend.ReleaseReservation, request)
-        except LedgerUnavailable as error:
-            log.warning("%s not released, it expires instead: %s", hold.reservation, error)
+        except (LedgerUnavailable, grpc.aio.AioRpcError) as error:
+            log.warning("%s not released, it expires instead: %s", reservation, error)
 
     # Tool calls
 
@@ -555,7 +559,11 @@ class LedgerSpend:
         self, job: jobs_pb2.Job, amounts: ledger_pb2.Amounts, key: str
     ) -> ledger_pb2.Reservation:
         """One ReserveBudget; its request_id makes the retries of this reservation (and
-        only of this one) return the same reservation."""
+        only of this one) return the same reservation.
+
+        A caller cut while it is under way (a drain cuts every run) waits for the ledger's
+        answer and gives back the hold it made before it ends: nobody else knows the hold's
+        name, so it would count against the budgets until its ttl."""
         suffix = secrets.token_hex(8)
         request = ledger_pb2.ReserveBudgetRequest(
             tenant=job.tenant,
@@ -566,8 +574,14 @@ class LedgerSpend:
             request_id=f"{key[:100]}.{suffix}" if key else suffix,
             root_job=tree_root(job) if tree_inherits(job) else "",
         )
+        reserving = asyncio.ensure_future(self._call("reserve", self._spend.ReserveBudget, request))
         try:
-            return await self._call("reserve", self._spend.ReserveBudget, request)
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            (made,) = await asyncio.gather(reserving, return_exceptions=True)
+            if isinstance(made, ledger_pb2.Reservation):
+                await self.release(Hold(made.name), "the run was cut while reserving")
+            raise
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise
@@ -577,7 +591,19 @@ class LedgerSpend:
         self, reservation: str, record_id: str, record: ledger_pb2.UsageRecord, priced: bool
     ) -> str:
         """Settle `reservation` with the record (RecordUsage without one); the cost, which
-        a settlement reports only when the call was `priced`."""
+        a settlement reports only when the call was `priced`. A caller cut meanwhile ends
+        only once the ledger answered, so that the hold is settled (or known not to be)
+        rather than left counted until its ttl."""
+        settling = asyncio.ensure_future(self._settle(reservation, record_id, record, priced))
+        try:
+            return await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            await asyncio.gather(settling, return_exceptions=True)
+            raise
+
+    async def _settle(
+        self, reservation: str, record_id: str, record: ledger_pb2.UsageRecord, priced: bool
+    ) -> str:
         usage = ledger_pb2.RecordUsageRequest(usage_record_id=record_id, usage_record=record)
         retry = self._config.settle_retry_seconds
         if not reservation:

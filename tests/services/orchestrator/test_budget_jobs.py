@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 import grpc
 import pytest
@@ -23,7 +24,8 @@ from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget, Price
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.orchestrator.agent import _reserve_model_call
+from services.orchestrator.agent import tool_record_id
+from services.orchestrator.guards import Hold
 from services.orchestrator.spend import open_spend_guard
 
 from .conftest import TENANT, System, words
@@ -32,6 +34,7 @@ from .test_loop import CountingTools, create_policy, job_with_tools, runner
 Stub: TypeAlias = "ledger_pb2_grpc.LedgerServiceAsyncStub"
 
 E = common_pb2
+T = TypeVar("T")
 MODEL = "local"
 PROMPT = "call bump {}\ncall bump {}"
 """Turn 1 asks for two tool calls; turn 2 answers with their results."""
@@ -260,19 +263,54 @@ async def test_a_run_cut_while_reserving_leaves_nothing_held(system: System) -> 
         model=MODEL, messages=[user], tenant=TENANT, job=job.name, idempotency_key="k"
     )
     # Once uncut, which also caches the price: the cuts below land in ReserveBudget.
-    await spend.release(await _reserve_model_call(spend, job, E.Usage(), request), "warm")
+    await spend.release(await spend.reserve_model_call(job, E.Usage(), request), "warm")
 
+    async def reserve() -> Hold:
+        return await spend.reserve_model_call(job, E.Usage(), request)
+
+    await expect_cuts_leave_nothing_held(system, reserve, lambda hold: spend.release(hold, "uncut"))
+
+
+async def test_a_run_cut_while_checking_a_tool_call_leaves_nothing_held(system: System) -> None:
+    await price_and_budget(system, Prices("0.3", "1.1"), MODEL)
+    spend = open_spend_guard(system.infra)
+    job = await system.create_job(prompt="hello", model=MODEL)
+    records = iter(range(100))
+
+    async def record(_: None) -> None:
+        call = E.ToolCall(id=f"call_{next(records)}", name="t")
+        await spend.record_tool_call(job, call, tool_record_id(job.name, 1, call.id))
+
+    # Before an approval: a hold made and given back at once, a cut in either call.
+    await expect_cuts_leave_nothing_held(
+        system, lambda: spend.check_tool_call(job, E.Usage(), hold=False), record
+    )
+    # Right before the call: a hold kept for its record, unless the check was cut.
+    await expect_cuts_leave_nothing_held(
+        system, lambda: spend.check_tool_call(job, E.Usage()), record
+    )
+
+
+async def expect_cuts_leave_nothing_held(
+    system: System,
+    spend: Callable[[], Awaitable[T]],
+    settle: Callable[[T], Awaitable[None]],
+) -> None:
+    """Cuts `spend` at pauses from 0.5 to 8 ms in, and `settle`s what it made when it was
+    not cut; expects the tenant's budget to hold nothing after each, and some cuts to land."""
     cut = 0
     for pause in (0.0005, 0.001, 0.002, 0.003, 0.004, 0.006, 0.008):
-        reserving = asyncio.create_task(_reserve_model_call(spend, job, E.Usage(), request))
+        spending = asyncio.ensure_future(spend())
         await asyncio.sleep(pause)
-        reserving.cancel()
+        spending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await reserving
-        if not reserving.cancelled():  # it had answered already: the hold is the caller's
-            await spend.release(reserving.result(), "not cut")
-        cut += reserving.cancelled()
-        assert (await held(system)).tokens == 0, f"held after a cut {pause} s in"
+            await spending
+        if spending.cancelled():
+            cut += 1
+        else:
+            await settle(spending.result())
+        reserved = await held(system)
+        assert (reserved.tokens, reserved.tool_calls) == (0, 0), f"held after a cut {pause} s in"
     assert cut > 0
 
 

@@ -12,7 +12,7 @@ import grpc
 import httpx
 import pytest
 from agentrt import Client
-from agentrt.common.v1.common_pb2 import ErrorReason
+from agentrt.common.v1.common_pb2 import ErrorReason, Usage
 from agentrt.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget
@@ -102,9 +102,33 @@ async def test_every_service_counts_its_rpcs_and_the_ledger_its_tokens(
     spent = total(after["ledger"], tokens, 'tenant="acme"', 'model="local"')
     assert spent - total(before["ledger"], tokens, 'tenant="acme"') > 0
     assert total(after["ledger"], tokens, 'direction="output"') > 0
+    await expect_prompt_cache_tokens_counted(running, endpoints["ledger"])
     denials = "agentrt_ledger_budget_denials_total"
     assert total(after["ledger"], denials, 'tenant="tight"') >= 1
     assert total(after["ledger"], denials, 'tenant="acme"') == 0
+
+
+async def expect_prompt_cache_tokens_counted(running: Cluster, endpoint: str) -> None:
+    """A recorded model call's prompt-cache reads and writes move their own series, and
+    the tokens series by its input tokens alone."""
+    series = "agentrt_ledger_prompt_cache_tokens_total"
+    before = scrape(endpoint)
+    usage = Usage(
+        input_tokens=1000, output_tokens=10, cached_input_tokens=600, cache_write_input_tokens=300
+    )
+    record = ledger_pb2.UsageRecord(
+        tenant="acme", kind=ledger_pb2.USAGE_KIND_MODEL_CALL, model="claude", usage=usage
+    )
+    async with grpc.aio.insecure_channel(running.address("ledger")) as channel:
+        await ledger_pb2_grpc.LedgerServiceStub(channel).RecordUsage(
+            ledger_pb2.RecordUsageRequest(usage_record_id="cached-1", usage_record=record)
+        )
+    after = scrape(endpoint)
+    model = ('tenant="acme"', 'model="claude"')
+    assert total(after, series, *model, 'use="read"') - total(before, series, 'use="read"') == 600
+    assert total(after, series, *model, 'use="write"') - total(before, series, 'use="write"') == 300
+    tokens = "agentrt_ledger_tokens_total"
+    assert total(after, tokens, *model) - total(before, tokens, *model) == 1010
 
 
 async def test_the_jobs_gauges_show_a_job_waiting_in_the_queue(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
 from agentrt.cli import admin, build_parser, jobs, main
 from agentrt.cli.console import Console
-from agentrt.cli.render import event_line, job_table, parse_state
+from agentrt.cli.render import EVENT_TYPES, event_line, job_table, parse_state
 from agentrt.common.v1 import common_pb2
 from agentrt.jobs.v1 import jobs_pb2
 
@@ -213,6 +214,31 @@ def test_event_lines_are_compact() -> None:
         model_call=common_pb2.ModelCallEvent(turn=2, model="gpt", error="provider down"),
     )
     assert event_line(failed) == "model.call.failed (turn 2, gpt: provider down)"
+    node = common_pb2.NodeEvent(node="map", iteration=1, children=[JOB, JOB])
+    started = common_pb2.RuntimeEvent(type=common_pb2.EVENT_TYPE_NODE_STARTED, node_event=node)
+    assert event_line(started) == "workflow.node.started (map, run 1, 2 children)"
+    node.state = common_pb2.JOB_STATE_FAILED
+    node.failure.CopyFrom(
+        common_pb2.Failure(reason=common_pb2.ERROR_REASON_TOOL_ERROR, message="boom")
+    )
+    finished = common_pb2.RuntimeEvent(type=common_pb2.EVENT_TYPE_NODE_FINISHED, node_event=node)
+    assert event_line(finished) == (
+        "workflow.node.finished (map, run 1, 2 children, FAILED: TOOL_ERROR: boom)"
+    )
+
+
+def test_every_event_type_has_its_dotted_name() -> None:
+    """The names `agentrt events follow --type` takes are the proto's, for every type."""
+    proto = (Path(__file__).parents[3] / "protos/agentrt/common/v1/common.proto").read_text()
+    documented, name = {}, ""
+    for line in proto.splitlines():  # each value's comment starts with its dotted name
+        if opening := re.match(r'\s*// "([a-z_.]+)"', line):
+            name = opening[1]
+        elif value := re.match(r"\s*(EVENT_TYPE_[A-Z_]+) = [1-9]", line):
+            documented[value[1]] = name
+    named = {common_pb2.EventType.Name(kind): name for kind, name in EVENT_TYPES.items()}
+    assert named == documented
+    assert len(named) == len(common_pb2.EventType.keys()) - 1  # all but UNSPECIFIED
 
 
 def test_job_tables_align_their_columns() -> None:

@@ -34,6 +34,8 @@ EVENT_TYPES: Mapping[common_pb2.EventType.ValueType, str] = {
     common_pb2.EVENT_TYPE_USAGE_RECORDED: "usage.recorded",
     common_pb2.EVENT_TYPE_CHILD_CREATED: "job.child.created",
     common_pb2.EVENT_TYPE_CHILD_FINISHED: "job.child.finished",
+    common_pb2.EVENT_TYPE_NODE_STARTED: "workflow.node.started",
+    common_pb2.EVENT_TYPE_NODE_FINISHED: "workflow.node.finished",
     common_pb2.EVENT_TYPE_MODEL_CALL_STARTED: "model.call.started",
     common_pb2.EVENT_TYPE_MODEL_CALL_REPLAYED: "model.call.replayed",
     common_pb2.EVENT_TYPE_MODEL_CALL_CONFLICT: "model.call.conflict",
@@ -93,6 +95,8 @@ def event_line(event: common_pb2.RuntimeEvent) -> str:
         detail += usage_text(recorded.usage)
     elif payload == "child":
         detail = child_text(event.child)
+    elif payload == "node_event":
+        detail = node_text(event.node_event)
     elif payload == "model_call":
         call = event.model_call
         detail = f"turn {call.turn}, {call.model}" + (f": {call.error}" if call.error else "")
@@ -105,6 +109,19 @@ def child_text(child: common_pb2.ChildEvent) -> str:
     """ "jobs/01j… map[2] FAILED: TOOL_ERROR: boom" for a child's creation or end."""
     text = " ".join(part for part in (child.child, child.node, state_name(child.state)) if part)
     return f"{text}: {failure_text(child.failure)}" if child.HasField("failure") else text
+
+
+def node_text(node: common_pb2.NodeEvent) -> str:
+    """ "map, run 2, 3 children" for a node's start; "map, run 2, SUCCEEDED" or
+    "map, run 2, FAILED: TOOL_ERROR: boom" for its end."""
+    children = len(node.children)
+    parts = [node.node or "?", f"run {node.iteration}"]
+    if children:
+        parts.append(f"{children} child" if children == 1 else f"{children} children")
+    if node.state:
+        parts.append(state_name(node.state))
+    text = ", ".join(parts)
+    return f"{text}: {failure_text(node.failure)}" if node.HasField("failure") else text
 
 
 def usage_text(usage: common_pb2.Usage) -> str:

@@ -33,7 +33,13 @@ def open_channel(address: str, default_timeout: float) -> grpc.aio.Channel:
 
 def channel_options() -> list[tuple[str, int | str]]:
     """The options of every channel `open_channel` opens."""
-    balancing: dict[str, Any] = {"loadBalancingConfig": [{lb_policy(): {}}]}
+    balancing: dict[str, Any] = {
+        "loadBalancingConfig": [{lb_policy(): {}}],
+        # round_robin watches each address's overall health (grpc.health.v1, which every
+        # agentrt server serves) and sends nothing to one that says NOT_SERVING: a
+        # draining replica gets no new calls, though it still answers those it has.
+        "healthCheckConfig": {"serviceName": ""},
+    }
     # gRPC looks a name up again when a connection ends (a server's GOAWAY at its
     # connection age, a pod gone), at most this often.
     dns_interval = env_float("AGENTRT_GRPC_DNS_MIN_INTERVAL_SECONDS", 30.0)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.kit.channels import open_channel
 from services.kit.config import ConfigError
 from services.kit.interceptors import LONG_LIVED
-from services.kit.server import Server
+from services.kit.server import Server, ServiceUnit
 from services.kit.storage import StorageConfig, migrate
 from services.policy.server import PolicyUnit
 from services.policy.store import SQL_DIRECTORY, open_policy_store
@@ -40,12 +40,12 @@ class Replicas:
         self.port = 0
         self.servers: dict[str, Server] = {}
 
-    async def start(self, host: str) -> Server:
+    async def start(self, host: str, *more: ServiceUnit) -> Server:
         storage = StorageConfig("sqlite", self._data / f"{host}.db", None, "policy")
         await migrate(storage, SQL_DIRECTORY)
         server = Server(f"{host}:{self.port}", "policy")
         self.port = server.port
-        await server.start([PolicyUnit(await open_policy_store(storage))])
+        await server.start([PolicyUnit(await open_policy_store(storage)), *more])
         self.servers[host] = server
         async with grpc.aio.insecure_channel(f"{host}:{self.port}") as channel:
             await policy_pb2_grpc.PolicyServiceStub(channel).CreatePolicySet(
@@ -100,6 +100,55 @@ async def test_calls_spread_over_every_replica_of_the_target(replicas: Replicas)
         await channel.close(None)
     assert set(answered) == set(HOSTS), answered
     assert min(answered.values()) >= 10, answered
+
+
+class SlowToStop:
+    """A unit whose background work takes until `stopped` is set to stop: the server it
+    is in drains meanwhile, NOT_SERVING but still answering."""
+
+    name = "slow"
+    service_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.stopped = asyncio.Event()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pass  # no servicer: it only holds the drain up
+
+    async def start(self) -> None:
+        pass  # no background work to start: only its stop takes time
+
+    async def stop(self) -> None:
+        await self.stopped.wait()
+
+    async def close(self) -> None:
+        pass  # nothing to close
+
+
+async def test_a_draining_replica_gets_no_new_calls(replicas: Replicas) -> None:
+    slow = SlowToStop()
+    draining = await replicas.start(HOSTS[0], slow)
+    for host in HOSTS[1:]:
+        await replicas.start(host)
+    channel = open_channel(ipv4_target(HOSTS, replicas.port), 5.0)
+    try:
+        assert set(await answers(channel, 30)) == set(HOSTS)
+        stopping = asyncio.create_task(draining.stop(grace=1.0))
+        async with grpc.aio.insecure_channel(f"{HOSTS[0]}:{replicas.port}") as direct:
+            watch = health_pb2_grpc.HealthStub(direct).Watch(health_pb2.HealthCheckRequest())
+            async for reply in watch:
+                if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+            watch.cancel()
+            # It still answers a caller that asks it alone.
+            assert await who_answers(direct) == HOSTS[0]
+        await asyncio.sleep(0.2)  # the health watch streams carry the change
+        answered = await answers(channel, 30)
+        assert set(answered) == set(HOSTS[1:]), answered
+        slow.stopped.set()
+        await stopping
+    finally:
+        await channel.close(None)
 
 
 async def test_pick_first_keeps_every_call_on_one_replica(

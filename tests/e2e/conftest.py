@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.otlp import Receiver, start_receiver
 from tests.e2e.processes import Cluster, cluster
 
 
@@ -30,3 +31,11 @@ def create_key(running: Cluster, tenant: str, principal: str) -> str:
     match = re.search(r"agk_[A-Za-z0-9_-]+", output)
     assert match, f"no key in the output of keys create: {output!r}"
     return match.group(0)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, int]]:
+    """An OTLP/gRPC receiver (spans and metrics) and its port."""
+    server, found, port = start_receiver()
+    yield found, port
+    server.stop(None)

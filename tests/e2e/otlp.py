@@ -1,5 +1,5 @@
-"""An OTLP/gRPC receiver for tests and benchmarks: keeps every span it is sent, and takes
-metrics (dropping them) so that a process exporting both sees no errors."""
+"""An OTLP/gRPC receiver for tests and benchmarks: keeps every span and every metrics
+export it is sent."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 
@@ -39,28 +40,52 @@ def _value(value: otlp_common_pb2.AnyValue) -> Any:
     return getattr(value, kind) if kind else None
 
 
+def _service_name(resource: resource_pb2.Resource) -> str:
+    return next((a.value.string_value for a in resource.attributes if a.key == "service.name"), "")
+
+
 @dataclass
 class Receiver:
-    """An OTLP/gRPC trace receiver (opentelemetry.proto.collector.trace.v1.TraceService)
-    that keeps every span it is sent."""
+    """An OTLP/gRPC receiver (opentelemetry.proto.collector's TraceService and
+    MetricsService) that keeps every span and every metrics export it is sent."""
 
     spans: list[Received] = field(default_factory=list)
+    metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = field(default_factory=list)
 
-    def Export(
+    def export_spans(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
-            service = next(
-                (
-                    a.value.string_value
-                    for a in resource_spans.resource.attributes
-                    if a.key == "service.name"
-                ),
-                "",
-            )
+            service = _service_name(resource_spans.resource)
             for scope_spans in resource_spans.scope_spans:
                 self.spans.extend(Received(service, span) for span in scope_spans.spans)
         return trace_service_pb2.ExportTraceServiceResponse()
+
+    def export_metrics(
+        self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: object
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        self.metrics.append(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def sums(self, name: str) -> float:
+        """The newest cumulative total of a counter, over its data points."""
+        newest = 0.0
+        for request in list(self.metrics):
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    for metric in scope.metrics:
+                        if metric.name == name:
+                            points = metric.sum.data_points
+                            newest = sum(p.as_double or p.as_int for p in points)
+        return newest
+
+    def metric_services(self) -> set[str]:
+        """The service names of the processes that exported metrics."""
+        return {
+            _service_name(resource.resource)
+            for request in list(self.metrics)
+            for resource in request.resource_metrics
+        }
 
 
 def start_receiver(port: int = 0) -> tuple[grpc.Server, Receiver, int]:
@@ -72,12 +97,12 @@ def start_receiver(port: int = 0) -> tuple[grpc.Server, Receiver, int]:
     server = grpc.server(ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     found = Receiver()
     traces = grpc.unary_unary_rpc_method_handler(
-        found.Export,
+        found.export_spans,
         request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
         response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
     )
     metrics = grpc.unary_unary_rpc_method_handler(
-        lambda request, context: metrics_service_pb2.ExportMetricsServiceResponse(),
+        found.export_metrics,
         request_deserializer=metrics_service_pb2.ExportMetricsServiceRequest.FromString,
         response_serializer=metrics_service_pb2.ExportMetricsServiceResponse.SerializeToString,
     )

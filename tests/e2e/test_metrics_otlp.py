@@ -7,67 +7,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import (
-    metrics_service_pb2,
-    metrics_service_pb2_grpc,
-)
 
+from tests.e2e.otlp import Receiver
 from tests.e2e.processes import AGENTRT, free_port, wait_serving
 
 pytestmark = pytest.mark.e2e
-
-
-class Receiver(metrics_service_pb2_grpc.MetricsServiceServicer):
-    """Keeps every export request it is sent."""
-
-    def __init__(self) -> None:
-        self.requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
-
-    def Export(
-        self,
-        request: metrics_service_pb2.ExportMetricsServiceRequest,
-        context: grpc.ServicerContext,
-    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
-        self.requests.append(request)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-    def sums(self, name: str) -> float:
-        """The newest cumulative total of a counter, over its data points."""
-        newest = 0.0
-        for request in self.requests:
-            for resource in request.resource_metrics:
-                for scope in resource.scope_metrics:
-                    for metric in scope.metrics:
-                        if metric.name == name:
-                            points = metric.sum.data_points
-                            newest = sum(p.as_double or p.as_int for p in points)
-        return newest
-
-    def service_names(self) -> set[str]:
-        return {
-            attribute.value.string_value
-            for request in self.requests
-            for resource in request.resource_metrics
-            for attribute in resource.resource.attributes
-            if attribute.key == "service.name"
-        }
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, int]]:
-    server = grpc.server(ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
-    received = Receiver()
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(received, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield received, port
-    server.stop(None)
 
 
 def test_the_series_reach_an_otlp_receiver(receiver: tuple[Receiver, int], tmp_path: Path) -> None:
@@ -107,4 +54,4 @@ def test_the_series_reach_an_otlp_receiver(receiver: tuple[Receiver, int], tmp_p
         dev.send_signal(signal.SIGTERM)
         assert dev.wait(20) == 0, (tmp_path / "dev.log").read_text()
     assert received.sums("agentrt.rpc.server.requests") > 0
-    assert received.service_names() == {"agentrt-dev-under-test"}
+    assert received.metric_services() == {"agentrt-dev-under-test"}

@@ -22,7 +22,7 @@ from agentrt.jobs.v1 import jobs_pb2
 from google.protobuf.struct_pb2 import Struct
 
 from tests.e2e.conftest import create_key
-from tests.e2e.otlp import Received, Receiver, span_tree, start_receiver
+from tests.e2e.otlp import Received, Receiver, span_tree
 from tests.e2e.processes import AGENTRT, Cluster, cluster, free_port, wait_serving
 from tests.e2e.test_approvals import require_approval_of_calculations
 
@@ -33,13 +33,6 @@ WAIT = 30.0
 PROMPT = (
     'call calculator {"expression": "6 * 7"}\ncall run_agent {"agent": "helper", "prompt": "p"}'
 )
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, int]]:
-    server, found, port = start_receiver()
-    yield found, port
-    server.stop(None)
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ HTTP endpoint run on this.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from agentrt.engine.v1 import engine_pb2, engine_pb2_grpc
 from agentrt.gateway.v1 import models_pb2
 from agentrt.jobs.v1 import jobs_pb2
 from agentrt.policy.v1 import policy_pb2
+from opentelemetry import trace
 
 from services.gateway.keys import Principal
 from services.gateway.models import ModelDirectory
@@ -39,6 +38,7 @@ from services.kit.interceptors import LONG_LIVED, remaining_time
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.kit.telemetry import current_trace_id
 from services.kit.tool_schema import schema_problem
+from services.kit.usage_attributes import usage_attributes
 from services.orchestrator.guards import BudgetExceeded, Hold
 from services.orchestrator.policy import (
     CachedPolicy,
@@ -47,8 +47,6 @@ from services.orchestrator.policy import (
     policy_denied,
 )
 from services.orchestrator.spend import LedgerSpend, LedgerUnavailable
-
-log = logging.getLogger(__name__)
 
 ErrorReason = common_pb2.ErrorReason
 MODEL_PREFIX = "models/"
@@ -124,9 +122,9 @@ class ModelApi:
         try:
             answer = await self._engine.Complete(call.request, **_engine_call_options())
         except BaseException:
-            await _release(self._spend, call.hold, "the model call failed")
+            await self._spend.release(call.hold, "the model call failed")
             raise
-        usage = await self._settle(call, answer.usage)
+        usage = await self._settle(call, answer.usage, answer.model)
         return models_pb2.CompleteResponse(
             id=call.id,
             message=answer.message,
@@ -150,7 +148,7 @@ class ModelApi:
                     if chunk.text_delta:
                         yield models_pb2.CompleteChunk(id=call.id, text_delta=chunk.text_delta)
                     continue
-                usage = await self._settle(call, chunk.usage)
+                usage = await self._settle(call, chunk.usage, chunk.model)
                 settled = True
                 yield models_pb2.CompleteChunk(
                     id=call.id,
@@ -163,7 +161,7 @@ class ModelApi:
         finally:
             chunks.cancel()  # the caller went away: so does the provider's stream
             if not settled:
-                await _release(self._spend, call.hold, "the model call did not finish")
+                await self._spend.release(call.hold, "the model call did not finish")
 
     async def _admit(self, caller: Principal, request: models_pb2.CompleteRequest) -> _Call:
         """Validates, checks the policy and holds the worst case; the call to make."""
@@ -203,12 +201,24 @@ class ModelApi:
             raise _budget_error(refused) from None
         return _Call(call_id, job, engine_request, hold)
 
-    async def _settle(self, call: _Call, usage: common_pb2.Usage) -> common_pb2.Usage:
+    async def _settle(
+        self, call: _Call, usage: common_pb2.Usage, answered_by: str
+    ) -> common_pb2.Usage:
+        """Records the call's usage and settles its hold; the usage, priced, is also put on
+        the span of the request (gRPC or HTTP), the one span a direct model call has."""
         try:
             settled = await self._spend.settle_model_call(call.job, call.hold, usage, call.id)
         except BudgetExceeded as failed:
             raise _budget_error(failed) from None
         settled.model_calls = 1
+        trace.get_current_span().set_attributes(
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": call.request.model,
+                "gen_ai.response.model": answered_by,
+                **usage_attributes(settled),
+            }
+        )
         return settled
 
     async def _decide(self, job: jobs_pb2.Job, model: str) -> policy_pb2.Decision:
@@ -278,14 +288,3 @@ def _call_id(tenant: str, request_id: str) -> str:
         return f"cmpl-{secrets.token_hex(12)}"
     digest = hashlib.sha256(f"{tenant}\n{request_id}".encode()).hexdigest()
     return f"cmpl-{digest[:24]}"
-
-
-async def _release(spend: LedgerSpend, hold: Hold, reason: str) -> None:
-    """Gives the hold back even when the call is being cancelled; a release that fails
-    is left to the ledger's expiry sweeper."""
-    try:
-        await asyncio.shield(spend.release(hold, reason))
-    except Exception:
-        log.warning("could not release the reservation %s", hold.reservation, exc_info=True)
-    except asyncio.CancelledError:
-        pass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ from agentrt.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from agentrt.jobs.v1 import jobs_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.dev import LocalSystem, local_system
 from services.gateway.admin import create_api_key
@@ -117,3 +122,40 @@ async def first_event(stream: Any) -> RuntimeEvent:
         assert isinstance(event, RuntimeEvent)
         return event
     raise AssertionError("the stream ended without an event")
+
+
+_exporter = InMemorySpanExporter()
+_installed = False
+
+
+@pytest.fixture
+def spans(system: LocalSystem) -> Iterator[InMemorySpanExporter]:
+    """Every span the process ends from now on (the system installed the provider)."""
+    global _installed
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    if not _installed:
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        _installed = True
+    _exporter.clear()
+    yield _exporter
+    _exporter.clear()
+
+
+def served(spans: InMemorySpanExporter, method: str) -> list[ReadableSpan]:
+    return [
+        span
+        for span in spans.get_finished_spans()
+        if span.name == method and span.kind == trace.SpanKind.SERVER
+    ]
+
+
+async def eventually_served(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
+    """The one span of `method`, which may end just after the client saw its effect."""
+    for _ in range(100):
+        found = served(spans, method)
+        if found:
+            [span] = found
+            return span
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no span of {method}")

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from agentrt.common.v1 import common_pb2
 from agentrt.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from agentrt.ledger.v1.ledger_pb2 import Amounts, Budget, Price
 from agentrt.policy.v1 import policy_pb2, policy_pb2_grpc
+from opentelemetry.sdk.trace import ReadableSpan
 
 from services.dev import LocalSystem, local_system
 
@@ -94,3 +96,13 @@ async def spent_tokens(system: LocalSystem, tenant: str = TENANT) -> int:
         ledger_pb2.CheckBudgetRequest(tenant=tenant), timeout=5
     )
     return sum(status.spent.tokens for status in checked.budgets)
+
+
+def expect_usage_on(span: ReadableSpan, usage: common_pb2.Usage) -> None:
+    """The request's span carries the call's model and its priced usage."""
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.request.model"] == attributes["gen_ai.response.model"] == MODEL
+    assert attributes["gen_ai.usage.input_tokens"] == usage.input_tokens > 0
+    assert attributes["gen_ai.usage.output_tokens"] == usage.output_tokens > 0
+    assert attributes["agentrt.usage.cost"] == usage.cost != ""

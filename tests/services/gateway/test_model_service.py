@@ -10,13 +10,21 @@ import pytest
 from agentrt.common.v1 import common_pb2
 from agentrt.engine.v1 import engine_pb2
 from agentrt.gateway.v1 import models_pb2, models_pb2_grpc
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.dev import LocalSystem
 from services.gateway.admin import create_api_key
-from tests.services.gateway.conftest import TIMEOUT, Metadata, bearer, refused
+from tests.services.gateway.conftest import (
+    TIMEOUT,
+    Metadata,
+    bearer,
+    eventually_served,
+    refused,
+)
 from tests.services.gateway.model_api_support import (
     MODEL,
     deny_model,
+    expect_usage_on,
     reserved_tokens,
     set_token_budget,
     spent_tokens,
@@ -25,6 +33,7 @@ from tests.services.gateway.model_api_support import (
 )
 
 __all__ = ["system"]  # the fixture, for this module's tests
+SERVICE = "agentrt.gateway.v1.ModelService"
 
 
 @pytest.fixture
@@ -40,6 +49,16 @@ def ask(text: str = "hello", model: str = MODEL, **fields: object) -> models_pb2
         params=common_pb2.ModelParams(max_output_tokens=64),
         **fields,  # type: ignore[arg-type]
     )
+
+
+async def test_the_calls_span_carries_its_usage(
+    models: models_pb2_grpc.ModelServiceAsyncStub, dev: Metadata, spans: InMemorySpanExporter
+) -> None:
+    answer = await models.Complete(ask(), metadata=dev, timeout=TIMEOUT)
+    expect_usage_on(await eventually_served(spans, f"/{SERVICE}/Complete"), answer.usage)
+    chunks = [chunk async for chunk in models.StreamComplete(ask(), metadata=dev, timeout=TIMEOUT)]
+    streamed = await eventually_served(spans, f"/{SERVICE}/StreamComplete")
+    expect_usage_on(streamed, chunks[-1].usage)
 
 
 async def test_complete_answers_and_records_the_usage(

@@ -12,11 +12,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from agentrt.common.v1.common_pb2 import Usage
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.dev import LocalSystem
+from tests.services.gateway.conftest import eventually_served
 from tests.services.gateway.model_api_support import (
     MODEL,
     deny_model,
+    expect_usage_on,
     reserved_tokens,
     set_token_budget,
     system,
@@ -71,6 +75,20 @@ async def test_a_chat_answers_and_its_usage_is_in_the_ledger(
     assert record.usage.output_tokens == chat.usage.completion_tokens
     assert (record.tenant, record.model) == ("dev", MODEL)
     assert record.usage.cost == (chat.usage.model_extra or {})["cost"] != ""
+
+
+async def test_the_requests_span_carries_the_calls_usage(
+    client: openai.AsyncOpenAI, spans: InMemorySpanExporter
+) -> None:
+    chat = await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=64)
+    span = await eventually_served(spans, "POST /v1/chat/completions")
+    assert chat.usage is not None
+    usage = Usage(
+        input_tokens=chat.usage.prompt_tokens,
+        output_tokens=chat.usage.completion_tokens,
+        cost=(chat.usage.model_extra or {})["cost"],
+    )
+    expect_usage_on(span, usage)
 
 
 async def test_a_stream_sends_chunks_then_usage_then_done(

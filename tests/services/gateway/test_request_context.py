@@ -2,56 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-
-import pytest
 from agentrt.common.v1.common_pb2 import RequestContext
 from agentrt.gateway.v1 import gateway_pb2_grpc
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.dev import LocalSystem
 from services.kit.request_context import HEADER
-from tests.services.gateway.conftest import TIMEOUT, Metadata, prompt
-
-_exporter = InMemorySpanExporter()
-_installed = False
-
-
-@pytest.fixture
-def spans(system: LocalSystem) -> Iterator[InMemorySpanExporter]:
-    """Every span the process ends from now on (the system installed the provider)."""
-    global _installed
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    if not _installed:
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        _installed = True
-    _exporter.clear()
-    yield _exporter
-    _exporter.clear()
-
-
-def _served(spans: InMemorySpanExporter, method: str) -> list[ReadableSpan]:
-    return [
-        span
-        for span in spans.get_finished_spans()
-        if span.name == method and span.kind == trace.SpanKind.SERVER
-    ]
-
-
-async def _eventually_served(spans: InMemorySpanExporter, method: str) -> ReadableSpan:
-    """The one span of `method`, which may end just after the client saw its effect."""
-    for _ in range(100):
-        found = _served(spans, method)
-        if found:
-            [span] = found
-            return span
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no span of {method}")
+from tests.services.gateway.conftest import TIMEOUT, Metadata, eventually_served, prompt, served
 
 
 async def test_the_gateways_context_reaches_jobs_and_engine(
@@ -69,7 +25,7 @@ async def test_the_gateways_context_reaches_jobs_and_engine(
     events = [event async for event in stream]
     job = events[0].job
 
-    [created] = _served(spans, "/agentrt.jobs.v1.JobService/CreateJob")
+    [created] = served(spans, "/agentrt.jobs.v1.JobService/CreateJob")
     attributes = dict(created.attributes or {})
     assert attributes["agentrt.tenant"] == "dev"
     assert attributes["agentrt.principal"] == "dev"
@@ -77,7 +33,7 @@ async def test_the_gateways_context_reaches_jobs_and_engine(
     assert str(attributes["agentrt.request_id"]).startswith("req_")
 
     # The orchestrator runs the job with the job's context: the engine sees the job.
-    [model_call] = _served(spans, "/agentrt.engine.v1.EngineService/StreamComplete")
+    [model_call] = served(spans, "/agentrt.engine.v1.EngineService/StreamComplete")
     attributes = dict(model_call.attributes or {})
     assert attributes["agentrt.tenant"] == "dev"
     assert attributes["agentrt.principal"] == "dev"
@@ -85,7 +41,7 @@ async def test_the_gateways_context_reaches_jobs_and_engine(
     assert attributes["agentrt.session"] == "chat-7"
     assert attributes["agentrt.trace_id"] == events[0].trace_id
     # The jobs service sees the same context on the orchestrator's calls about the job.
-    finished = await _eventually_served(spans, "/agentrt.jobs.v1.JobService/FinishJob")
+    finished = await eventually_served(spans, "/agentrt.jobs.v1.JobService/FinishJob")
     attributes = dict(finished.attributes or {})
     assert (attributes["agentrt.job"], attributes["agentrt.tenant"]) == (job, "dev")
 
@@ -105,5 +61,5 @@ async def test_a_callers_request_id_is_the_contexts_down_to_the_engine(
         "/agentrt.jobs.v1.JobService/CreateJob",
         "/agentrt.engine.v1.EngineService/StreamComplete",
     ):
-        [span] = _served(spans, method)
+        [span] = served(spans, method)
         assert dict(span.attributes or {})["agentrt.request_id"] == "order-42"

@@ -60,6 +60,7 @@ from services.kit import paging
 from services.kit.errors import AgentrtError, FieldInvalid, FieldRequired
 from services.kit.events.base import Wakeups
 from services.kit.names import parse_action_name, parse_job_name
+from services.kit.telemetry import spans_exported
 from services.kit.workflows import MAX_CHILD_JOBS
 
 JOBS_TOPIC = "jobs"
@@ -415,7 +416,10 @@ class JobManager:
     async def _trace_action(self, action: Action, resolved: bool = False) -> None:
         """Emits the ended action's span in its job's trace (and, when resolved, the
         resolver's span). The action has ended whatever happens here: a job that cannot
-        be read costs the spans, never the caller's answer."""
+        be read costs the spans, never the caller's answer. Without an exporter it reads
+        nothing."""
+        if not spans_exported():
+            return
         try:
             job = await self.get_job(None, parse_action_name(action.name)[0])
         except Exception:

@@ -25,6 +25,7 @@ from services.kit.telemetry import (
     job_span_context,
     job_span_id,
     parse_trace_id,
+    spans_exported,
 )
 from services.kit.usage_attributes import usage_attributes
 
@@ -61,8 +62,10 @@ async def record_ended_jobs(store: JobStore, published: Sequence[RuntimeEvent]) 
     marked published, so every terminal path (a worker's finish, a cancellation and the
     descendants it cascades to, a deadline) emits it, also when the job ended before a
     restart of the jobs service; a batch published again emits its spans again, with the
-    same ids, which trace backends merge.
+    same ids, which trace backends merge. Without an exporter it reads nothing.
     """
+    if not spans_exported():
+        return
     ended = [job_id_of(event.job) for event in published if event.type in _ENDS and event.trace_id]
     if ended:
         for job in await store.ended_jobs(ended):

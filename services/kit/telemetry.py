@@ -107,9 +107,24 @@ class _ExportingProvider(TracerProvider):
         self._gate = UnlessUnexported(self.sampler)
         self.sampler = self._gate
 
+    @property
+    def exporting(self) -> bool:
+        return self._gate.exporting
+
     def add_span_processor(self, span_processor: SpanProcessor) -> None:
         super().add_span_processor(span_processor)
         self._gate.exporting = True
+
+
+def spans_exported(provider: trace.TracerProvider | None = None) -> bool:
+    """Whether spans started now can reach an exporter (the global provider's, unless one
+    is given): work done only to make spans, such as reading what they describe, can be
+    skipped when not. False for an agentrt provider without a span processor and for no
+    provider at all; True for any other SDK provider."""
+    chosen = trace.get_tracer_provider() if provider is None else provider
+    if isinstance(chosen, _ExportingProvider):
+        return chosen.exporting
+    return isinstance(chosen, TracerProvider)
 
 
 def current_trace_id() -> str:

@@ -18,6 +18,7 @@ from services.kit.telemetry import (
     forced_ids,
     job_span_id,
     make_provider,
+    spans_exported,
 )
 
 SAMPLED_TOGETHER = """
@@ -40,6 +41,7 @@ print(kept)
 
 def test_no_span_is_recorded_until_spans_have_somewhere_to_go_but_ids_are_made() -> None:
     provider = make_provider("test")
+    assert not spans_exported(provider)
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("unexported") as unexported:
         assert not unexported.is_recording()
@@ -47,6 +49,7 @@ def test_no_span_is_recorded_until_spans_have_somewhere_to_go_but_ids_are_made()
         assert current_trace_id() == format(unexported.get_span_context().trace_id, "032x")
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    assert spans_exported(provider)
     with tracer.start_as_current_span("exported") as exported:
         assert exported.is_recording()
     assert [span.name for span in exporter.get_finished_spans()] == ["exported"]

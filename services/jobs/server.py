@@ -51,7 +51,10 @@ class JobsUnit:
                 raise ConfigError("the job cache needs events on Redis (AGENTRT_REDIS_URL)")
             events = InvalidatingChannel(events, cache)
         self._relay = OutboxRelay(
-            store, events, infra.wakeups, on_published=functools.partial(record_ended_jobs, store)
+            store,
+            events,
+            infra.wakeups,
+            on_published=functools.partial(record_ended_jobs, store, actions or store),
         )
         self._manager = JobManager(
             store, infra.wakeups, self._relay.notify, JobLimits(), actions=actions, cache=cache

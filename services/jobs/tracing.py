@@ -1,5 +1,6 @@
 """The jobs service's spans: `agent.job` over a job's whole life, `agent.action` from an
-action's request to its end, and `agent.action.resolve` in the resolver's trace.
+action's request to its end (also when the job's end cancels it), and
+`agent.action.resolve` in the resolver's trace.
 
 `agent.job` cannot be held open from creation to end (the job outlives any process), so
 the creating call's span context is stored with the job and the span is emitted when the
@@ -17,7 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from services.jobs.store import EndedJob, JobStore
+from services.jobs.store import ActionStore, EndedJob, JobStore
 from services.kit.events.base import job_id_of
 from services.kit.telemetry import (
     action_span_id,
@@ -42,6 +43,9 @@ _ENDS = frozenset(
     }
 )
 _FAILED = frozenset({JobState.JOB_STATE_FAILED, JobState.JOB_STATE_TIMED_OUT})
+_ENDED_WHILE_WAITING = frozenset({JobState.JOB_STATE_CANCELLED, JobState.JOB_STATE_TIMED_OUT})
+"""The ends a WAITING job can meet (it holds no lease to finish by), which cancel the
+action it waits on."""
 
 
 def creator_trace_parent(trace_id_hex: str) -> str:
@@ -55,8 +59,11 @@ def creator_trace_parent(trace_id_hex: str) -> str:
     return carrier.get(_TRACEPARENT, "")
 
 
-async def record_ended_jobs(store: JobStore, published: Sequence[RuntimeEvent]) -> None:
-    """Emits the `agent.job` span of each job whose terminal event was just published.
+async def record_ended_jobs(
+    store: JobStore, actions: ActionStore, published: Sequence[RuntimeEvent]
+) -> None:
+    """Emits the `agent.job` span of each job whose terminal event was just published, and
+    the `agent.action` of each action (in `actions`) that the job's end cancelled.
 
     Called by the outbox relay after the channel stored the events and before they are
     marked published, so every terminal path (a worker's finish, a cancellation and the
@@ -70,6 +77,23 @@ async def record_ended_jobs(store: JobStore, published: Sequence[RuntimeEvent]) 
     if ended:
         for job in await store.ended_jobs(ended):
             record_job_ended(job)
+            if job.job.state in _ENDED_WHILE_WAITING:
+                await _record_actions_cancelled_with(actions, job.job)
+
+
+async def _record_actions_cancelled_with(actions: ActionStore, job: Job) -> None:
+    """The `agent.action` of each action the job's end cancelled: those of its actions
+    CANCELLED at the very time it ended."""
+    token = ""
+    while True:
+        page, token = await actions.list_actions(
+            job.tenant, job_id_of(job.name), [Action.State.STATE_CANCELLED], 100, token
+        )
+        for action in page:
+            if action.resolve_time == job.end_time:
+                record_action_ended(action, job)
+        if not token:
+            return
 
 
 def record_job_ended(ended: EndedJob) -> None:

@@ -4,11 +4,13 @@ terminal path, also when the job ended after a restart of the service."""
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from agentrt.jobs.v1.jobs_pb2 import Job
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
@@ -16,7 +18,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.jobs.manager import JobManager
-from services.jobs.store import SQL_DIRECTORY, JobStore
+from services.jobs.store import SQL_DIRECTORY, ActionStore, JobStore
+from services.jobs.store_redis import RedisActionStore
 from services.jobs.store_sqlite import SqliteJobStore
 from services.jobs.tracing import record_ended_jobs
 from services.jobs.validation import JobLimits
@@ -50,14 +53,16 @@ def spans() -> Iterator[InMemorySpanExporter]:
 class Service:
     """The jobs service's manager and outbox relay on one store, as JobsUnit wires them."""
 
-    def __init__(self, store: JobStore, clock: Clock) -> None:
+    def __init__(self, store: JobStore, clock: Clock, actions: ActionStore | None = None) -> None:
         self.store = store
-        self.manager = JobManager(store, InMemoryWakeups(), None, JobLimits(), clock=clock)
+        self.manager = JobManager(
+            store, InMemoryWakeups(), None, JobLimits(), clock=clock, actions=actions
+        )
         self.relay = OutboxRelay(
             store,
             InMemoryEventChannel(),
             None,
-            on_published=functools.partial(record_ended_jobs, store),
+            on_published=functools.partial(record_ended_jobs, store, actions or store),
         )
 
     async def create(self, spec_parent: str = "", timeout: float = 60) -> tuple[Job, int]:
@@ -176,3 +181,52 @@ async def test_an_actions_span_and_its_resolvers_link_each_other(
     assert (resolved.attributes or {})["agentrt.action.state"] == "resolved"
     assert (cancelled.attributes or {})["agentrt.action.state"] == "cancelled"
     assert cancelled.status.status_code == trace.StatusCode.ERROR and not cancelled.links
+
+
+@pytest.mark.parametrize(
+    "action_store", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)]
+)
+async def test_the_actions_a_jobs_end_cancels_have_their_spans(
+    database: Path, spans: InMemorySpanExporter, action_store: str, request: pytest.FixtureRequest
+) -> None:
+    clock = Clock()
+    store = await SqliteJobStore.open(database)
+    client = None
+    actions: ActionStore | None = None
+    if action_store == "redis":
+        client = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+        prefix = f"agentrt-test:{secrets.token_hex(6)}"
+        actions = RedisActionStore(client, store, prefix)
+    service = Service(store, clock, actions)
+    try:
+        waiting, _ = await service.create()
+        late, _ = await service.create(timeout=10)
+        for _ in (waiting, late):  # each leased in turn, and made to wait on an approval
+            [lease] = await service.manager.lease_jobs("w1", 1, 30, 0)
+            await service.manager.require_action(
+                parse_job_name(lease.job.name), lease.lease_id, approval(), None, None
+            )
+        await service.manager.cancel(None, parse_job_name(waiting.name), "not needed")
+        clock.now += timedelta(seconds=11)
+        await service.manager.expire_deadlines()
+        await service.relay.drain()
+    finally:
+        await service.store.close()
+        if client is not None:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    ended = {
+        str((s.attributes or {})["agentrt.job"]): s
+        for s in spans.get_finished_spans()
+        if s.name == "agent.action"
+    }
+    assert set(ended) == {waiting.name, late.name}, "one agent.action per job, each once"
+    for job in (waiting, late):
+        span = ended[job.name]
+        assert span.parent is not None and span.parent.span_id == job_span_id(job.name)
+        assert (span.attributes or {})["agentrt.action.state"] == "cancelled"
+        assert span.status.status_code == trace.StatusCode.ERROR
+        assert span.end_time == job_spans(spans)[job.name].end_time

@@ -190,7 +190,7 @@ class PluginRegistry:
         # A channel of its own, closed when the probe ends: a shared one would be closed
         # under the probes of concurrent registrations when the first of them fails,
         # and calls on a closed channel never answer.
-        channel = open_channel(manifest.endpoint, self._config.call_timeout_seconds)
+        channel = self._open(manifest.endpoint)
         try:
             served = await bounded_probe(channel, self._config.check_timeout_seconds)
         except PluginUnreachable as error:
@@ -220,8 +220,13 @@ class PluginRegistry:
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         """The channel to an endpoint, shared by every plugin served there."""
         if endpoint not in self._channels:
-            self._channels[endpoint] = open_channel(endpoint, self._config.call_timeout_seconds)
+            self._channels[endpoint] = self._open(endpoint)
         return self._channels[endpoint]
+
+    def _open(self, endpoint: str) -> grpc.aio.Channel:
+        """A channel that calls the plugin whatever it says of its health: the registry's
+        checks ask and judge that themselves, and mark it UNHEALTHY for the tool runner."""
+        return open_channel(endpoint, self._config.call_timeout_seconds, health_checked=False)
 
 
 class PluginTools:

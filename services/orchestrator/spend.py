@@ -310,7 +310,7 @@ class LedgerSpend:
         try:
             await self._call("release", self._spend.ReleaseReservation, request)
         except (LedgerUnavailable, grpc.aio.AioRpcError) as error:
-            log.warning("%s not released, it expires instead: %s", reservation, error)
+            log.warning("%s not released (a hold left expires on its own): %s", reservation, error)
 
     # Tool calls
 

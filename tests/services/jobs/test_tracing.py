@@ -55,6 +55,7 @@ class Service:
 
     def __init__(self, store: JobStore, clock: Clock, actions: ActionStore | None = None) -> None:
         self.store = store
+        self.clock = clock
         self.manager = JobManager(
             store, InMemoryWakeups(), None, JobLimits(), clock=clock, actions=actions
         )
@@ -75,6 +76,14 @@ class Service:
             trace_id = format(creator.get_span_context().trace_id, "032x")
             job, _ = await self.manager.create_job("acme", "alice", spec, "", trace_id)
         return job, creator.get_span_context().span_id
+
+    async def cancel_then_sweep_late_ones(self, job: Job) -> None:
+        """Cancels `job`, passes the deadline of the jobs made with `timeout=10`, sweeps
+        them, and relays the events of it all."""
+        await self.manager.cancel(None, parse_job_name(job.name), "not needed")
+        self.clock.now += timedelta(seconds=11)
+        await self.manager.expire_deadlines()
+        await self.relay.drain()
 
 
 def job_spans(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
@@ -127,10 +136,7 @@ async def test_a_cascade_and_a_deadline_emit_the_span_of_every_job_they_end(
         await service.manager.lease_jobs("w1", 1, 30, 0)
         child, child_creator = await service.create(spec_parent=parent.name)
         late, _ = await service.create(timeout=10)
-        await service.manager.cancel(None, parse_job_name(parent.name), "stop")
-        clock.now += timedelta(seconds=11)
-        await service.manager.expire_deadlines()
-        await service.relay.drain()
+        await service.cancel_then_sweep_late_ones(parent)
     finally:
         await service.store.close()
 
@@ -206,10 +212,7 @@ async def test_the_actions_a_jobs_end_cancels_have_their_spans(
             await service.manager.require_action(
                 parse_job_name(lease.job.name), lease.lease_id, approval(), None, None
             )
-        await service.manager.cancel(None, parse_job_name(waiting.name), "not needed")
-        clock.now += timedelta(seconds=11)
-        await service.manager.expire_deadlines()
-        await service.relay.drain()
+        await service.cancel_then_sweep_late_ones(waiting)
     finally:
         await service.store.close()
         if client is not None:

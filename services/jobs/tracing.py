@@ -10,6 +10,7 @@ Its span id is derived from the job's name, so attempts and children hang under 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from agentrt.common.v1.common_pb2 import ErrorReason, EventType, JobState, RuntimeEvent
@@ -31,6 +32,7 @@ from services.kit.telemetry import (
 from services.kit.usage_attributes import usage_attributes
 
 tracer = trace.get_tracer("agentrt.jobs")
+_log = logging.getLogger(__name__)
 
 _TRACEPARENT = "traceparent"
 _W3C = TraceContextTextMapPropagator()
@@ -78,7 +80,13 @@ async def record_ended_jobs(
         for job in await store.ended_jobs(ended):
             record_job_ended(job)
             if job.job.state in _ENDED_WHILE_WAITING:
-                await _record_actions_cancelled_with(actions, job.job)
+                try:
+                    await _record_actions_cancelled_with(actions, job.job)
+                except Exception:
+                    # The spans of the batch's other jobs are emitted all the same.
+                    _log.warning(
+                        "no agent.action for the actions of %s", job.job.name, exc_info=True
+                    )
 
 
 async def _record_actions_cancelled_with(actions: ActionStore, job: Job) -> None:

@@ -124,11 +124,14 @@ async def expect_prompt_cache_tokens_counted(running: Cluster, endpoint: str) ->
             ledger_pb2.RecordUsageRequest(usage_record_id="cached-1", usage_record=record)
         )
     after = scrape(endpoint)
-    model = ('tenant="acme"', 'model="claude"')
-    assert total(after, series, *model, 'use="read"') - total(before, series, 'use="read"') == 600
-    assert total(after, series, *model, 'use="write"') - total(before, series, 'use="write"') == 300
-    tokens = "agentrt_ledger_tokens_total"
-    assert total(after, tokens, *model) - total(before, tokens, *model) == 1010
+
+    def grew(name: str, *labels: str) -> float:
+        where = ('tenant="acme"', 'model="claude"', *labels)
+        return total(after, name, *where) - total(before, name, *where)
+
+    assert grew(series, 'use="read"') == 600
+    assert grew(series, 'use="write"') == 300
+    assert grew("agentrt_ledger_tokens_total") == 1010
 
 
 async def test_the_jobs_gauges_show_a_job_waiting_in_the_queue(

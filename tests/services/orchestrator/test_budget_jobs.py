@@ -309,9 +309,21 @@ async def expect_cuts_leave_nothing_held(
             cut += 1
         else:
             await settle(spending.result())
-        reserved = await held(system)
-        assert (reserved.tokens, reserved.tool_calls) == (0, 0), f"held after a cut {pause} s in"
+        assert await held_until_given_back(system) == (0, 0), f"held after a cut {pause} s in"
     assert cut > 0
+
+
+async def held_until_given_back(system: System) -> tuple[int, int]:
+    """The tokens and tool calls the tenant's budget holds once nothing is held, or after
+    2 s: a release the cut caller left behind may still be under way (its hold would
+    otherwise count for the reservation's ttl, 300 s)."""
+    deadline = asyncio.get_running_loop().time() + 2
+    while True:
+        reserved = await held(system)
+        counts = (reserved.tokens, reserved.tool_calls)
+        if counts == (0, 0) or asyncio.get_running_loop().time() > deadline:
+            return counts
+        await asyncio.sleep(0.01)
 
 
 async def test_a_job_whose_max_tokens_runs_out_mid_run_fails_keeping_what_it_spent(
